@@ -1,0 +1,37 @@
+# The two commands of the README: `make demo` and `make test`. Both create .venv and install from
+# the pinned constraints, so a fresh machine needs nothing else.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+CONSTRAINTS := constraints.txt
+
+.PHONY: demo test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.demo-installed: $(BIN)/python pyproject.toml $(CONSTRAINTS)
+	$(PIP) install -q -c $(CONSTRAINTS) -e '.[default]'
+	touch $@
+
+$(VENV)/.test-installed: $(BIN)/python pyproject.toml $(CONSTRAINTS)
+	$(PIP) install -q -c $(CONSTRAINTS) -e '.[default,test]'
+	touch $@
+
+demo: $(VENV)/.demo-installed
+	$(BIN)/dlarena run --suite quick
+	$(BIN)/dlarena report --output results/report.md
+	$(BIN)/dlarena export --format csv --output results/quick.csv
+
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+# pytest exits with 5 when it collects no test: a suite that tests nothing must not pass as green.
+test: $(VENV)/.test-installed lint
+	$(BIN)/python -m pytest -q; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$status
+
+clean:
+	rm -rf $(VENV) results .pytest_cache .mypy_cache .ruff_cache

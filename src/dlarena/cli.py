@@ -1,0 +1,204 @@
+"""The ``dlarena`` command. Imports stay inside the commands so that ``dlarena --help`` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dlarena import __version__
+from dlarena.errors import DlarenaError
+
+DB_HELP = "results database (default: $DLARENA_DB, else results/dlarena.db under the current folder)"
+
+
+def _names(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _positive_ints(what: str) -> Any:
+    def parse(text: str) -> list[int]:
+        values = []
+        for item in _names(text):
+            if not item.isdigit() or int(item) < 1:
+                raise argparse.ArgumentTypeError(f"{what} must be positive integers separated by commas, got {item!r}")
+            values.append(int(item))
+        if not values:
+            raise argparse.ArgumentTypeError(f"give at least one {what[:-1]}")
+        return values
+    return parse
+
+
+def _threads(text: str) -> list[int] | str:
+    return "all" if text.strip() == "all" else _positive_ints("thread counts")(text)
+
+
+def _print(text: str, output: Path | None) -> None:
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+    except OSError as error:
+        raise DlarenaError(f"cannot write {output}: {error.strerror}") from None
+    print(f"wrote {output}", file=sys.stderr)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from dlarena import api
+
+    suite = api.select(
+        args.suite, frameworks=args.frameworks, workloads=args.workloads, scenarios=args.scenarios,
+        devices=args.devices, batch_sizes=args.batch_sizes, threads=args.threads, timeout_s=args.timeout,
+    )
+    summary = api.run(suite, db=args.db, argv=sys.argv, progress=not args.quiet)
+    counts = ", ".join(f"{count} {status}" for status, count in sorted(summary.counts.items()))
+    if summary.interrupted:
+        print(f"run {summary.run_id} interrupted; finished cells are stored ({counts or 'none'})", file=sys.stderr)
+        return 130
+    print(f"run {summary.run_id}: {counts}; see it with `dlarena report`", file=sys.stderr)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    items: list[dict[str, Any]]
+    if args.what == "frameworks":
+        from dlarena.frameworks.registry import FRAMEWORKS
+
+        items = [
+            {"name": info.name, "installed": info.is_installed(), "versions": info.versions(),
+             "scenarios": list(info.scenarios), "extra": info.extra, "description": info.description}
+            for info in FRAMEWORKS.values()
+        ]
+        lines = [
+            f"{item['name']:<16} {'installed' if item['installed'] else 'missing  '} "
+            f"{', '.join(f'{k} {v}' for k, v in item['versions'].items()) or '-':<20} {item['description']}"
+            for item in items
+        ]
+    elif args.what == "workloads":
+        from dlarena.spec.catalogue import CATALOGUE
+
+        items = [
+            {"name": w.name, "study": w.study, "title": w.title, "params": w.params,
+             "published_params": w.published_params, "variant_of": w.variant_of,
+             "default_batch_size": w.default_batch_size,
+             "forward_flops_per_sample": w.flops("infer", 1), "train_flops_per_sample": w.flops("train", 1),
+             "recipe": w.recipe.describe(), "citation": w.citation}
+            for w in CATALOGUE.values()
+        ]
+        lines = [f"{'name':<22} {'study':<13} {'params':>13} {'GFLOP fwd/sample':>17}  title"] + [
+            f"{item['name']:<22} {item['study']:<13} {item['params']:>13,} "
+            f"{item['forward_flops_per_sample'] / 1e9:>17.4g}  {item['title']}"
+            for item in items
+        ]
+    else:
+        from dlarena.plan.suite import builtin_suites, parse_suite
+
+        suites = [parse_suite(text, name) for name, text in builtin_suites().items()]
+        items = [
+            {"name": s.name, "version": s.version, "description": s.description, "cells": len(s.cells())}
+            for s in suites
+        ]
+        lines = [f"{item['name']:<14} v{item['version']}  {item['cells']:>4} cells  {item['description']}"
+                 for item in items]
+    print(json.dumps(items, indent=1) if args.json else "\n".join(lines))
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    from dlarena.environment import snapshot
+
+    env = snapshot()
+    if args.json:
+        print(json.dumps(env, indent=1))
+    else:
+        for key, value in env.items():
+            if isinstance(value, dict):
+                value = ", ".join(f"{k} {v}" for k, v in value.items()) or "none"
+            print(f"{key:<16} {value}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from dlarena import api
+
+    _print(api.report(db=args.db, run_id=args.run), args.output)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from dlarena import api
+
+    _print(api.export_rows(db=args.db, run_id=args.run, fmt=args.format), args.output)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dlarena",
+        description="Compare deep learning frameworks on the same networks, each measurement in its own process.",
+    )
+    parser.add_argument("--version", action="version", version=f"dlarena {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run a suite of cells and store every result")
+    run.add_argument("--suite", default="quick", help="built-in suite name or suite TOML file (default: quick)")
+    run.add_argument("--frameworks", type=_names, help="comma-separated frameworks (default: the suite's)")
+    run.add_argument("--workloads", type=_names, help="comma-separated workloads (default: the suite's)")
+    run.add_argument("--scenarios", type=_names, help="comma-separated scenarios: train, infer")
+    run.add_argument("--devices", type=_names, help="comma-separated devices: cpu, cuda")
+    run.add_argument("--threads", type=_threads, help="comma-separated thread counts, or 'all' (powers of two)")
+    run.add_argument("--batch-sizes", type=_positive_ints("batch sizes"), help="comma-separated batch sizes")
+    run.add_argument("--timeout", type=float, help="seconds before a cell is killed (default: the suite's)")
+    run.add_argument("--db", type=Path, help=DB_HELP)
+    run.add_argument("--quiet", action="store_true", help="no progress display")
+    run.set_defaults(handler=cmd_run)
+
+    listing = commands.add_parser("list", help="list frameworks, workloads or suites")
+    listing.add_argument("what", choices=("frameworks", "workloads", "suites"))
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(handler=cmd_list)
+
+    env = commands.add_parser("env", help="show the machine and software snapshot stored with each run")
+    env.add_argument("--json", action="store_true", help="machine-readable output")
+    env.set_defaults(handler=cmd_env)
+
+    report = commands.add_parser("report", help="Markdown tables of a run (the latest by default)")
+    report.add_argument("--run", help="run id (default: the latest)")
+    report.add_argument("--output", type=Path, help="write to this file instead of standard output")
+    report.add_argument("--db", type=Path, help=DB_HELP)
+    report.set_defaults(handler=cmd_report)
+
+    export = commands.add_parser("export", help="one row per cell as CSV or JSON, ready for pandas")
+    export.add_argument("--format", choices=("csv", "json"), default="csv")
+    export.add_argument("--run", help="run id (default: the latest)")
+    export.add_argument("--output", type=Path, help="write to this file instead of standard output")
+    export.add_argument("--db", type=Path, help=DB_HELP)
+    export.set_defaults(handler=cmd_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "timeout", None) is not None and args.timeout <= 0:
+        print("dlarena: error: --timeout must be a positive number of seconds", file=sys.stderr)
+        return 2
+    try:
+        code: int = args.handler(args)
+    except DlarenaError as error:
+        print(f"dlarena: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("dlarena: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `dlarena export | head`
+        return 0
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

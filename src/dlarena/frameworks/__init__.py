@@ -1,0 +1,1 @@
+"""One module per framework; only worker processes import them. The registry imports none."""

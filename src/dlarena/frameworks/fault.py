@@ -1,0 +1,80 @@
+"""A test-only framework that injects faults, so the orchestrator's handling of them can be proven.
+
+Registered only when ``DLARENA_FAULT_FRAMEWORKS=1`` is set (see registry.py). Its ``none`` variant is
+a real, tiny NumPy computation that measures like any framework, so framework-free tests can run
+whole sweeps. Children it starts write their process ids to ``$DLARENA_FAULT_PIDFILE`` (if set), so
+a test can check that nothing outlives a killed cell.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+
+from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported
+
+FAULTS: tuple[str, ...] = ("none", "raise", "hang", "segfault", "exit", "unsupported", "unavailable")
+# The size of the matrix product one step of the healthy variant computes: small enough for fast
+# tests, large enough that a step takes a measurable tens of microseconds.
+STEP_MATRIX_SIZE = 64
+
+
+class _Runner:
+    def __init__(self, request: StepRequest, fault: str) -> None:
+        self.fault = fault
+        rng = np.random.default_rng(request.seed)
+        self.matrix = rng.standard_normal((STEP_MATRIX_SIZE, STEP_MATRIX_SIZE))
+        self.threads = request.threads
+
+    def step(self) -> None:
+        if self.fault == "hang":
+            _spawn_child()
+            while True:
+                time.sleep(1)
+        if self.fault == "segfault":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if self.fault == "exit":
+            os._exit(3)
+        self.matrix = np.tanh(self.matrix @ self.matrix)
+
+    def sync(self) -> None:
+        pass
+
+    def trainable_params(self) -> int:
+        return int(self.matrix.size)
+
+    def parity(self) -> Parity:
+        return Parity(threads=self.threads, dtype=str(self.matrix.dtype), execution="eager")
+
+
+def _spawn_child() -> None:
+    child = subprocess.Popen(["sleep", "600"])
+    pidfile = os.environ.get("DLARENA_FAULT_PIDFILE")
+    if pidfile:
+        with open(pidfile, "a") as handle:
+            handle.write(f"{child.pid}\n")
+
+
+class Backend:
+    def __init__(self, threads: int, fault: str = "none") -> None:
+        if fault not in FAULTS:
+            raise ValueError(f"unknown fault {fault!r}; valid: {', '.join(FAULTS)}")
+        self.name = f"fault-{fault}"
+        self.fault = fault
+        self.threads = threads
+
+    def version(self) -> str:
+        return np.__version__
+
+    def prepare(self, request: StepRequest) -> _Runner:
+        if self.fault == "raise":
+            raise RuntimeError("injected failure while building the network")
+        if self.fault == "unsupported":
+            raise Unsupported("the fault framework cannot express anything")
+        if self.fault == "unavailable":
+            raise Unavailable("the fault framework has no such device")
+        return _Runner(request, self.fault)

@@ -1,0 +1,444 @@
+"""PyTorch: eager ``torch.nn`` modules with ``torch.optim`` (``torch``), or the same through
+``torch.compile`` with Inductor (``torch-compile``).
+
+Only a worker process imports this module, after it has set thread limits and CPU affinity.
+The network is built as an ordinary ``nn.Module`` tree from the spec, the way a PyTorch user would
+write it, and stepped with the usual loop: ``zero_grad``, forward, loss, ``backward``, ``step``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported
+from dlarena.spec import Network, Recipe
+from dlarena.spec.layers import (
+    GRU,
+    LSTM,
+    Activation,
+    AvgPool2D,
+    BatchNorm,
+    Concat,
+    Conv2D,
+    Dense,
+    Dropout,
+    Embedding,
+    Flatten,
+    GlobalAvgPool2D,
+    Layer,
+    MaxPool2D,
+    Residual,
+    Shape,
+)
+
+DEVICES: tuple[str, ...] = ("cpu", "cuda")
+PRECISIONS: tuple[str, ...] = ("float32",)
+SCENARIOS: tuple[str, ...] = ("train", "infer")
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+
+
+# --------------------------------------------------------------------------------------------------
+# Building blocks the spec has and torch.nn has not
+
+
+class ResidualBlock(nn.Module):
+    """``body(x) + shortcut(x)``; the shortcut is ``nn.Identity`` when the spec leaves it empty."""
+
+    def __init__(self, body: nn.Module, shortcut: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+        self.shortcut = shortcut
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.body(x) + self.shortcut(x)
+        return out
+
+
+class ConcatBlock(nn.Module):
+    """Branches over the same input, concatenated along the channel axis (axis 1 with the batch)."""
+
+    def __init__(self, branches: Iterable[nn.Module]) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(branches)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([branch(x) for branch in self.branches], dim=1)
+
+
+class GlobalAvgPool(nn.Module):
+    """Mean over the spatial axes: ``(N, C, H, W) -> (N, C)``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean(dim=(2, 3))
+
+
+class RecurrentOutput(nn.Module):
+    """An ``nn.LSTM`` or ``nn.GRU`` (batch first, zero initial state) that returns only its output:
+    every time step, or the last one when the spec asks for no sequence."""
+
+    def __init__(self, rnn: nn.LSTM | nn.GRU, return_sequences: bool) -> None:
+        super().__init__()
+        self.rnn = rnn
+        self.return_sequences = return_sequences
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.rnn(x)[0]
+        return out if self.return_sequences else out[:, -1]
+
+
+# --------------------------------------------------------------------------------------------------
+# Spec -> nn.Module
+
+
+def _pool_padding_fits(kernel: int | tuple[int, int], padding: int | tuple[int, int]) -> bool:
+    kernels = (kernel, kernel) if isinstance(kernel, int) else kernel
+    paddings = (padding, padding) if isinstance(padding, int) else padding
+    return all(2 * p <= k for k, p in zip(kernels, paddings, strict=True))
+
+
+def _lstm(layer: LSTM, n_in: int) -> nn.LSTM:
+    rnn = nn.LSTM(n_in, layer.hidden, num_layers=layer.layers, batch_first=True)
+    # The spec's LSTM has one bias per gate; PyTorch's has two (b_ih and b_hh) that it simply adds.
+    # Keeping nn.LSTM (its fused CPU and cuDNN kernels) and freezing every b_hh at zero computes
+    # exactly the spec's LSTM with exactly its parameter count: b_hh is no longer trainable.
+    for name, param in rnn.named_parameters():
+        if name.startswith("bias_hh"):
+            nn.init.zeros_(param)
+            param.requires_grad_(False)
+    return rnn
+
+
+def _build_layer(layer: Layer, shape: Shape) -> nn.Module:
+    """The module for one spec layer whose per-sample input shape is ``shape``."""
+    if isinstance(layer, Dense):
+        return nn.Linear(shape[-1], layer.units, bias=layer.bias)  # over the last axis, sequences too
+    if isinstance(layer, Conv2D):
+        return nn.Conv2d(
+            shape[0], layer.filters, layer.kernel, stride=layer.stride, padding=layer.padding,
+            bias=layer.bias,
+        )
+    if isinstance(layer, (MaxPool2D, AvgPool2D)):
+        if not _pool_padding_fits(layer.kernel, layer.padding):
+            raise Unsupported(
+                f"PyTorch pooling needs padding at most half the kernel; {type(layer).__name__} has "
+                f"kernel {layer.kernel} and padding {layer.padding}"
+            )
+        if isinstance(layer, MaxPool2D):
+            return nn.MaxPool2d(layer.kernel, stride=layer.stride, padding=layer.padding)
+        return nn.AvgPool2d(layer.kernel, stride=layer.stride, padding=layer.padding, count_include_pad=True)
+    if isinstance(layer, GlobalAvgPool2D):
+        return GlobalAvgPool()
+    if isinstance(layer, BatchNorm):
+        norm = nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d
+        return norm(shape[0], eps=layer.eps, momentum=layer.momentum)
+    if isinstance(layer, Activation):
+        return _ACTIVATIONS[layer.function]()
+    if isinstance(layer, Dropout):
+        return nn.Dropout(layer.rate)
+    if isinstance(layer, Flatten):
+        return nn.Flatten()
+    if isinstance(layer, Embedding):
+        return nn.Embedding(layer.vocab, layer.dim)
+    if isinstance(layer, LSTM):
+        return RecurrentOutput(_lstm(layer, shape[-1]), layer.return_sequences)
+    if isinstance(layer, GRU):
+        # The spec's GRU is the cuDNN / PyTorch form with two biases per gate: nn.GRU as it is.
+        gru = nn.GRU(shape[-1], layer.hidden, num_layers=layer.layers, batch_first=True)
+        return RecurrentOutput(gru, layer.return_sequences)
+    if isinstance(layer, Residual):
+        shortcut = build_sequence(layer.shortcut, shape) if layer.shortcut else nn.Identity()
+        return ResidualBlock(build_sequence(layer.body, shape), shortcut)
+    if isinstance(layer, Concat):
+        return ConcatBlock(build_sequence(branch, shape) for branch in layer.branches)
+    raise Unsupported(f"the PyTorch backend has no translation for the layer type {type(layer).__name__}")
+
+
+def build_sequence(layers: tuple[Layer, ...], shape: Shape) -> nn.Sequential:
+    modules = []
+    for layer in layers:
+        modules.append(_build_layer(layer, shape))
+        shape = layer.out_shape(shape)
+    return nn.Sequential(*modules)
+
+
+def build_model(network: Network) -> nn.Sequential:
+    """The network as an ``nn.Sequential`` mapping a batch of inputs to logits."""
+    return build_sequence(network.layers, network.input_shape)
+
+
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def initialise(model: nn.Module, recipe: Recipe) -> None:
+    """Apply the recipe's initialisation to every trainable parameter (the caller seeds torch).
+
+    Batch norm always starts at gamma 1, beta 0; frozen parameters (the LSTM's b_hh) stay zero.
+    ``glorot_uniform`` and ``he_normal`` act on weight matrices and kernels (tensors of rank 2 or
+    more, the embedding table included) and set biases to zero.
+    """
+    init = recipe.init
+    norm_params = {id(p) for m in model.modules() if isinstance(m, _NORMS) for p in m.parameters()}
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, _NORMS):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        if init.name == "framework_default":
+            return
+        for param in model.parameters():
+            if not param.requires_grad or id(param) in norm_params:
+                continue
+            if init.name == "uniform":
+                nn.init.uniform_(param, -init.scale, init.scale)
+            elif param.dim() < 2:
+                nn.init.zeros_(param)
+            elif init.name == "glorot_uniform":
+                nn.init.xavier_uniform_(param)
+            elif init.name == "he_normal":
+                nn.init.kaiming_normal_(param, mode="fan_in", nonlinearity="relu")
+            else:
+                raise Unsupported(f"the PyTorch backend does not know the initialisation {init.name!r}")
+
+
+def make_optimizer(params: list[nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
+    opt = recipe.optimizer
+    if opt.name == "sgd":
+        return torch.optim.SGD(
+            params, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov, weight_decay=opt.weight_decay
+        )
+    if opt.name == "adam":
+        return torch.optim.Adam(
+            params, lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps, weight_decay=opt.weight_decay
+        )
+    if opt.name == "adadelta":
+        return torch.optim.Adadelta(
+            params, lr=opt.lr, rho=opt.rho, eps=opt.eps, weight_decay=opt.weight_decay
+        )
+    if opt.name == "rmsprop":
+        return torch.optim.RMSprop(
+            params, lr=opt.lr, alpha=opt.rho, eps=opt.eps, weight_decay=opt.weight_decay
+        )
+    raise Unsupported(f"the PyTorch backend does not know the optimizer {opt.name!r}")
+
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def make_loss(network: Network, recipe: Recipe, batch_size: int) -> LossFn:
+    """Softmax cross-entropy on logits, reduced as the recipe says."""
+    if network.label_kind == "token":
+        classes = network.classes
+        if recipe.loss_reduction == "sum_over_batch":
+            def token_sum_over_batch(logits: Tensor, labels: Tensor) -> Tensor:
+                loss = F.cross_entropy(logits.reshape(-1, classes), labels.reshape(-1), reduction="sum")
+                return loss / batch_size
+
+            return token_sum_over_batch
+
+        def token_mean(logits: Tensor, labels: Tensor) -> Tensor:
+            return F.cross_entropy(logits.reshape(-1, classes), labels.reshape(-1))
+
+        return token_mean
+    if recipe.loss_reduction == "sum_over_batch":
+        def sample_sum_over_batch(logits: Tensor, labels: Tensor) -> Tensor:
+            return F.cross_entropy(logits, labels, reduction="sum") / batch_size
+
+        return sample_sum_over_batch
+    return F.cross_entropy
+
+
+def synthetic_batch(
+    network: Network, batch_size: int, device: torch.device, seed: int
+) -> tuple[Tensor, Tensor]:
+    """Inputs and labels made once, on the device, from a seeded generator."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    shape = (batch_size, *network.input_shape)
+    if network.input_kind == "tokens":
+        inputs = torch.randint(0, network.vocab, shape, generator=gen, device=device, dtype=torch.int64)
+    else:
+        inputs = torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
+    label_shape = (batch_size, *network.label_shape)
+    labels = torch.randint(0, network.classes, label_shape, generator=gen, device=device, dtype=torch.int64)
+    return inputs, labels
+
+
+def _blas() -> str | None:
+    match = re.search(r"BLAS_INFO=([^,\s]+)", torch.__config__.show())
+    return match.group(1) if match else None
+
+
+# --------------------------------------------------------------------------------------------------
+# Runners
+
+
+def _no_sync() -> None:
+    return None
+
+
+class _Runner:
+    """What train and infer runners share: the model, its batch, the device and the parity record."""
+
+    def __init__(
+        self, model: nn.Module, inputs: Tensor, labels: Tensor, device: torch.device, compiled: bool
+    ) -> None:
+        self.model = model
+        self.inputs = inputs
+        self.labels = labels
+        self.device = device
+        self.compiled = compiled
+        self._sync: Callable[[], None] = torch.cuda.synchronize if device.type == "cuda" else _no_sync
+        self._image = inputs.dim() == 4
+
+    def sync(self) -> None:
+        self._sync()
+
+    def trainable_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+    def parity(self) -> Parity:
+        on_cuda = self.device.type == "cuda"
+        first = next(self.model.parameters(), None)
+        details: dict[str, Any] = {
+            "interop_threads": torch.get_num_interop_threads(),
+            "mkldnn": torch.backends.mkldnn.is_available(),  # type: ignore[no-untyped-call]
+            "blas": _blas(),
+        }
+        if on_cuda:
+            # cuDNN convolutions use TF32 by default (torch.backends.cudnn.allow_tf32), matmuls do not.
+            details["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
+            details["device_name"] = torch.cuda.get_device_name(self.device)
+        return Parity(
+            threads=torch.get_num_threads(),
+            dtype=str(first.dtype).removeprefix("torch.") if first is not None else None,
+            layout="NCHW" if self._image else None,
+            execution="inductor" if self.compiled else "eager",
+            tf32=torch.backends.cuda.matmul.allow_tf32 if on_cuda else None,
+            cudnn_benchmark=torch.backends.cudnn.benchmark if on_cuda else None,
+            details=details,
+        )
+
+
+class TrainRunner(_Runner):
+    """One step is ``zero_grad``, forward and loss, ``backward``, optional clipping, ``step``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        labels: Tensor,
+        device: torch.device,
+        compiled: bool,
+        loss_of: Callable[[Tensor, Tensor], Tensor],
+        optimizer: torch.optim.Optimizer,
+        clip_norm: float | None,
+    ) -> None:
+        super().__init__(model, inputs, labels, device, compiled)
+        self.loss_of = loss_of  # inputs, labels -> loss: the model's forward and the loss together
+        self.optimizer = optimizer
+        self.clip_norm = clip_norm
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.loss: Tensor | None = None  # the last step's loss, kept without a device sync
+        model.train()
+
+    def step(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_of(self.inputs, self.labels)
+        loss.backward()  # type: ignore[no-untyped-call]
+        if self.clip_norm is not None:
+            nn.utils.clip_grad_norm_(self.params, self.clip_norm)
+        self.optimizer.step()
+        self.loss = loss
+
+
+class InferRunner(_Runner):
+    """One step is a forward pass under ``torch.inference_mode`` with the model in eval mode."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        labels: Tensor,
+        device: torch.device,
+        compiled: bool,
+        forward: Callable[[Tensor], Tensor],
+    ) -> None:
+        super().__init__(model, inputs, labels, device, compiled)
+        self.forward = forward
+        self.output: Tensor | None = None  # the last step's logits
+        model.eval()
+
+    def step(self) -> None:
+        with torch.inference_mode():
+            self.output = self.forward(self.inputs)
+
+
+# --------------------------------------------------------------------------------------------------
+# Backend
+
+
+class Backend:
+    """PyTorch eager (``torch``) or through ``torch.compile`` with Inductor (``torch-compile``)."""
+
+    def __init__(self, threads: int, compile: bool = False) -> None:
+        self.compile = compile
+        self.name = "torch-compile" if compile else "torch"
+        torch.set_num_threads(threads)
+        # Possible only once, before any inter-op parallel work; otherwise the pool stays as it is.
+        with contextlib.suppress(RuntimeError):
+            torch.set_num_interop_threads(threads)
+
+    def version(self) -> str:
+        return str(torch.__version__)
+
+    def _device(self, name: str) -> torch.device:
+        if name == "cuda":
+            if not torch.cuda.is_available():
+                raise Unavailable(f"CUDA is not available to this PyTorch {torch.__version__}")
+            return torch.device("cuda")
+        if name == "cpu":
+            return torch.device("cpu")
+        raise Unsupported(f"the PyTorch backend runs on {' or '.join(DEVICES)}, not {name!r}")
+
+    def prepare(self, request: StepRequest) -> TrainRunner | InferRunner:
+        if request.scenario not in SCENARIOS:
+            raise Unsupported(
+                f"the PyTorch backend runs the scenarios {', '.join(SCENARIOS)}, not {request.scenario!r}"
+            )
+        if request.precision not in PRECISIONS:
+            raise Unsupported(
+                f"the PyTorch backend runs in {', '.join(PRECISIONS)} only, not {request.precision!r}"
+            )
+        device = self._device(request.device)
+        workload = request.workload
+        network, recipe = workload.network, workload.recipe
+
+        torch.manual_seed(request.seed)
+        model = build_model(network)
+        initialise(model, recipe)
+        model.to(device)
+        inputs, labels = synthetic_batch(network, request.batch_size, device, request.seed)
+
+        if request.scenario == "infer":
+            forward: Callable[[Tensor], Tensor] = torch.compile(model) if self.compile else model
+            return InferRunner(model, inputs, labels, device, self.compile, forward)
+
+        loss_fn = make_loss(network, recipe, request.batch_size)
+
+        def loss_of(x: Tensor, y: Tensor) -> Tensor:
+            return loss_fn(model(x), y)
+
+        # Compiled, forward and loss form one graph and AOTAutograd derives its backward graph; the
+        # optimizer step stays eager.
+        compiled_loss: LossFn = torch.compile(loss_of) if self.compile else loss_of
+        optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], recipe)
+        return TrainRunner(
+            model, inputs, labels, device, self.compile, compiled_loss, optimizer, recipe.grad_clip_norm
+        )

@@ -1,0 +1,98 @@
+"""Every framework dlarena knows, without importing any of them.
+
+Adding a framework is one module in this package plus one entry here (and its optional-dependency
+extra in pyproject.toml); the conformance tests pick it up from this table.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from dlarena.errors import UnknownNameError
+from dlarena.frameworks.base import Backend
+
+
+@dataclass(frozen=True)
+class FrameworkInfo:
+    name: str
+    description: str
+    module: str  # the dlarena module that holds its Backend class
+    imports: tuple[str, ...]  # top-level packages it needs importable
+    distributions: tuple[str, ...]  # installed distributions whose versions key its results
+    extra: str  # pyproject optional-dependency extra that installs it
+    options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of its Backend
+    scenarios: tuple[str, ...] = ("train", "infer")
+
+    def is_installed(self) -> bool:
+        return all(importlib.util.find_spec(name) is not None for name in self.imports)
+
+    def versions(self) -> dict[str, str]:
+        """Versions of its distributions, read from package metadata (nothing is imported)."""
+        found = {}
+        for dist in self.distributions:
+            try:
+                found[dist] = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                continue
+        return found
+
+
+FRAMEWORKS: dict[str, FrameworkInfo] = {
+    info.name: info
+    for info in (
+        FrameworkInfo(
+            name="torch",
+            description="PyTorch eager mode: torch.nn modules and torch.optim",
+            module="dlarena.frameworks.pytorch",
+            imports=("torch",),
+            distributions=("torch",),
+            extra="torch",
+        ),
+        FrameworkInfo(
+            name="torch-compile",
+            description="PyTorch through torch.compile (Inductor); compile time reported apart",
+            module="dlarena.frameworks.pytorch",
+            imports=("torch",),
+            distributions=("torch",),
+            extra="torch",
+            options={"compile": True},
+        ),
+    )
+}
+
+
+# Test-only frameworks that inject faults (dlarena/frameworks/fault.py); never shown to users.
+FAULT_FRAMEWORKS_VARIABLE = "DLARENA_FAULT_FRAMEWORKS"
+if os.environ.get(FAULT_FRAMEWORKS_VARIABLE) == "1":
+    from dlarena.frameworks.fault import FAULTS
+
+    for _fault in FAULTS:
+        FRAMEWORKS[f"fault-{_fault}"] = FrameworkInfo(
+            name=f"fault-{_fault}",
+            description=f"test-only: injects the fault {_fault!r}",
+            module="dlarena.frameworks.fault",
+            imports=("numpy",),
+            distributions=("numpy",),
+            extra="test",
+            options={"fault": _fault},
+        )
+
+
+def framework_info(name: str) -> FrameworkInfo:
+    try:
+        return FRAMEWORKS[name]
+    except KeyError:
+        raise UnknownNameError("framework", name, FRAMEWORKS) from None
+
+
+def load_backend(name: str, threads: int) -> Backend:
+    """Import the framework (only a worker process calls this) and return its configured backend."""
+    info = framework_info(name)
+    module = importlib.import_module(info.module)
+    backend: Backend = module.Backend(threads=threads, **info.options)
+    return backend

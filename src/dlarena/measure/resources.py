@@ -1,0 +1,24 @@
+"""Process resources read from the kernel (stdlib only; runs inside the worker)."""
+
+from __future__ import annotations
+
+import resource
+import sys
+
+# ru_maxrss is in kilobytes on Linux and in bytes on macOS (getrusage(2) on each system).
+_MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _MAXRSS_UNIT
+
+
+def current_rss_bytes() -> int:
+    """Resident set size now, from /proc (0 where /proc is absent)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            pages = int(statm.read().split()[1])
+    except OSError:
+        return 0
+    return pages * resource.getpagesize()

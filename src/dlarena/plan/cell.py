@@ -1,0 +1,77 @@
+"""A cell: one point of a sweep, measured by one fresh worker process."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Defaults of the measurement loop. pyperf takes values of at least 100 ms and asv samples for at
+# least 10 ms per repeat; a step-level loop needs more steps than either to estimate quantiles, so
+# the floor is 10 steps and 1 s of measured time, after 3 warm-up steps past the first (timed apart).
+DEFAULT_WARMUP_STEPS = 3
+DEFAULT_MIN_STEPS = 10
+DEFAULT_MIN_TIME_S = 1.0
+# A cap, so that a slow network at a large batch still ends: no more than this many measured steps
+# and no longer than this many seconds once the minimum number of steps is reached.
+DEFAULT_MAX_STEPS = 10_000
+DEFAULT_MAX_TIME_S = 30.0
+# Past this wall time the orchestrator kills the worker's process group and stores `timeout`.
+# Torch Inductor compiles a small network in about 20 s on 2 cores; published networks at full size
+# can take minutes per step on a CPU, so the limit is generous and overridable per suite and per run.
+DEFAULT_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """How long and how often a worker steps; part of a cell's identity."""
+
+    warmup_steps: int = DEFAULT_WARMUP_STEPS
+    min_steps: int = DEFAULT_MIN_STEPS
+    min_time_s: float = DEFAULT_MIN_TIME_S
+    max_steps: int = DEFAULT_MAX_STEPS
+    max_time_s: float = DEFAULT_MAX_TIME_S
+
+
+@dataclass(frozen=True)
+class Cell:
+    framework: str
+    workload: str
+    scenario: str
+    batch_size: int
+    threads: int
+    device: str = "cpu"
+    precision: str = "float32"
+    seed: int = 0
+    measurement: Measurement = field(default_factory=Measurement)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Cell:
+        values = dict(data)
+        values["measurement"] = Measurement(**values.get("measurement", {}))
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Cell:
+        data: dict[str, Any] = json.loads(text)
+        return cls.from_dict(data)
+
+    def key(self, code_version: str, framework_versions: dict[str, str]) -> str:
+        """A hash of everything that makes results comparable: configuration, code and versions."""
+        material = json.dumps(
+            {"cell": self.to_dict(), "code": code_version, "versions": framework_versions}, sort_keys=True
+        )
+        return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+    def label(self) -> str:
+        return (
+            f"{self.framework} {self.workload} {self.scenario} {self.device} "
+            f"batch {self.batch_size} threads {self.threads}"
+        )

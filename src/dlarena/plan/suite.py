@@ -1,0 +1,257 @@
+"""Suites: named, versioned TOML lists of sweeps, expanded into cells.
+
+A suite file holds top-level defaults and zero or more ``[[sweep]]`` tables; each sweep is the cross
+product of its axes (frameworks x workloads x scenarios x devices x batch sizes x threads). Without
+``[[sweep]]`` tables the top level is the one sweep. Example::
+
+    name = "quick"
+    version = 1
+    description = "Small networks, a few minutes on a laptop"
+    workloads = ["fcn5-small", "karmanov-cnn-small"]
+    scenarios = ["train", "infer"]
+    threads = "all"          # every power of two up to the core count, or a list such as [1, 2]
+    batch_sizes = [32]       # absent: each workload's default batch size
+
+    [measurement]
+    min_time_s = 0.5
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from dlarena.errors import DlarenaError, UnknownNameError
+from dlarena.frameworks.registry import FRAMEWORKS
+from dlarena.plan.cell import DEFAULT_TIMEOUT_S, Cell, Measurement
+from dlarena.spec import SCENARIOS
+from dlarena.spec.catalogue import CATALOGUE
+
+DEVICES: tuple[str, ...] = ("cpu", "cuda")
+PRECISIONS: tuple[str, ...] = ("float32",)
+DEFAULT_SUITE = "quick"
+
+_AXES = ("frameworks", "workloads", "scenarios", "devices", "batch_sizes", "threads")
+_TOP_KEYS = {"name", "version", "description", "timeout_s", "measurement", "sweep", *_AXES}
+_SWEEP_KEYS = {*_AXES, "timeout_s"}
+
+
+class SuiteError(DlarenaError):
+    """A suite file or a command-line selection that cannot be planned."""
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One cross product. ``None`` for an axis means its default (see ``Suite.cells``)."""
+
+    frameworks: tuple[str, ...] | None = None
+    workloads: tuple[str, ...] = ()
+    scenarios: tuple[str, ...] = SCENARIOS
+    devices: tuple[str, ...] = ("cpu",)
+    batch_sizes: tuple[int, ...] | None = None
+    threads: tuple[int, ...] | str = "all"
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    version: int
+    description: str
+    sweeps: tuple[Sweep, ...]
+    measurement: Measurement = field(default_factory=Measurement)
+    source: str = ""  # the TOML text it was read from, stored with each run
+
+    def override(self, **axes: Any) -> Suite:
+        """The same suite with some axes replaced in every sweep (from the command line); None keeps one."""
+        changes = {name: value for name, value in axes.items() if value is not None}
+        return replace(self, sweeps=tuple(replace(sweep, **changes) for sweep in self.sweeps))
+
+    def cells(self, cores: int | None = None) -> list[tuple[Cell, float]]:
+        """Every cell with its timeout, in a stable order, duplicates removed. Validates every name."""
+        cores = cores or available_cores()
+        planned: dict[Cell, float] = {}
+        for sweep in self.sweeps:
+            _check_names(sweep)
+            threads = _threads(sweep.threads, cores)
+            for framework in sweep.frameworks or tuple(FRAMEWORKS):
+                for workload in sweep.workloads:
+                    batch_sizes = sweep.batch_sizes or (CATALOGUE[workload].default_batch_size,)
+                    for scenario in sweep.scenarios:
+                        for device in sweep.devices:
+                            for batch_size in batch_sizes:
+                                for count in threads:
+                                    cell = Cell(
+                                        framework=framework, workload=workload, scenario=scenario,
+                                        batch_size=batch_size, threads=count, device=device,
+                                        measurement=self.measurement,
+                                    )
+                                    planned.setdefault(cell, sweep.timeout_s)
+        return list(planned.items())
+
+
+def available_cores() -> int:
+    """Cores this process may run on (affinity), which is what a worker can be given."""
+    return len(os.sched_getaffinity(0))
+
+
+def _threads(value: tuple[int, ...] | str, cores: int) -> tuple[int, ...]:
+    if value == "all":
+        counts, count = [], 1
+        while count <= cores:
+            counts.append(count)
+            count *= 2
+        return tuple(counts)
+    assert not isinstance(value, str)
+    too_many = [count for count in value if count > cores]
+    if too_many:
+        raise SuiteError(
+            f"{too_many[0]} threads asked for, but this machine lets dlarena use {cores} cores; "
+            f"choose thread counts from 1 to {cores}, or 'all'"
+        )
+    return value
+
+
+def _check_names(sweep: Sweep) -> None:
+    for framework in sweep.frameworks or ():
+        if framework not in FRAMEWORKS:
+            raise UnknownNameError("framework", framework, FRAMEWORKS)
+    for workload in sweep.workloads:
+        if workload not in CATALOGUE:
+            raise UnknownNameError("workload", workload, CATALOGUE)
+    for scenario in sweep.scenarios:
+        if scenario not in SCENARIOS:
+            raise UnknownNameError("scenario", scenario, SCENARIOS)
+    for device in sweep.devices:
+        if device not in DEVICES:
+            raise UnknownNameError("device", device, DEVICES)
+    if not sweep.workloads:
+        raise SuiteError("the suite selects no workload; name some with workloads = [...] or --workloads")
+
+
+def builtin_suites() -> dict[str, str]:
+    """Built-in suite names and their TOML text."""
+    folder = resources.files("dlarena.suites")
+    return {
+        entry.name.removesuffix(".toml"): entry.read_text(encoding="utf-8")
+        for entry in sorted(folder.iterdir(), key=lambda item: item.name)
+        if entry.name.endswith(".toml")
+    }
+
+
+def load_suite(name_or_path: str) -> Suite:
+    """A built-in suite by name, or a suite TOML file by path."""
+    builtins = builtin_suites()
+    if name_or_path in builtins:
+        return parse_suite(builtins[name_or_path], f"built-in suite {name_or_path!r}")
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as error:
+            raise SuiteError(f"cannot read suite file {path}: {error.strerror}") from None
+        return parse_suite(text, str(path))
+    raise UnknownNameError("suite", name_or_path, builtins)
+
+
+def parse_suite(text: str, origin: str) -> Suite:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise SuiteError(f"{origin} is not valid TOML: {error}") from None
+    _reject_unknown(data, _TOP_KEYS, origin)
+    defaults = {key: data[key] for key in _SWEEP_KEYS if key in data}
+    sweep_tables = data.get("sweep", [{}])
+    if not isinstance(sweep_tables, list) or not all(isinstance(table, dict) for table in sweep_tables):
+        raise SuiteError(f"{origin}: 'sweep' must be a list of tables, written [[sweep]]")
+    sweeps = []
+    for index, table in enumerate(sweep_tables, start=1):
+        where = f"{origin}, sweep {index}" if "sweep" in data else origin
+        _reject_unknown(table, _SWEEP_KEYS, where)
+        sweeps.append(_sweep({**defaults, **table}, where))
+    return Suite(
+        name=_typed(data, "name", str, origin, Path(origin).stem),
+        version=_typed(data, "version", int, origin, 1),
+        description=_typed(data, "description", str, origin, ""),
+        sweeps=tuple(sweeps),
+        measurement=_measurement(data.get("measurement", {}), origin),
+        source=text,
+    )
+
+
+def _reject_unknown(table: dict[str, Any], valid: set[str], origin: str) -> None:
+    unknown = sorted(set(table) - valid)
+    if unknown:
+        raise SuiteError(f"{origin}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(valid))}")
+
+
+def _typed(table: dict[str, Any], key: str, kind: type, origin: str, default: Any) -> Any:
+    value = table.get(key, default)
+    # bool is an int in Python; a suite saying `version = true` is a mistake all the same.
+    if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        raise SuiteError(f"{origin}: {key!r} must be {_kind_name(kind)}, got {value!r}")
+    return value
+
+
+def _kind_name(kind: type) -> str:
+    return {str: "a string", int: "an integer", float: "a number", list: "a list"}.get(kind, kind.__name__)
+
+
+def _names(table: dict[str, Any], key: str, origin: str) -> tuple[str, ...] | None:
+    if key not in table:
+        return None
+    value = table[key]
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise SuiteError(f"{origin}: {key!r} must be a list of names, got {value!r}")
+    return tuple(value)
+
+
+def _positive_ints(table: dict[str, Any], key: str, origin: str) -> tuple[int, ...] | None:
+    if key not in table:
+        return None
+    value = table[key]
+    if (
+        not isinstance(value, list) or not value
+        or not all(isinstance(item, int) and not isinstance(item, bool) and item > 0 for item in value)
+    ):
+        raise SuiteError(f"{origin}: {key!r} must be a list of positive integers, got {value!r}")
+    return tuple(value)
+
+
+def _sweep(table: dict[str, Any], origin: str) -> Sweep:
+    base = Sweep()
+    threads: tuple[int, ...] | str = base.threads
+    if table.get("threads") != "all":
+        threads = _positive_ints(table, "threads", origin) or base.threads
+    timeout = _typed(table, "timeout_s", float, origin, base.timeout_s)
+    if timeout <= 0:
+        raise SuiteError(f"{origin}: 'timeout_s' must be positive, got {timeout}")
+    return Sweep(
+        frameworks=_names(table, "frameworks", origin),
+        workloads=_names(table, "workloads", origin) or (),
+        scenarios=_names(table, "scenarios", origin) or base.scenarios,
+        devices=_names(table, "devices", origin) or base.devices,
+        batch_sizes=_positive_ints(table, "batch_sizes", origin),
+        threads=threads,
+        timeout_s=timeout,
+    )
+
+
+def _measurement(table: Any, origin: str) -> Measurement:
+    if not isinstance(table, dict):
+        raise SuiteError(f"{origin}: 'measurement' must be a table, written [measurement]")
+    valid = {item.name: item.type for item in fields(Measurement)}
+    _reject_unknown(table, set(valid), f"{origin}, [measurement]")
+    values = {}
+    for key in table:
+        kind = int if "steps" in key else float
+        values[key] = _typed(table, key, kind, f"{origin}, [measurement]", None)
+        if values[key] < (0 if key == "warmup_steps" else 1e-9):
+            raise SuiteError(f"{origin}, [measurement]: {key!r} must be positive, got {values[key]}")
+    return Measurement(**values)

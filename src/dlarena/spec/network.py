@@ -1,0 +1,71 @@
+"""A network: its input, its layers and its output, with the figures derived from them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from dlarena.spec.layers import (
+    Layer,
+    Shape,
+    SpecError,
+    sequence_backward_flops,
+    sequence_forward_flops,
+    sequence_out,
+    sequence_params,
+)
+
+InputKind = Literal["image", "vector", "tokens"]
+# Labels are one class per sample ("sample") or one class per time step ("token", language models).
+LabelKind = Literal["sample", "token"]
+
+
+@dataclass(frozen=True)
+class Network:
+    """A network that maps one input of ``input_shape`` to logits over ``classes``.
+
+    ``input_kind`` says how synthetic inputs are made: real-valued tensors for ``image`` and
+    ``vector``, token ids below ``vocab`` for ``tokens``.
+    """
+
+    input_shape: Shape
+    input_kind: InputKind
+    layers: tuple[Layer, ...]
+    classes: int
+    label_kind: LabelKind = "sample"
+    vocab: int = 0
+
+    def __post_init__(self) -> None:
+        if self.input_kind == "tokens" and self.vocab < 1:
+            raise SpecError("a network over tokens needs its vocabulary size")
+        out = self.output_shape
+        expected = (self.classes,) if self.label_kind == "sample" else (self.input_shape[0], self.classes)
+        if out != expected:
+            raise SpecError(f"network output {out} does not match its labels, expected {expected}")
+
+    @property
+    def output_shape(self) -> Shape:
+        return sequence_out(self.layers, self.input_shape)
+
+    @property
+    def label_shape(self) -> Shape:
+        return () if self.label_kind == "sample" else (self.input_shape[0],)
+
+    @property
+    def params(self) -> int:
+        return sequence_params(self.layers, self.input_shape)
+
+    def forward_flops(self, batch_size: int = 1) -> int:
+        """FLOPs of one forward pass over a batch, the softmax cross-entropy loss included."""
+        return batch_size * (sequence_forward_flops(self.layers, self.input_shape) + self._loss_flops())
+
+    def backward_flops(self, batch_size: int = 1) -> int:
+        return batch_size * (sequence_backward_flops(self.layers, self.input_shape) + self._loss_flops())
+
+    def _loss_flops(self) -> int:
+        # softmax: exp, sum, divide; cross-entropy: log and pick; about 5 FLOPs per logit.
+        logits = self.classes * (1 if self.label_kind == "sample" else self.input_shape[0])
+        return LOSS_FLOPS_PER_LOGIT * logits
+
+
+LOSS_FLOPS_PER_LOGIT = 5

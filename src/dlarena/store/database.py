@@ -1,0 +1,299 @@
+"""The SQLite results database: every result is committed the moment its cell ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from dlarena.environment import fingerprint
+from dlarena.errors import DlarenaError
+from dlarena.measure.stats import Summary
+from dlarena.plan.cell import Cell
+from dlarena.store.schema import MIGRATIONS, SCHEMA_VERSION
+
+# The default location, relative to the working directory, overridden by --db or $DLARENA_DB.
+DEFAULT_DB = Path("results") / "dlarena.db"
+DB_VARIABLE = "DLARENA_DB"
+# How long a connection waits for another writer's lock before giving up (SQLite busy timeout).
+BUSY_TIMEOUT_S = 30.0
+# Keep this much of a failed worker's standard error: enough for a Python traceback's last frames.
+STDERR_TAIL_CHARS = 4000
+
+
+class StoreError(DlarenaError):
+    """A database that cannot be opened, read or written."""
+
+
+def default_db_path() -> Path:
+    return Path(os.environ.get(DB_VARIABLE) or DEFAULT_DB)
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+@dataclass(frozen=True)
+class PlannedCell:
+    cell: Cell
+    timeout_s: float
+    key: str
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    """What the orchestrator hands the store when a cell ends."""
+
+    status: str
+    message: str
+    stderr_tail: str
+    command: Sequence[str]
+    exit_code: int | None
+    wall_s: float
+    started_at: str
+    finished_at: str
+    data: dict[str, Any]  # the worker's JSON result ({} when the worker left none)
+    summary: Summary | None
+
+
+class Store:
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        self.connection = connection
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path, create: bool = True) -> Store:
+        """Open (and with ``create``, create or migrate) the database at ``path``."""
+        if not path.exists():
+            if not create:
+                raise StoreError(f"there is no results database at {path}; run `dlarena run` first or pass --db")
+            _check_writable_location(path)
+        elif path.is_dir():
+            raise StoreError(f"the database path {path} is a folder; give a file path with --db")
+        try:
+            connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            connection.row_factory = sqlite3.Row
+            connection.execute("PRAGMA foreign_keys = ON")
+            version = _schema_version(connection, path)
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{path} was written by a newer dlarena (schema {version}, this one reads up to "
+                    f"{SCHEMA_VERSION}); upgrade dlarena or choose another --db"
+                )
+            if version < SCHEMA_VERSION:
+                if not create:
+                    raise StoreError(f"{path} has an old schema ({version}); run `dlarena run` once to upgrade it")
+                _migrate(connection, version)
+            if create:
+                connection.execute("PRAGMA journal_mode = WAL")  # readers never block the writer
+        except sqlite3.DatabaseError as error:
+            raise StoreError(f"{path} is not a dlarena results database ({error})") from None
+        return cls(connection, path)
+
+    def close(self) -> None:
+        self.connection.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self.connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as error:
+            raise StoreError(f"cannot write to {self.path}: {error}") from None
+        try:
+            yield self.connection
+        except BaseException:
+            self.connection.execute("ROLLBACK")
+            raise
+        try:
+            self.connection.execute("COMMIT")
+        except sqlite3.OperationalError as error:
+            raise StoreError(f"cannot write to {self.path}: {error}") from None
+
+    # --- writing ----------------------------------------------------------------------------------
+
+    def start_run(
+        self, environment: dict[str, Any], suite_name: str, suite_version: int, suite_source: str,
+        argv: Sequence[str], code_version: str, cells: Sequence[PlannedCell],
+    ) -> tuple[str, list[int]]:
+        """Record a new run with its planned cells; returns the run id and the cells' ids."""
+        run_id = new_run_id()
+        with self.transaction() as db:
+            environment_id = self._environment_id(db, environment)
+            db.execute(
+                "INSERT INTO runs (id, started_at, status, suite_name, suite_version, suite_source, argv,"
+                " code_version, environment_id) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                (run_id, now(), suite_name, suite_version, suite_source, json.dumps(list(argv)),
+                 code_version, environment_id),
+            )
+            cell_ids = []
+            for position, planned in enumerate(cells):
+                cell = planned.cell
+                cursor = db.execute(
+                    "INSERT INTO cells (run_id, position, cell_key, framework, workload, scenario, device,"
+                    " batch_size, threads, precision, timeout_s, config)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (run_id, position, planned.key, cell.framework, cell.workload, cell.scenario,
+                     cell.device, cell.batch_size, cell.threads, cell.precision, planned.timeout_s,
+                     cell.to_json()),
+                )
+                cell_ids.append(int(cursor.lastrowid or 0))
+        return run_id, cell_ids
+
+    @staticmethod
+    def _environment_id(db: sqlite3.Connection, environment: dict[str, Any]) -> int:
+        key = fingerprint(environment)
+        row = db.execute("SELECT id FROM environments WHERE fingerprint = ?", (key,)).fetchone()
+        if row:
+            return int(row["id"])
+        cursor = db.execute(
+            "INSERT INTO environments (fingerprint, cpu_model, cores, memory_bytes, os, python, data)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (key, environment["cpu_model"], environment["cores"], environment["memory_bytes"],
+             environment["os"], environment["python"], json.dumps(environment, sort_keys=True)),
+        )
+        return int(cursor.lastrowid or 0)
+
+    def record_result(self, cell_id: int, result: StoredResult, batch_size: int) -> None:
+        """Store one finished cell: its result, raw samples and summary, in one transaction."""
+        data = result.data
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO results (cell_id, status, message, stderr_tail, command, exit_code,"
+                " framework_version, params, flops_per_step, import_s, build_s, first_step_s, cores_used,"
+                " peak_rss_bytes, wall_s, started_at, finished_at, parity, data)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (cell_id, result.status, result.message, result.stderr_tail[-STDERR_TAIL_CHARS:],
+                 json.dumps(list(result.command)), result.exit_code, data.get("framework_version"),
+                 data.get("params"), data.get("flops_per_step"), data.get("import_s"),
+                 data.get("build_s"), data.get("first_step_s"), data.get("cores_used"),
+                 data.get("peak_rss_bytes"), result.wall_s, result.started_at, result.finished_at,
+                 json.dumps(data.get("parity", {}), sort_keys=True), json.dumps(data)),
+            )
+            result_id = cursor.lastrowid
+            phases = [("first", [data["first_step_s"]] if "first_step_s" in data else []),
+                      ("warmup", data.get("warmup_s", [])), ("steady", data.get("samples_s", []))]
+            db.executemany(
+                "INSERT INTO samples (result_id, phase, step, seconds) VALUES (?, ?, ?, ?)",
+                [(result_id, phase, step, seconds)
+                 for phase, values in phases for step, seconds in enumerate(values)],
+            )
+            if result.summary is not None:
+                summary = result.summary
+                flops = data.get("flops_per_step")
+                gflops = flops / summary.median_s / 1e9 if flops and summary.median_s > 0 else None
+                db.execute(
+                    "INSERT OR REPLACE INTO summaries (cell_id, n, median_s, mean_s, stdev_s, min_s, max_s,"
+                    " q1_s, q3_s, throughput, gflops) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (cell_id, summary.n, summary.median_s, summary.mean_s, summary.stdev_s,
+                     summary.min_s, summary.max_s, summary.q1_s, summary.q3_s,
+                     summary.throughput(batch_size), gflops),
+                )
+
+    def finish_run(self, run_id: str, status: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET status = ?, finished_at = ? WHERE id = ?", (status, now(), run_id))
+
+    # --- reading ----------------------------------------------------------------------------------
+
+    def run(self, run_id: str | None) -> sqlite3.Row:
+        """A run by id, or the latest one."""
+        if run_id is None:
+            row = self.connection.execute("SELECT * FROM runs ORDER BY started_at DESC, rowid DESC LIMIT 1").fetchone()
+            if row is None:
+                raise StoreError(f"{self.path} holds no run yet; start one with `dlarena run`")
+            return row  # type: ignore[no-any-return]
+        row = self.connection.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            known = [r["id"] for r in self.connection.execute("SELECT id FROM runs ORDER BY started_at DESC LIMIT 5")]
+            raise StoreError(f"no run {run_id!r} in {self.path}; latest runs: {', '.join(known) or 'none'}")
+        return row  # type: ignore[no-any-return]
+
+    def environment(self, environment_id: int) -> dict[str, Any]:
+        row = self.connection.execute("SELECT data FROM environments WHERE id = ?", (environment_id,)).fetchone()
+        return json.loads(row["data"]) if row else {}
+
+    def cell_rows(self, run_id: str) -> list[dict[str, Any]]:
+        """One row per cell of a run with its latest result and summary (status 'pending' if none)."""
+        rows = self.connection.execute(
+            """
+            SELECT c.id AS cell_id, c.run_id, c.position, c.cell_key, c.framework, c.workload, c.scenario,
+                   c.device, c.batch_size, c.threads, c.precision, c.config,
+                   COALESCE(r.status, 'pending') AS status, COALESCE(r.message, '') AS message,
+                   r.stderr_tail, r.command, r.framework_version, r.params, r.flops_per_step,
+                   r.import_s, r.build_s, r.first_step_s, r.cores_used, r.peak_rss_bytes, r.wall_s,
+                   r.parity, s.n, s.median_s, s.mean_s, s.stdev_s, s.min_s, s.max_s, s.q1_s, s.q3_s,
+                   s.q3_s - s.q1_s AS iqr_s, s.throughput, s.gflops
+            FROM cells c
+            LEFT JOIN results r ON r.id = (SELECT MAX(id) FROM results WHERE cell_id = c.id)
+            LEFT JOIN summaries s ON s.cell_id = c.id
+            WHERE c.run_id = ?
+            ORDER BY c.position
+            """,
+            (run_id,),
+        ).fetchall()
+        return [dict(row) for row in rows]
+
+    def samples(self, cell_id: int, phase: str = "steady") -> list[float]:
+        rows = self.connection.execute(
+            "SELECT s.seconds FROM samples s JOIN results r ON r.id = s.result_id"
+            " WHERE r.cell_id = ? AND s.phase = ? ORDER BY r.id, s.step",
+            (cell_id, phase),
+        ).fetchall()
+        return [float(row["seconds"]) for row in rows]
+
+
+def _check_writable_location(path: Path) -> None:
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StoreError(f"cannot create the database folder {folder}: {error.strerror}") from None
+    if not os.access(folder, os.W_OK):
+        raise StoreError(f"cannot write the database {path}: its folder is not writable")
+
+
+def _schema_version(connection: sqlite3.Connection, path: Path) -> int:
+    tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables:
+        return 0
+    if "meta" not in tables:
+        raise StoreError(f"{path} is an SQLite database but not one of dlarena's; choose another --db")
+    row = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _migrate(connection: sqlite3.Connection, version: int) -> None:
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        for step in range(version, SCHEMA_VERSION):
+            for statement in _statements(MIGRATIONS[step]):
+                connection.execute(statement)
+        connection.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+        )
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script into statements (executescript would commit the transaction)."""
+    statements, buffer = [], ""
+    for line in script.splitlines():
+        buffer += line.split("--", 1)[0] + "\n"
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    return [statement for statement in statements if statement]

@@ -1,0 +1,101 @@
+"""The results database schema, versioned, with forward migrations.
+
+A database records its schema version in ``meta``. Opening an older one applies the missing
+migrations in one transaction; opening a newer one is refused (its meaning is unknown to this code).
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+# MIGRATIONS[n] turns a database of version n into version n + 1; version 0 is an empty file.
+MIGRATIONS: dict[int, str] = {
+    0: """
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE environments (
+        id INTEGER PRIMARY KEY,
+        fingerprint TEXT NOT NULL UNIQUE,
+        cpu_model TEXT NOT NULL,
+        cores INTEGER NOT NULL,
+        memory_bytes INTEGER NOT NULL,
+        os TEXT NOT NULL,
+        python TEXT NOT NULL,
+        data TEXT NOT NULL                 -- the whole snapshot as JSON
+    );
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        status TEXT NOT NULL,              -- running, finished, interrupted
+        suite_name TEXT NOT NULL,
+        suite_version INTEGER NOT NULL,
+        suite_source TEXT NOT NULL,        -- the TOML text the suite was read from
+        argv TEXT NOT NULL,                -- JSON list: the command that started the run
+        code_version TEXT NOT NULL,
+        environment_id INTEGER NOT NULL REFERENCES environments(id)
+    );
+    CREATE TABLE cells (
+        id INTEGER PRIMARY KEY,
+        run_id TEXT NOT NULL REFERENCES runs(id),
+        position INTEGER NOT NULL,         -- order within the run
+        cell_key TEXT NOT NULL,            -- hash of configuration + code + framework versions
+        framework TEXT NOT NULL,
+        workload TEXT NOT NULL,
+        scenario TEXT NOT NULL,
+        device TEXT NOT NULL,
+        batch_size INTEGER NOT NULL,
+        threads INTEGER NOT NULL,
+        precision TEXT NOT NULL,
+        timeout_s REAL NOT NULL,
+        config TEXT NOT NULL,              -- the cell as JSON, what the worker receives
+        UNIQUE (run_id, position)
+    );
+    CREATE INDEX cells_by_key ON cells(cell_key);
+    CREATE TABLE results (
+        id INTEGER PRIMARY KEY,
+        cell_id INTEGER NOT NULL REFERENCES cells(id),
+        status TEXT NOT NULL,              -- ok, failed, timeout, oom, unsupported, unavailable, mismatch
+        message TEXT NOT NULL,
+        stderr_tail TEXT NOT NULL,
+        command TEXT NOT NULL,             -- JSON list: re-runs this cell by hand
+        exit_code INTEGER,
+        framework_version TEXT,
+        params INTEGER,
+        flops_per_step INTEGER,
+        import_s REAL,
+        build_s REAL,
+        first_step_s REAL,
+        cores_used REAL,                   -- process CPU time over wall time in the timed loop
+        peak_rss_bytes INTEGER,
+        wall_s REAL NOT NULL,              -- the whole worker process, start to end
+        started_at TEXT NOT NULL,
+        finished_at TEXT NOT NULL,
+        parity TEXT NOT NULL,              -- JSON: what the framework really ran with
+        data TEXT NOT NULL                 -- JSON: the worker's whole result
+    );
+    CREATE INDEX results_by_cell ON results(cell_id);
+    CREATE TABLE samples (
+        result_id INTEGER NOT NULL REFERENCES results(id),
+        phase TEXT NOT NULL,               -- first, warmup, steady
+        step INTEGER NOT NULL,
+        seconds REAL NOT NULL,
+        PRIMARY KEY (result_id, phase, step)
+    ) WITHOUT ROWID;
+    CREATE TABLE summaries (
+        cell_id INTEGER PRIMARY KEY REFERENCES cells(id),
+        n INTEGER NOT NULL,
+        median_s REAL NOT NULL,
+        mean_s REAL NOT NULL,
+        stdev_s REAL NOT NULL,
+        min_s REAL NOT NULL,
+        max_s REAL NOT NULL,
+        q1_s REAL NOT NULL,
+        q3_s REAL NOT NULL,
+        throughput REAL NOT NULL,          -- samples per second at the median
+        gflops REAL                        -- achieved GFLOP/s at the median
+    );
+    """,
+}

@@ -1,0 +1,147 @@
+"""The per-cell worker process: ``python -m dlarena.worker --cell JSON [--out FILE]``.
+
+It limits threads and CPU affinity *before* anything that could start a thread pool (NumPy's BLAS,
+a framework) is imported, then builds the network, warms up, measures, and writes one JSON result.
+Run by hand with the command stored beside a result, it prints the result on standard output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from typing import Any
+
+from dlarena.plan.cell import Cell
+
+RESULT_SCHEMA = 1
+
+# Variables read at import time by the thread pools of the BLAS and OpenMP runtimes that frameworks
+# link against, and by TensorFlow. Setting them is necessary but not sufficient (see DEVELOPERS.md):
+# each framework module also sets its own limit, and the parity record measures what was really used.
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
+)
+# Inter-op pools run independent operations side by side; one pool of `threads` threads keeps the
+# total within the cell's cores.
+INTEROP_VARIABLES = ("TF_NUM_INTEROP_THREADS",)
+
+
+# prctl(2): ask the kernel to send us a signal when the process that started us dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """A worker whose orchestrator was killed must not go on measuring, unseen, on a shared machine."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+
+
+def limit_threads(threads: int) -> list[int]:
+    """Pin this process to ``threads`` cores and tell the runtimes to use that many threads."""
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(threads)
+    for name in INTEROP_VARIABLES:
+        os.environ[name] = "1"
+    allowed = sorted(os.sched_getaffinity(0))
+    cores = allowed[:threads]
+    os.sched_setaffinity(0, cores)
+    return cores
+
+
+def measure_cell(cell: Cell) -> dict[str, Any]:
+    """Build and time one cell; every outcome becomes a result dictionary, never an exception."""
+    from dlarena.frameworks.base import StepRequest, Unavailable, Unsupported
+    from dlarena.frameworks.registry import framework_info, load_backend
+    from dlarena.measure.resources import current_rss_bytes, peak_rss_bytes
+    from dlarena.measure.timing import run_timed
+    from dlarena.spec.catalogue import get_workload
+
+    result: dict[str, Any] = {"schema": RESULT_SCHEMA, "cell": cell.to_dict(), "status": "failed"}
+    try:
+        workload = get_workload(cell.workload)
+        if cell.scenario not in framework_info(cell.framework).scenarios:
+            raise Unsupported(f"{cell.framework} does not run the {cell.scenario!r} scenario")
+        start = time.perf_counter()
+        try:
+            backend = load_backend(cell.framework, cell.threads)
+        except ImportError as error:
+            raise Unavailable(f"{cell.framework} cannot be imported: {error}") from None
+        result["import_s"] = time.perf_counter() - start
+        result["framework_version"] = backend.version()
+
+        start = time.perf_counter()
+        runner = backend.prepare(StepRequest(
+            workload=workload, scenario=cell.scenario, batch_size=cell.batch_size,
+            device=cell.device, threads=cell.threads, precision=cell.precision, seed=cell.seed,
+        ))
+        result["build_s"] = time.perf_counter() - start
+        result["params"] = runner.trainable_params()
+        result["flops_per_step"] = workload.flops(cell.scenario, cell.batch_size)
+
+        rss_before = current_rss_bytes()
+        timings = run_timed(runner.step, runner.sync, cell.measurement)
+        result.update(
+            status="ok",
+            first_step_s=timings.first_step_s,
+            warmup_s=timings.warmup_s,
+            samples_s=timings.samples_s,
+            loop_wall_s=timings.loop_wall_s,
+            loop_cpu_s=timings.loop_cpu_s,
+            cores_used=timings.cores_used,
+            rss_before_bytes=rss_before,
+            rss_after_bytes=current_rss_bytes(),
+            parity=vars(runner.parity()),
+        )
+    except Unsupported as error:
+        result.update(status="unsupported", message=str(error))
+    except Unavailable as error:
+        result.update(status="unavailable", message=str(error))
+    except MemoryError:
+        result.update(status="oom", message="the framework ran out of memory (MemoryError)")
+    except Exception as error:  # a framework's failure is data, with its traceback on stderr
+        traceback.print_exc()
+        result.update(status="failed", message=f"{type(error).__name__}: {error}")
+    result["peak_rss_bytes"] = peak_rss_bytes()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dlarena.worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--cell", required=True, help="the cell as JSON, as stored with its result")
+    parser.add_argument("--out", help="write the JSON result here (default: standard output)")
+    args = parser.parse_args(argv)
+    try:
+        cell = Cell.from_json(args.cell)
+    except (ValueError, TypeError) as error:
+        parser.error(f"--cell is not a valid cell: {error}")
+    if args.out:  # started by an orchestrator (by hand, results go to the terminal)
+        die_with_parent()
+    affinity = limit_threads(cell.threads)
+    result = measure_cell(cell)
+    result["affinity"] = affinity
+    text = json.dumps(result)
+    if args.out:
+        partial = args.out + ".partial"
+        with open(partial, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(partial, args.out)  # the orchestrator never reads a half-written result
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

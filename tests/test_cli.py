@@ -1,0 +1,118 @@
+"""The `dlarena` command as a user meets it: real subprocesses, real database files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Cli
+
+# `dlarena --help` must answer in under half a second (issue 2); the interpreter alone takes ~30 ms.
+HELP_SECONDS = 0.5
+
+
+def test_help_is_instant_and_imports_no_framework_nor_numpy() -> None:
+    code = (
+        "import sys, time; t = time.perf_counter(); from dlarena import cli; cli.build_parser().format_help();"
+        "heavy = [m for m in ('torch', 'numpy', 'jax', 'tensorflow') if m in sys.modules];"
+        "print(heavy, time.perf_counter() - t)"
+    )
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert output.startswith("[] ")
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "dlarena.cli", "--help"], capture_output=True, check=True)
+    assert time.perf_counter() - start < HELP_SECONDS
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["run", "--frameworks", "pytorch"], "unknown framework 'pytorch'; valid frameworks: "),
+        (["run", "--workloads", "resnet"], "unknown workload 'resnet'; valid workloads: "),
+        (["run", "--suite", "nightly"], "unknown suite 'nightly'; valid suites: quick"),
+        (["run", "--scenarios", "fit"], "unknown scenario 'fit'; valid scenarios: infer, train"),
+        (["run", "--batch-sizes", "0"], "batch sizes must be positive integers"),
+        (["run", "--batch-sizes", "8,x"], "batch sizes must be positive integers"),
+        (["run", "--threads", "-1"], "thread counts must be positive integers"),
+        (["run", "--threads", "1024"], "1024 threads asked for, but this machine lets dlarena use"),
+        (["run", "--timeout", "0"], "--timeout must be a positive number"),
+        (["run", "--db", "/proc/forbidden/results.db"], "cannot create the database folder"),
+        (["report"], "there is no results database"),
+        (["export", "--format", "xlsx"], "invalid choice: 'xlsx'"),
+        (["list", "gpus"], "invalid choice: 'gpus'"),
+    ],
+)
+def test_bad_input_gets_one_sentence_exit_2_and_nothing_written(
+    cli: Cli, tmp_path: Path, args: list[str], fragment: str
+) -> None:
+    before = sorted(tmp_path.rglob("*"))
+    result = cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert fragment in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_list_outputs(cli: Cli) -> None:
+    workloads = json.loads(cli("list", "workloads", "--json").stdout)
+    by_name = {item["name"]: item for item in workloads}
+    assert by_name["fcn5"]["params"] == 117_997_696
+    assert by_name["resnet50"]["forward_flops_per_sample"] > 7e9
+    frameworks = json.loads(cli("list", "frameworks", "--json").stdout)
+    assert {"torch", "torch-compile"} <= {item["name"] for item in frameworks}
+    suites = json.loads(cli("list", "suites", "--json").stdout)
+    assert "quick" in {item["name"] for item in suites}
+    assert "fcn5" in cli("list", "workloads").stdout
+
+
+def test_env_reports_the_machine(cli: Cli) -> None:
+    env = json.loads(cli("env", "--json").stdout)
+    assert env["cores"] >= 1 and env["memory_bytes"] > 0 and env["python"].startswith("3.")
+    assert "numpy_blas" in env and "frameworks" in env
+
+
+def test_run_report_and_export_with_fault_framework(cli: Cli, tmp_path: Path) -> None:
+    """The whole command path, framework-free: run, then report and export read the database."""
+    db = str(tmp_path / "r.db")
+    run = cli("run", "--frameworks", "fault-none,fault-raise", "--workloads", "fcn5-small",
+              "--scenarios", "train", "--batch-sizes", "4", "--threads", "1", "--db", db)
+    assert run.returncode == 0, run.stderr
+    assert "[2/2]" in run.stderr and "left" in run.stderr  # progress: cells done and time left
+    report = cli("report", "--db", db)
+    assert report.returncode == 0
+    assert "### fcn5-small, train, cpu, batch 4" in report.stdout
+    assert "| fault-raise | *failed* |" in report.stdout
+    exported = list(csv.DictReader(io.StringIO(cli("export", "--format", "csv", "--db", db).stdout)))
+    assert {row["status"] for row in exported} == {"ok", "failed"}
+    for column in ("framework", "workload", "scenario", "device", "batch_size", "threads", "status", "median_s"):
+        assert column in exported[0]
+    rows = json.loads(cli("export", "--format", "json", "--db", db).stdout)
+    assert [row["framework"] for row in rows] == ["fault-none", "fault-raise"]
+    out = tmp_path / "out" / "report.md"
+    assert cli("report", "--db", db, "--output", str(out)).returncode == 0
+    assert out.read_text().startswith("# dlarena run ")
+
+
+def test_the_torch_acceptance_command(cli: Cli, tmp_path: Path) -> None:
+    """Issue 2's acceptance: two ok torch cells with every step's time, printed as a table."""
+    pytest.importorskip("torch")
+    if len(__import__("os").sched_getaffinity(0)) < 2:
+        pytest.skip("needs two cores")
+    db = str(tmp_path / "r.db")
+    run = cli("run", "--frameworks", "torch", "--workloads", "fcn5-small", "--scenarios", "train",
+              "--batch-sizes", "64", "--threads", "1,2", "--db", db)
+    assert run.returncode == 0, run.stderr
+    rows = json.loads(cli("export", "--format", "json", "--db", db).stdout)
+    assert [(row["threads"], row["status"]) for row in rows] == [(1, "ok"), (2, "ok")]
+    assert all(row["n"] >= 10 and row["median_s"] > 0 and row["params"] == 657_152 for row in rows)
+    report = cli("report", "--db", db).stdout
+    assert "| framework | 1 thread | 2 threads |" in report
+    assert "| torch | " in report

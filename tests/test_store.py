@@ -1,0 +1,122 @@
+"""The SQLite store: schema versioning, refusal of foreign files, what a recorded result leaves behind."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from dlarena.measure.stats import summarise
+from dlarena.plan.cell import Cell
+from dlarena.store.database import PlannedCell, Store, StoredResult, StoreError
+from dlarena.store.schema import SCHEMA_VERSION
+
+ENVIRONMENT = {"cpu_model": "test cpu", "cores": 2, "memory_bytes": 1 << 30, "os": "Linux", "python": "3.11"}
+
+
+def _start(store: Store, cells: list[Cell]) -> tuple[str, list[int]]:
+    planned = [PlannedCell(cell, 60.0, f"key{index}") for index, cell in enumerate(cells)]
+    return store.start_run(ENVIRONMENT, "quick", 1, "name = 'quick'", ["dlarena", "run"], "0.1.0", planned)
+
+
+def _result(status: str, samples: list[float] | None = None) -> StoredResult:
+    data = {"status": status, "first_step_s": 0.5, "warmup_s": [0.2], "samples_s": samples or [],
+            "flops_per_step": 2e9, "params": 10, "parity": {"threads": 1}}
+    return StoredResult(
+        status=status, message="" if status == "ok" else "boom", stderr_tail="trace" * 2000,
+        command=["python", "-m", "dlarena.worker"], exit_code=0, wall_s=1.0, started_at="t0",
+        finished_at="t1", data=data, summary=summarise(samples) if samples else None,
+    )
+
+
+def test_new_database_has_the_current_schema_and_wal(db_path: Path) -> None:
+    store = Store.open(db_path)
+    version = store.connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+    assert int(version) == SCHEMA_VERSION
+    assert store.connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store.close()
+    Store.open(db_path).close()  # reopening migrates nothing and keeps the data
+
+
+def test_result_samples_and_summary_are_stored(db_path: Path) -> None:
+    store = Store.open(db_path)
+    cells = [Cell("torch", "fcn5-small", "train", 32, 1), Cell("torch", "fcn5-small", "train", 32, 2)]
+    run_id, cell_ids = _start(store, cells)
+    store.record_result(cell_ids[0], _result("ok", [0.1, 0.2, 0.3, 0.4]), batch_size=32)
+    rows = store.cell_rows(run_id)
+    assert [row["status"] for row in rows] == ["ok", "pending"]
+    assert rows[0]["median_s"] == pytest.approx(0.25)
+    assert rows[0]["throughput"] == pytest.approx(32 / 0.25)
+    assert rows[0]["gflops"] == pytest.approx(2e9 / 0.25 / 1e9)
+    assert store.samples(cell_ids[0]) == [0.1, 0.2, 0.3, 0.4]
+    assert store.samples(cell_ids[0], "first") == [0.5]
+    assert store.samples(cell_ids[0], "warmup") == [0.2]
+    store.record_result(cell_ids[1], _result("failed"), batch_size=32)
+    failed = store.cell_rows(run_id)[1]
+    assert failed["status"] == "failed" and failed["message"] == "boom" and failed["median_s"] is None
+    assert len(failed["stderr_tail"]) <= 4000
+    store.finish_run(run_id, "finished")
+    assert store.run(None)["status"] == "finished"
+    assert store.environment(store.run(run_id)["environment_id"])["cpu_model"] == "test cpu"
+    store.close()
+
+
+def test_environment_is_stored_once_per_fingerprint(db_path: Path) -> None:
+    store = Store.open(db_path)
+    _start(store, [Cell("torch", "fcn5-small", "train", 32, 1)])
+    _start(store, [Cell("torch", "fcn5-small", "train", 32, 1)])
+    assert store.connection.execute("SELECT COUNT(*) FROM environments").fetchone()[0] == 1
+    assert store.connection.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 2
+
+
+def test_a_failed_write_leaves_nothing_half_written(db_path: Path) -> None:
+    store = Store.open(db_path)
+    _, cell_ids = _start(store, [Cell("torch", "fcn5-small", "train", 32, 1)])
+    bad = _result("ok", [0.1, 0.2])
+    bad.data["samples_s"] = [0.1, [1, 2]]  # valid JSON, but SQLite cannot bind it: fails mid-transaction
+    with pytest.raises(sqlite3.Error):
+        store.record_result(cell_ids[0], bad, batch_size=32)
+    assert store.connection.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 0
+    assert store.connection.execute("SELECT COUNT(*) FROM samples").fetchone()[0] == 0
+
+
+def test_a_file_that_is_not_sqlite_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_text("these are my notes, not a database" * 100)
+    with pytest.raises(StoreError, match="is not a dlarena results database"):
+        Store.open(path)
+    assert path.read_text().startswith("these are my notes")
+
+
+def test_a_foreign_sqlite_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    sqlite3.connect(path).execute("CREATE TABLE t (x)").connection.commit()
+    with pytest.raises(StoreError, match="not one of dlarena's"):
+        Store.open(path)
+
+
+def test_a_newer_schema_is_refused(db_path: Path) -> None:
+    Store.open(db_path).close()
+    connection = sqlite3.connect(db_path)
+    connection.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    connection.commit()
+    connection.close()
+    with pytest.raises(StoreError, match="written by a newer dlarena"):
+        Store.open(db_path)
+
+
+def test_reading_a_missing_database_does_not_create_it(tmp_path: Path) -> None:
+    path = tmp_path / "absent.db"
+    with pytest.raises(StoreError, match="there is no results database"):
+        Store.open(path, create=False)
+    assert not path.exists()
+
+
+def test_unknown_run_lists_recent_ones(db_path: Path) -> None:
+    store = Store.open(db_path)
+    with pytest.raises(StoreError, match="holds no run yet"):
+        store.run(None)
+    run_id, _ = _start(store, [Cell("torch", "fcn5-small", "train", 32, 1)])
+    with pytest.raises(StoreError, match=run_id):
+        store.run("nope")
