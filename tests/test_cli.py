@@ -36,7 +36,7 @@ def test_help_is_instant_and_imports_no_framework_nor_numpy() -> None:
     [
         (["run", "--frameworks", "pytorch"], "unknown framework 'pytorch'; valid frameworks: "),
         (["run", "--workloads", "resnet"], "unknown workload 'resnet'; valid workloads: "),
-        (["run", "--suite", "nightly"], "unknown suite 'nightly'; valid suites: quick"),
+        (["run", "--suite", "nightly"], "unknown suite 'nightly'; valid suites: chintala2015, karmanov2017, quick,"),
         (["run", "--scenarios", "fit"], "unknown scenario 'fit'; valid scenarios: infer, train"),
         (["run", "--batch-sizes", "0"], "batch sizes must be positive integers"),
         (["run", "--batch-sizes", "8,x"], "batch sizes must be positive integers"),
