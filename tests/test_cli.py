@@ -31,6 +31,16 @@ def test_help_is_instant_and_imports_no_framework_nor_numpy() -> None:
     assert time.perf_counter() - start < HELP_SECONDS
 
 
+def test_orchestrator_store_and_reports_import_no_framework() -> None:
+    code = (
+        "import sys; import dlarena.api, dlarena.orchestrate.orchestrator, dlarena.store.database,"
+        " dlarena.report.markdown, dlarena.report.export, dlarena.environment, dlarena.plan.suite;"
+        "print([m for m in ('torch', 'jax', 'tensorflow', 'keras', 'onnxruntime') if m in sys.modules])"
+    )
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert output.strip() == "[]"
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [

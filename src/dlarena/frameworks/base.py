@@ -8,9 +8,12 @@ count and CPU affinity. It exposes one ``Backend`` class; the worker calls ``pre
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dlarena.spec import Workload
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class Unsupported(Exception):
@@ -62,6 +65,28 @@ class Runner(Protocol):
     def parity(self) -> Parity: ...
 
 
+class Checker(Protocol):
+    """A network built for ``dlarena verify``: canonical weights in and out, outputs and gradients.
+
+    Everything runs in inference mode, so that every framework computes the same deterministic
+    function: dropout is the identity and batch norm uses its running statistics (mean 0,
+    variance 1 as built). Arrays cross in the canonical layouts of ``spec/weights.py``: batch-first,
+    channels-first, float32 (token ids int64).
+    """
+
+    def load_weights(self, weights: dict[str, np.ndarray]) -> None: ...
+
+    def export_weights(self) -> dict[str, np.ndarray]: ...
+
+    def trainable_params(self) -> int: ...
+
+    def forward(self, inputs: np.ndarray) -> np.ndarray:
+        """Logits for a batch."""
+
+    def loss_and_gradients(self, inputs: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        """The recipe's loss and its gradient with respect to every canonical parameter."""
+
+
 class Backend(Protocol):
     name: str
 
@@ -69,3 +94,6 @@ class Backend(Protocol):
 
     def prepare(self, request: StepRequest) -> Runner:
         """Build the network, its optimizer and a synthetic batch; raise Unsupported or Unavailable."""
+
+    def checker(self, workload: Workload, device: str) -> Checker:
+        """Build the network for verification; raise Unsupported or Unavailable."""

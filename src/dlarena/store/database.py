@@ -81,6 +81,8 @@ class Store:
             _check_writable_location(path)
         elif path.is_dir():
             raise StoreError(f"the database path {path} is a folder; give a file path with --db")
+        elif create and not os.access(path, os.W_OK):
+            raise StoreError(f"cannot write the database {path}: permission denied; choose another --db")
         try:
             connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
             connection.row_factory = sqlite3.Row

@@ -1,0 +1,149 @@
+# NumPy's stubs type many array operators and reductions as returning Any.
+# mypy: disable-error-code="no-any-return"
+"""The neutral oracle: a NumPy float64 forward pass of every layer type, independent of all frameworks.
+
+It computes what the spec means, written as plainly as possible: inference mode (dropout is the
+identity, batch norm uses its running statistics, which start at mean 0 and variance 1), batch-first
+arrays, channels-first images, canonical weights (weights.py). Only NumPy >= 1.21 is needed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dlarena.spec.layers import (
+    GRU,
+    LSTM,
+    Activation,
+    AvgPool2D,
+    BatchNorm,
+    Concat,
+    Conv2D,
+    Dense,
+    Dropout,
+    Embedding,
+    Flatten,
+    GlobalAvgPool2D,
+    Layer,
+    MaxPool2D,
+    Residual,
+)
+from dlarena.spec.network import Network
+from dlarena.spec.recipe import Recipe
+
+Weights = dict[str, np.ndarray]
+
+
+def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else value
+
+
+def _windows(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int]) -> np.ndarray:
+    """``(N, C, H, W)`` -> ``(N, C, Ho, Wo, kh, kw)`` views of every window."""
+    view = np.lib.stride_tricks.sliding_window_view(x, kernel, axis=(2, 3))
+    return view[:, :, :: stride[0], :: stride[1]]
+
+
+def _pad(x: np.ndarray, padding: tuple[int, int], value: float) -> np.ndarray:
+    ph, pw = padding
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # equal to 1/(1+exp(-x)) without overflow
+
+
+def _recurrent(layer: LSTM | GRU, x: np.ndarray, weights: Weights, path: str) -> np.ndarray:
+    batch, steps, _ = x.shape
+    hidden = layer.hidden
+    for k in range(layer.layers):
+        w_in = weights[f"{path}.layer{k}.input_kernel"]
+        w_rec = weights[f"{path}.layer{k}.recurrent_kernel"]
+        h = np.zeros((batch, hidden))
+        c = np.zeros((batch, hidden))
+        outputs = []
+        for t in range(steps):
+            if isinstance(layer, LSTM):
+                gates = x[:, t] @ w_in + h @ w_rec + weights[f"{path}.layer{k}.bias"]
+                i, f, g, o = np.split(gates, 4, axis=1)
+                c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
+                h = _sigmoid(o) * np.tanh(c)
+            else:
+                from_input = x[:, t] @ w_in + weights[f"{path}.layer{k}.input_bias"]
+                from_state = h @ w_rec + weights[f"{path}.layer{k}.recurrent_bias"]
+                xr, xz, xn = np.split(from_input, 3, axis=1)
+                hr, hz, hn = np.split(from_state, 3, axis=1)
+                r, z = _sigmoid(xr + hr), _sigmoid(xz + hz)
+                n = np.tanh(xn + r * hn)
+                h = (1.0 - z) * n + z * h
+            outputs.append(h)
+        x = np.stack(outputs, axis=1)
+    return x if layer.return_sequences else x[:, -1]
+
+
+def _layer(layer: Layer, x: np.ndarray, weights: Weights, path: str) -> np.ndarray:
+    if isinstance(layer, Dense):
+        out = x @ weights[f"{path}.kernel"]
+        return out + weights[f"{path}.bias"] if layer.bias else out
+    if isinstance(layer, Conv2D):
+        kernel = weights[f"{path}.kernel"]
+        windows = _windows(_pad(x, _pair(layer.padding), 0.0), _pair(kernel.shape[2:]), _pair(layer.stride))
+        out = np.einsum("nchwij,ocij->nohw", windows, kernel, optimize=True)
+        return out + weights[f"{path}.bias"][None, :, None, None] if layer.bias else out
+    if isinstance(layer, MaxPool2D | AvgPool2D):
+        window = _pair(layer.kernel)
+        stride = _pair(layer.stride if layer.stride is not None else layer.kernel)
+        if isinstance(layer, MaxPool2D):
+            return _windows(_pad(x, _pair(layer.padding), -np.inf), window, stride).max(axis=(4, 5))
+        return _windows(_pad(x, _pair(layer.padding), 0.0), window, stride).mean(axis=(4, 5))
+    if isinstance(layer, GlobalAvgPool2D):
+        return x.mean(axis=(2, 3))
+    if isinstance(layer, BatchNorm):
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        scale = weights[f"{path}.gamma"] / np.sqrt(1.0 + layer.eps)  # running mean 0, variance 1
+        return x * scale.reshape(shape) + weights[f"{path}.beta"].reshape(shape)
+    if isinstance(layer, Activation):
+        if layer.function == "relu":
+            return np.maximum(x, 0.0)
+        return _sigmoid(x) if layer.function == "sigmoid" else np.tanh(x)
+    if isinstance(layer, Dropout):
+        return x
+    if isinstance(layer, Flatten):
+        return x.reshape(x.shape[0], -1)
+    if isinstance(layer, Embedding):
+        return weights[f"{path}.table"][x]
+    if isinstance(layer, LSTM | GRU):
+        return _recurrent(layer, x, weights, path)
+    if isinstance(layer, Residual):
+        body = _sequence(layer.body, x, weights, f"{path}.body.")
+        return body + _sequence(layer.shortcut, x, weights, f"{path}.shortcut.")
+    if isinstance(layer, Concat):
+        return np.concatenate(
+            [_sequence(branch, x, weights, f"{path}.branches.{index}.") for index, branch in enumerate(layer.branches)],
+            axis=1,
+        )
+    raise TypeError(f"the reference has no implementation of {type(layer).__name__}")
+
+
+def _sequence(layers: tuple[Layer, ...], x: np.ndarray, weights: Weights, prefix: str) -> np.ndarray:
+    for index, layer in enumerate(layers):
+        x = _layer(layer, x, weights, f"{prefix}{index}")
+    return x
+
+
+def forward(network: Network, weights: Weights, inputs: np.ndarray) -> np.ndarray:
+    """Logits of ``network`` for a batch, in float64."""
+    as64 = {name: np.asarray(value, dtype=np.float64) for name, value in weights.items()}
+    x = inputs if network.input_kind == "tokens" else np.asarray(inputs, dtype=np.float64)
+    return _sequence(network.layers, x, as64, "")
+
+
+def softmax_cross_entropy(network: Network, recipe: Recipe, logits: np.ndarray, labels: np.ndarray) -> float:
+    """The recipe's loss: softmax cross-entropy, reduced as the recipe says."""
+    flat = logits.reshape(-1, network.classes).astype(np.float64)
+    top = flat.max(axis=1, keepdims=True)
+    log_norm = top[:, 0] + np.log(np.exp(flat - top).sum(axis=1))
+    losses = log_norm - flat[np.arange(flat.shape[0]), labels.reshape(-1)]
+    if recipe.loss_reduction == "sum_over_batch":
+        return float(losses.sum() / logits.shape[0])
+    return float(losses.mean())

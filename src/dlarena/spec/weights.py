@@ -1,0 +1,147 @@
+"""Canonical weights: one name, shape and layout for every parameter of a network.
+
+Every framework loads and exports weights in this form, so that the same numbers can be put into
+every framework and their outputs and gradients compared. Layouts (see also layers.py):
+
+* ``Dense``: ``kernel`` ``(in, out)``, ``bias`` ``(out,)``. After a ``Flatten`` of an image, the
+  rows of ``kernel`` follow the channels-first order ``(C, H, W)``; channels-last frameworks permute.
+* ``Conv2D``: ``kernel`` ``(out, in, kh, kw)``, ``bias`` ``(out,)``.
+* ``BatchNorm``: ``gamma``, ``beta`` ``(C,)``; running statistics start at mean 0, variance 1.
+* ``Embedding``: ``table`` ``(vocab, dim)``.
+* ``LSTM``, per stacked layer ``k``: ``layerK.input_kernel`` ``(in, 4H)``,
+  ``layerK.recurrent_kernel`` ``(H, 4H)``, ``layerK.bias`` ``(4H,)``; gate blocks ``i, f, g, o``.
+* ``GRU``, per stacked layer ``k``: ``layerK.input_kernel`` ``(in, 3H)``,
+  ``layerK.recurrent_kernel`` ``(H, 3H)``, ``layerK.input_bias`` and ``layerK.recurrent_bias``
+  ``(3H,)``; gate blocks ``r, z, n`` (the reset gate multiplies ``U_n h + b_hn``).
+
+Names are the layer's path in the network (``"4"``, ``"7.body.0"``, ``"9.branches.2.1"``) followed by
+the parameter's name: ``"7.body.0.kernel"``. Residual bodies come before shortcuts; concatenation
+branches in order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from dlarena.spec.layers import (
+    GRU,
+    LSTM,
+    BatchNorm,
+    Concat,
+    Conv2D,
+    Dense,
+    Embedding,
+    Layer,
+    Residual,
+    Shape,
+)
+from dlarena.spec.network import Network
+
+# Canonical test weights: biases and batch-norm shifts small but non-zero so that a framework that
+# drops or misplaces one is caught; batch-norm scales around one; kernels with variance 1/fan_in
+# (LeCun) so that activations keep their scale through deep networks.
+BIAS_SCALE = 0.1
+GAMMA_RANGE = (0.5, 1.5)
+BETA_SCALE = 0.5
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    shape: Shape
+    fan_in: int  # inputs feeding one output unit, for scaling
+    role: str  # kernel, bias, gamma, beta, table, input_kernel, recurrent_kernel, input_bias, recurrent_bias
+
+
+def walk(layers: tuple[Layer, ...], shape: Shape, prefix: str = "") -> Iterator[tuple[str, Layer, Shape]]:
+    """Every leaf layer with its path and per-sample input shape, in canonical order."""
+    for index, layer in enumerate(layers):
+        path = f"{prefix}{index}"
+        if isinstance(layer, Residual):
+            yield from walk(layer.body, shape, f"{path}.body.")
+            yield from walk(layer.shortcut, shape, f"{path}.shortcut.")
+        elif isinstance(layer, Concat):
+            for branch_index, branch in enumerate(layer.branches):
+                yield from walk(branch, shape, f"{path}.branches.{branch_index}.")
+        else:
+            yield path, layer, shape
+        shape = layer.out_shape(shape)
+
+
+def layer_params(path: str, layer: Layer, shape: Shape) -> list[ParamSpec]:
+    """The canonical parameters of one leaf layer whose input shape is ``shape``."""
+    if isinstance(layer, Dense):
+        specs = [ParamSpec(f"{path}.kernel", (shape[-1], layer.units), shape[-1], "kernel")]
+        if layer.bias:
+            specs.append(ParamSpec(f"{path}.bias", (layer.units,), shape[-1], "bias"))
+        return specs
+    if isinstance(layer, Conv2D):
+        kh, kw = (layer.kernel, layer.kernel) if isinstance(layer.kernel, int) else layer.kernel
+        fan_in = shape[0] * kh * kw
+        specs = [ParamSpec(f"{path}.kernel", (layer.filters, shape[0], kh, kw), fan_in, "kernel")]
+        if layer.bias:
+            specs.append(ParamSpec(f"{path}.bias", (layer.filters,), fan_in, "bias"))
+        return specs
+    if isinstance(layer, BatchNorm):
+        return [ParamSpec(f"{path}.gamma", (shape[0],), 1, "gamma"), ParamSpec(f"{path}.beta", (shape[0],), 1, "beta")]
+    if isinstance(layer, Embedding):
+        return [ParamSpec(f"{path}.table", (layer.vocab, layer.dim), 1, "table")]
+    if isinstance(layer, LSTM | GRU):
+        size = layer.gates * layer.hidden
+        specs = []
+        for k in range(layer.layers):
+            n_in = shape[-1] if k == 0 else layer.hidden
+            fan_in = n_in + layer.hidden
+            specs += [
+                ParamSpec(f"{path}.layer{k}.input_kernel", (n_in, size), fan_in, "input_kernel"),
+                ParamSpec(f"{path}.layer{k}.recurrent_kernel", (layer.hidden, size), fan_in, "recurrent_kernel"),
+            ]
+            if isinstance(layer, LSTM):
+                specs.append(ParamSpec(f"{path}.layer{k}.bias", (size,), fan_in, "bias"))
+            else:
+                specs += [
+                    ParamSpec(f"{path}.layer{k}.input_bias", (size,), fan_in, "input_bias"),
+                    ParamSpec(f"{path}.layer{k}.recurrent_bias", (size,), fan_in, "recurrent_bias"),
+                ]
+        return specs
+    return []
+
+
+def parameter_specs(network: Network) -> list[ParamSpec]:
+    """Every parameter of ``network`` in canonical order; their sizes add up to ``network.params``."""
+    return [spec for path, layer, shape in walk(network.layers, network.input_shape)
+            for spec in layer_params(path, layer, shape)]
+
+
+def canonical_weights(network: Network, seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic float32 test weights for ``network`` (the same on every machine and NumPy)."""
+    rng = np.random.RandomState(seed)  # the legacy generator's stream is frozen across NumPy versions
+    weights = {}
+    for spec in parameter_specs(network):
+        if spec.role == "gamma":
+            low, high = GAMMA_RANGE
+        elif spec.role == "beta":
+            low, high = -BETA_SCALE, BETA_SCALE
+        elif spec.role in ("bias", "input_bias", "recurrent_bias"):
+            low, high = -BIAS_SCALE, BIAS_SCALE
+        else:
+            limit = math.sqrt(3.0 / spec.fan_in)  # uniform(-a, a) has variance a^2 / 3 = 1 / fan_in
+            low, high = -limit, limit
+        weights[spec.name] = rng.uniform(low, high, size=spec.shape).astype(np.float32)
+    return weights
+
+
+def canonical_batch(network: Network, batch_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic inputs (float32, or int64 token ids) and int64 labels for ``network``."""
+    rng = np.random.RandomState(seed + 1)
+    shape = (batch_size, *network.input_shape)
+    if network.input_kind == "tokens":
+        inputs = rng.randint(0, network.vocab, size=shape).astype(np.int64)
+    else:
+        inputs = rng.standard_normal(shape).astype(np.float32)
+    labels = rng.randint(0, network.classes, size=(batch_size, *network.label_shape)).astype(np.int64)
+    return inputs, labels
