@@ -120,3 +120,22 @@ def test_unknown_run_lists_recent_ones(db_path: Path) -> None:
     run_id, _ = _start(store, [Cell("torch", "fcn5-small", "train", 32, 1)])
     with pytest.raises(StoreError, match=run_id):
         store.run("nope")
+
+
+def test_an_older_schema_is_migrated_in_place_keeping_its_data(db_path: Path) -> None:
+    from dlarena.store.database import _statements
+    from dlarena.store.schema import MIGRATIONS
+
+    connection = sqlite3.connect(db_path)
+    for statement in _statements(MIGRATIONS[0]):
+        connection.execute(statement)
+    connection.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '1')")
+    connection.execute("INSERT INTO environments (fingerprint, cpu_model, cores, memory_bytes, os, python, data)"
+                       " VALUES ('f', 'old cpu', 1, 1, 'Linux', '3.11', '{}')")
+    connection.commit()
+    connection.close()
+    store = Store.open(db_path)
+    assert store.connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(
+        SCHEMA_VERSION)
+    assert store.connection.execute("SELECT cpu_model FROM environments").fetchone()[0] == "old cpu"
+    assert store.verification_statuses() == {}

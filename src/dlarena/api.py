@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dlarena.orchestrate.orchestrator import RunSummary, run_suite
 from dlarena.orchestrate.progress import Progress
 from dlarena.plan.suite import DEFAULT_SUITE, Suite, load_suite
 from dlarena.report import export, markdown
+from dlarena.report.annotate import annotate
 from dlarena.store.database import Store, default_db_path
+
+if TYPE_CHECKING:
+    from dlarena.orchestrate.verify import PairCheck
 
 
 def select(
@@ -49,7 +53,9 @@ def _read(db: Path | None, run_id: str | None) -> tuple[dict[str, Any], dict[str
     store = Store.open(db or default_db_path(), create=False)
     try:
         run_row = dict(store.run(run_id))
-        return run_row, store.environment(run_row["environment_id"]), store.cell_rows(run_row["id"])
+        rows = store.cell_rows(run_row["id"])
+        annotate(rows, store.verification_statuses())
+        return run_row, store.environment(run_row["environment_id"]), rows
     finally:
         store.close()
 
@@ -64,3 +70,65 @@ def export_rows(db: Path | None = None, run_id: str | None = None, fmt: str = "c
     for row in rows:
         row.pop("config", None)
     return export.to_csv(rows) if fmt == "csv" else export.to_json(rows)
+
+
+def verify(
+    frameworks: Sequence[str] | None = None, workloads: Sequence[str] | None = None, full: bool = False,
+    db: Path | None = None, on_check: Callable[[PairCheck], None] | None = None,
+) -> list[PairCheck]:
+    """Run `dlarena verify` and store every pair's verdict; see orchestrate/verify.py."""
+    from dlarena.environment import code_version
+    from dlarena.frameworks.registry import FRAMEWORKS, framework_info
+    from dlarena.orchestrate import verify as checks
+    from dlarena.plan.suite import available_cores
+    from dlarena.spec.catalogue import CATALOGUE
+
+    for name in frameworks or ():
+        framework_info(name)
+    if workloads == ["all"]:
+        workloads = [name for name, workload in CATALOGUE.items() if not workload.is_small]
+    names = checks.workload_names(workloads or _quick_workloads(), full)
+    store = Store.open(db or default_db_path())
+    version = code_version()
+    try:
+        def record(check: PairCheck) -> None:
+            store.record_verification(check.as_dict(), version)
+            if on_check:
+                on_check(check)
+
+        return checks.verify(
+            frameworks or list(FRAMEWORKS), names,
+            checks.VERIFY_FULL_BATCH_SIZE if full else checks.VERIFY_BATCH_SIZE,
+            threads=available_cores(), on_check=record,
+        )
+    finally:
+        store.close()
+
+
+def _quick_workloads() -> list[str]:
+    return list(dict.fromkeys(w for sweep in load_suite(DEFAULT_SUITE).sweeps for w in sweep.workloads))
+
+
+def verify_table(checks: Sequence[PairCheck]) -> str:
+    """Maximum relative errors per framework and workload, as Markdown."""
+    def error(value: float | None) -> str:
+        return "" if value is None else f"{value:.1e}"
+
+    lines = ["| workload | framework | status | params | forward vs oracle | loss vs oracle | gradients | vs |",
+             "|---|---|---|---|---|---|---|---|"]
+    for check in checks:
+        lines.append(
+            f"| {check.workload} | {check.framework} | {check.status} | {check.params or ''} |"
+            f" {error(check.forward_error)} | {error(check.loss_error)} | {error(check.gradient_error)} |"
+            f" {check.gradient_reference or ''} |"
+        )
+    from dlarena.orchestrate.verify import FORWARD_TOLERANCE, GRADIENT_TOLERANCE, LOSS_TOLERANCE
+
+    lines.append("")
+    lines.append(f"Tolerances (max relative error): forward {FORWARD_TOLERANCE:g}, loss {LOSS_TOLERANCE:g},"
+                 f" gradients {GRADIENT_TOLERANCE:g}.")
+    problems = [c for c in checks if c.status != "ok" and c.message]
+    if problems:
+        lines.append("")
+        lines += [f"- {c.workload} {c.framework}: {c.status}: {c.message}" for c in problems]
+    return "\n".join(lines) + "\n"

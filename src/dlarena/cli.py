@@ -64,6 +64,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from dlarena import api
+
+    checks = api.verify(frameworks=args.frameworks, workloads=args.workloads, full=args.full, db=args.db,
+                        on_check=None if args.quiet else _print_check)
+    print(api.verify_table(checks))
+    disagreements = [c for c in checks if c.status not in ("ok", "unsupported", "unavailable")]
+    if disagreements:
+        print(f"{len(disagreements)} of {len(checks)} pairs disagree or failed; their timings are marked invalid",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_check(check: Any) -> None:
+    print(f"{check.workload} {check.framework}: {check.status}{': ' + check.message if check.message else ''}",
+          file=sys.stderr)
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     items: list[dict[str, Any]]
     if args.what == "frameworks":
@@ -75,8 +94,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             for info in FRAMEWORKS.values()
         ]
         lines = [
-            f"{item['name']:<16} {'installed' if item['installed'] else 'missing  '} "
-            f"{', '.join(f'{k} {v}' for k, v in item['versions'].items()) or '-':<20} {item['description']}"
+            f"{item['name']:<16} {'installed' if item['installed'] else 'missing  '}  {item['description']}"
+            + (f" ({', '.join(f'{k} {v}' for k, v in item['versions'].items())})" if item["versions"] else "")
             for item in items
         ]
     elif args.what == "workloads":
@@ -157,6 +176,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--db", type=Path, help=DB_HELP)
     run.add_argument("--quiet", action="store_true", help="no progress display")
     run.set_defaults(handler=cmd_run)
+
+    verify = commands.add_parser(
+        "verify", help="check that every framework computes the same numbers as the NumPy oracle and each other"
+    )
+    verify.add_argument("--frameworks", type=_names, help="comma-separated frameworks (default: all installed)")
+    verify.add_argument("--workloads", type=_names,
+                        help="comma-separated workloads, or 'all' (default: the quick suite's)")
+    verify.add_argument("--full", action="store_true", help="the published sizes instead of the small twins")
+    verify.add_argument("--db", type=Path, help=DB_HELP)
+    verify.add_argument("--quiet", action="store_true", help="no progress lines")
+    verify.set_defaults(handler=cmd_verify)
 
     listing = commands.add_parser("list", help="list frameworks, workloads or suites")
     listing.add_argument("what", choices=("frameworks", "workloads", "suites"))

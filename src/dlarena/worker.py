@@ -118,10 +118,65 @@ def measure_cell(cell: Cell) -> dict[str, Any]:
     return result
 
 
+def verify_cell(cell: Cell, arrays_path: str) -> dict[str, Any]:
+    """Compute one framework's outputs for canonical weights and inputs; arrays go to an .npz file.
+
+    The comparison with the oracle and with other frameworks happens in the verify command, which
+    never imports a framework; here we only compute, and check the weight round trip.
+    """
+    import numpy as np
+
+    from dlarena.frameworks.base import Unavailable, Unsupported
+    from dlarena.frameworks.registry import load_backend
+    from dlarena.spec.catalogue import get_workload
+    from dlarena.spec.weights import canonical_batch, canonical_weights
+
+    result: dict[str, Any] = {"schema": RESULT_SCHEMA, "cell": cell.to_dict(), "status": "failed"}
+    try:
+        workload = get_workload(cell.workload)
+        try:
+            backend = load_backend(cell.framework, cell.threads)
+        except ImportError as error:
+            raise Unavailable(f"{cell.framework} cannot be imported: {error}") from None
+        result["framework_version"] = backend.version()
+        checker = backend.checker(workload, cell.device)
+        result["params"] = checker.trainable_params()
+        weights = canonical_weights(workload.network, cell.seed)
+        checker.load_weights(weights)
+        exported = checker.export_weights()
+        result["roundtrip_differs"] = sorted(
+            name for name in set(weights) | set(exported)
+            if name not in weights or name not in exported or not np.array_equal(weights[name], exported[name])
+        )
+        inputs, labels = canonical_batch(workload.network, cell.batch_size, cell.seed)
+        arrays = {"logits": np.asarray(checker.forward(inputs))}
+        try:
+            loss, gradients = checker.loss_and_gradients(inputs, labels)
+            arrays["loss"] = np.asarray(loss, dtype=np.float64)
+            arrays.update({f"grad/{name}": np.asarray(value) for name, value in gradients.items()})
+            result["gradients"] = True
+        except Unsupported as error:
+            result["gradients"] = False
+            result["gradients_message"] = str(error)
+        np.savez(arrays_path, **arrays)  # type: ignore[arg-type]  # NumPy's stub types **kwds as bool
+        result["status"] = "ok"
+    except Unsupported as error:
+        result.update(status="unsupported", message=str(error))
+    except Unavailable as error:
+        result.update(status="unavailable", message=str(error))
+    except MemoryError:
+        result.update(status="oom", message="the framework ran out of memory (MemoryError)")
+    except Exception as error:
+        traceback.print_exc()
+        result.update(status="failed", message=f"{type(error).__name__}: {error}")
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dlarena.worker", description=__doc__.splitlines()[0])
     parser.add_argument("--cell", required=True, help="the cell as JSON, as stored with its result")
     parser.add_argument("--out", help="write the JSON result here (default: standard output)")
+    parser.add_argument("--verify", metavar="NPZ", help="verification mode: write outputs and gradients to NPZ")
     args = parser.parse_args(argv)
     try:
         cell = Cell.from_json(args.cell)
@@ -130,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:  # started by an orchestrator (by hand, results go to the terminal)
         die_with_parent()
     affinity = limit_threads(cell.threads)
-    result = measure_cell(cell)
+    result = verify_cell(cell, args.verify) if args.verify else measure_cell(cell)
     result["affinity"] = affinity
     text = json.dumps(result)
     if args.out:

@@ -16,8 +16,12 @@ import time
 import numpy as np
 
 from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported
+from dlarena.spec import Workload, reference
 
-FAULTS: tuple[str, ...] = ("none", "raise", "hang", "segfault", "exit", "unsupported", "unavailable")
+FAULTS: tuple[str, ...] = ("none", "raise", "hang", "segfault", "exit", "unsupported", "unavailable", "wrong")
+# The error the "wrong" variant puts into its logits: far beyond verify's tolerances, as a
+# misplaced bias or a transposed kernel would be.
+WRONG_SCALE = 1.01
 # The size of the matrix product one step of the healthy variant computes: small enough for fast
 # tests, large enough that a step takes a measurable tens of microseconds.
 STEP_MATRIX_SIZE = 64
@@ -59,6 +63,30 @@ def _spawn_child() -> None:
             handle.write(f"{child.pid}\n")
 
 
+class _Checker:
+    """Verification through the NumPy oracle itself, in float32; the ``wrong`` variant scales it."""
+
+    def __init__(self, workload: Workload, fault: str) -> None:
+        self.workload, self.fault = workload, fault
+        self.weights: dict[str, np.ndarray] = {}
+
+    def load_weights(self, weights: dict[str, np.ndarray]) -> None:
+        self.weights = {name: value.copy() for name, value in weights.items()}
+
+    def export_weights(self) -> dict[str, np.ndarray]:
+        return {name: value.copy() for name, value in self.weights.items()}
+
+    def trainable_params(self) -> int:
+        return self.workload.params
+
+    def forward(self, inputs: np.ndarray) -> np.ndarray:
+        logits = reference.forward(self.workload.network, self.weights, inputs).astype(np.float32)
+        return logits * WRONG_SCALE if self.fault == "wrong" else logits
+
+    def loss_and_gradients(self, inputs: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        raise Unsupported("the fault framework computes no gradients")
+
+
 class Backend:
     def __init__(self, threads: int, fault: str = "none") -> None:
         if fault not in FAULTS:
@@ -78,3 +106,7 @@ class Backend:
         if self.fault == "unavailable":
             raise Unavailable("the fault framework has no such device")
         return _Runner(request, self.fault)
+
+    def checker(self, workload: Workload, device: str) -> _Checker:
+        self.prepare(StepRequest(workload, "infer", 1, device, self.threads, "float32", 0))  # same faults
+        return _Checker(workload, self.fault)

@@ -13,12 +13,13 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported
-from dlarena.spec import Network, Recipe
+from dlarena.spec import Network, Recipe, Workload
 from dlarena.spec.layers import (
     GRU,
     LSTM,
@@ -37,6 +38,7 @@ from dlarena.spec.layers import (
     Residual,
     Shape,
 )
+from dlarena.spec.weights import layer_params, walk
 
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
 PRECISIONS: tuple[str, ...] = ("float32",)
@@ -381,6 +383,88 @@ class InferRunner(_Runner):
 
 
 # --------------------------------------------------------------------------------------------------
+# Verification: canonical weights in and out
+
+
+def _module_at(model: nn.Module, path: str) -> nn.Module:
+    """The module built for the spec layer at ``path`` ("7.body.0", "9.branches.2.1")."""
+    module: Any = model
+    for part in path.split("."):
+        module = module[int(part)] if part.isdigit() else getattr(module, part)
+    if isinstance(module, RecurrentOutput):
+        return module.rnn
+    return module  # type: ignore[no-any-return]
+
+
+# How each canonical parameter sits in torch: (attribute of the module, canonical -> torch transform).
+# Dense kernels are stored transposed (out, in); recurrent kernels too, with the same gate order.
+_TRANSPOSED = {"kernel", "input_kernel", "recurrent_kernel"}
+
+
+def _torch_name(layer: Layer, role: str, sublayer: str) -> str:
+    if isinstance(layer, LSTM | GRU):
+        k = sublayer.removeprefix("layer")
+        return {"input_kernel": f"weight_ih_l{k}", "recurrent_kernel": f"weight_hh_l{k}", "bias": f"bias_ih_l{k}",
+                "input_bias": f"bias_ih_l{k}", "recurrent_bias": f"bias_hh_l{k}"}[role]
+    return {"kernel": "weight", "bias": "bias", "gamma": "weight", "beta": "bias", "table": "weight"}[role]
+
+
+class Checker:
+    """The network in inference mode with canonical weights; see base.Checker."""
+
+    def __init__(self, workload: Workload, device: torch.device, compile: bool) -> None:
+        self.network, self.recipe = workload.network, workload.recipe
+        self.device = device
+        self.model = build_model(self.network).to(device)
+        self.model.eval()
+        # torch-compile is verified through its compiled graph, not the eager module it came from.
+        self.run: Callable[[Tensor], Tensor] = torch.compile(self.model) if compile else self.model
+        self.bindings: list[tuple[str, Tensor, bool]] = []  # canonical name, torch tensor, transposed
+        for path, layer, shape in walk(self.network.layers, self.network.input_shape):
+            module = _module_at(self.model, path)
+            for spec in layer_params(path, layer, shape):
+                sublayer = spec.name[len(path) + 1:].rpartition(".")[0]
+                tensor = getattr(module, _torch_name(layer, spec.role, sublayer))
+                transposed = spec.role in _TRANSPOSED and not isinstance(layer, Conv2D)
+                self.bindings.append((spec.name, tensor, transposed))
+
+    def trainable_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+    def load_weights(self, weights: dict[str, np.ndarray]) -> None:
+        with torch.no_grad():
+            for name, tensor, transposed in self.bindings:
+                value = weights[name].T if transposed else weights[name]
+                tensor.copy_(torch.from_numpy(np.ascontiguousarray(value)))
+            for module in self.model.modules():
+                if isinstance(module, _NORMS):
+                    module.reset_running_stats()  # mean 0, variance 1
+
+    def export_weights(self) -> dict[str, np.ndarray]:
+        return {name: (tensor.detach().cpu().numpy().T if transposed else tensor.detach().cpu().numpy()).copy()
+                for name, tensor, transposed in self.bindings}
+
+    def _inputs(self, inputs: np.ndarray) -> Tensor:
+        return torch.from_numpy(inputs).to(self.device)
+
+    def forward(self, inputs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            logits: np.ndarray = self.run(self._inputs(inputs)).cpu().numpy()
+        return logits
+
+    def loss_and_gradients(self, inputs: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        loss_fn = make_loss(self.network, self.recipe, inputs.shape[0])
+        self.model.zero_grad(set_to_none=True)
+        loss = loss_fn(self.run(self._inputs(inputs)), torch.from_numpy(labels).to(self.device))
+        loss.backward()  # type: ignore[no-untyped-call]
+        grads = {}
+        for name, tensor, transposed in self.bindings:
+            grad = tensor.grad.detach().cpu().numpy() if tensor.grad is not None else np.zeros(tensor.shape, np.float32)
+            grads[name] = (grad.T if transposed else grad).copy()
+        return float(loss.detach()), grads
+
+
+# --------------------------------------------------------------------------------------------------
 # Backend
 
 
@@ -406,6 +490,9 @@ class Backend:
         if name == "cpu":
             return torch.device("cpu")
         raise Unsupported(f"the PyTorch backend runs on {' or '.join(DEVICES)}, not {name!r}")
+
+    def checker(self, workload: Workload, device: str) -> Checker:
+        return Checker(workload, self._device(device), self.compile)
 
     def prepare(self, request: StepRequest) -> TrainRunner | InferRunner:
         if request.scenario not in SCENARIOS:

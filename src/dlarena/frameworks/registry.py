@@ -62,6 +62,57 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             extra="torch",
             options={"compile": True},
         ),
+        FrameworkInfo(
+            name="jax",
+            description="JAX with Flax NNX and Optax; the train step under jax.jit",
+            module="dlarena.frameworks.flax_nnx",
+            imports=("jax", "flax", "optax"),
+            distributions=("jax", "jaxlib", "flax", "optax"),
+            extra="jax",
+        ),
+        FrameworkInfo(
+            name="tensorflow",
+            description="TensorFlow 2 without Keras: variables, tf.nn ops and tf.function graphs",
+            module="dlarena.frameworks.tensorflow_native",
+            imports=("tensorflow",),
+            distributions=("tensorflow", "tensorflow-cpu"),
+            extra="tensorflow",
+            options={"xla": False},
+        ),
+        FrameworkInfo(
+            name="tensorflow-xla",
+            description="The tensorflow framework with tf.function(jit_compile=True): compiled by XLA",
+            module="dlarena.frameworks.tensorflow_native",
+            imports=("tensorflow",),
+            distributions=("tensorflow", "tensorflow-cpu"),
+            extra="tensorflow",
+            options={"xla": True},
+        ),
+        *(
+            FrameworkInfo(
+                name=f"keras-{backend}",
+                description=f"Keras 3 on its {backend} backend",
+                module="dlarena.frameworks.keras3",
+                imports=("keras", backend),
+                distributions=("keras", *backend_distributions),
+                extra="keras",
+                options={"backend": backend},
+            )
+            for backend, backend_distributions in (
+                ("jax", ("jax", "jaxlib")),
+                ("torch", ("torch",)),
+                ("tensorflow", ("tensorflow", "tensorflow-cpu")),
+            )
+        ),
+        FrameworkInfo(
+            name="onnxruntime",
+            description="ONNX Runtime, CPU execution provider, graph optimisations on (inference only)",
+            module="dlarena.frameworks.onnx_runtime",
+            imports=("onnx", "onnxruntime"),
+            distributions=("onnx", "onnxruntime"),
+            extra="onnxruntime",
+            scenarios=("infer",),
+        ),
     )
 }
 

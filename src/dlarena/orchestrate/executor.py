@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,11 +32,11 @@ class Execution:
 
 
 class Executor(Protocol):
-    def execute(self, cell: Cell, timeout_s: float) -> Execution: ...
+    def execute(self, cell: Cell, timeout_s: float, extra_args: Sequence[str] = ()) -> Execution: ...
 
 
-def worker_command(cell: Cell, python: str | None = None) -> list[str]:
-    return [python or sys.executable, "-m", "dlarena.worker", "--cell", cell.to_json()]
+def worker_command(cell: Cell, python: str | None = None, extra_args: Sequence[str] = ()) -> list[str]:
+    return [python or sys.executable, "-m", "dlarena.worker", "--cell", cell.to_json(), *extra_args]
 
 
 class LocalExecutor:
@@ -44,8 +45,8 @@ class LocalExecutor:
     def __init__(self, python: str | None = None) -> None:
         self.python = python
 
-    def execute(self, cell: Cell, timeout_s: float) -> Execution:
-        command = worker_command(cell, self.python)
+    def execute(self, cell: Cell, timeout_s: float, extra_args: Sequence[str] = ()) -> Execution:
+        command = worker_command(cell, self.python, extra_args)
         with tempfile.TemporaryDirectory(prefix="dlarena-cell-") as folder:
             result_path = Path(folder) / "result.json"
             log_path = Path(folder) / "output.log"

@@ -14,7 +14,7 @@ COLUMNS: tuple[str, ...] = (
     "run_id", "framework", "workload", "scenario", "device", "batch_size", "threads", "precision",
     "status", "message", "n", "median_s", "mean_s", "stdev_s", "min_s", "max_s", "q1_s", "q3_s", "iqr_s",
     "throughput", "gflops", "params", "flops_per_step", "import_s", "build_s", "first_step_s",
-    "cores_used", "peak_rss_bytes", "framework_version", "cell_key",
+    "cores_used", "over_threads", "verification", "peak_rss_bytes", "framework_version", "cell_key",
 )
 
 

@@ -19,9 +19,14 @@ def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
 
 
 def _cell_text(row: Row) -> str:
-    """Seconds per mini-batch for an ok cell; the status, in place, for any other."""
+    """Seconds per mini-batch for an ok cell, with its warnings; the status, in place, for any other."""
     if row["status"] == "ok" and row["median_s"] is not None:
-        return f"{row['median_s']:.4g}"
+        text = f"{row['median_s']:.4g}"
+        if row.get("verification") == "mismatch":
+            text = f"~~{text}~~ *invalid: mismatch*"
+        if row.get("over_threads"):
+            text += " (over threads)"
+        return text
     return f"*{row['status']}*"
 
 
@@ -46,7 +51,9 @@ def render(run: Row, environment: Row, rows: Sequence[Row]) -> str:
         "## Seconds per mini-batch (median of steady-state steps)",
         "",
         "Rows are frameworks, columns thread counts, as in Shi et al. (2016), Table 4. A cell that did not"
-        " produce a time shows its status.",
+        " produce a time shows its status. A struck-out time is invalid: `dlarena verify` found that this"
+        " framework does not compute the same numbers for this network. *(over threads)* marks a cell"
+        " whose framework kept more cores busy than its thread count allowed.",
     ]
     groups: dict[tuple[str, str, str, int], list[Row]] = defaultdict(list)
     for row in rows:
@@ -72,13 +79,13 @@ def render(run: Row, environment: Row, rows: Sequence[Row]) -> str:
                 f"{row['throughput']:.4g}", _optional(row["gflops"], ".3g"),
                 format_seconds(row["import_s"]), format_seconds(row["build_s"]),
                 format_seconds(row["first_step_s"]), _optional(row["cores_used"], ".2f"),
-                format_bytes(row["peak_rss_bytes"] or 0),
+                format_bytes(row["peak_rss_bytes"] or 0), row.get("verification", ""),
             ]
             for row in ok
         ]
         lines += _table(
             ["framework", "workload", "scenario", "batch", "threads", "median", "IQR", "steps",
-             "samples/s", "GFLOP/s", "import", "build", "first step", "cores used", "peak RSS"],
+             "samples/s", "GFLOP/s", "import", "build", "first step", "cores used", "peak RSS", "verify"],
             body,
         )
     failed = [row for row in rows if row["status"] != "ok"]

@@ -42,7 +42,8 @@ def _prod(shape: Shape) -> int:
     return math.prod(shape)
 
 
-def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+def pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    """A window size, stride or padding as (height, width)."""
     return (value, value) if isinstance(value, int) else value
 
 
@@ -114,7 +115,7 @@ class Conv2D(_Leaf):
 
     def out_shape(self, shape: Shape) -> Shape:
         _require_rank(self, shape, (3,))
-        (kh, kw), (sh, sw), (ph, pw) = _pair(self.kernel), _pair(self.stride), _pair(self.padding)
+        (kh, kw), (sh, sw), (ph, pw) = pair(self.kernel), pair(self.stride), pair(self.padding)
         return (
             self.filters,
             _window_out(shape[1], kh, sh, ph, "Conv2D"),
@@ -122,11 +123,11 @@ class Conv2D(_Leaf):
         )
 
     def params(self, shape: Shape) -> int:
-        kh, kw = _pair(self.kernel)
+        kh, kw = pair(self.kernel)
         return self.filters * shape[0] * kh * kw + (self.filters if self.bias else 0)
 
     def forward_flops(self, shape: Shape) -> int:
-        kh, kw = _pair(self.kernel)
+        kh, kw = pair(self.kernel)
         out = self.out_shape(shape)
         positions = out[1] * out[2]
         per_output = 2 * shape[0] * kh * kw + (1 if self.bias else 0)
@@ -143,14 +144,14 @@ class _Pool2D(_Leaf):
 
     def out_shape(self, shape: Shape) -> Shape:
         _require_rank(self, shape, (3,))
-        kh, kw = _pair(self.kernel)
-        sh, sw = _pair(self.stride if self.stride is not None else self.kernel)
-        ph, pw = _pair(self.padding)
+        kh, kw = pair(self.kernel)
+        sh, sw = pair(self.stride if self.stride is not None else self.kernel)
+        ph, pw = pair(self.padding)
         name = type(self).__name__
         return (shape[0], _window_out(shape[1], kh, sh, ph, name), _window_out(shape[2], kw, sw, pw, name))
 
     def forward_flops(self, shape: Shape) -> int:
-        kh, kw = _pair(self.kernel)
+        kh, kw = pair(self.kernel)
         return _prod(self.out_shape(shape)) * kh * kw
 
 

@@ -27,15 +27,12 @@ from dlarena.spec.layers import (
     Layer,
     MaxPool2D,
     Residual,
+    pair,
 )
 from dlarena.spec.network import Network
 from dlarena.spec.recipe import Recipe
 
 Weights = dict[str, np.ndarray]
-
-
-def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else value
 
 
 def _windows(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int]) -> np.ndarray:
@@ -87,15 +84,15 @@ def _layer(layer: Layer, x: np.ndarray, weights: Weights, path: str) -> np.ndarr
         return out + weights[f"{path}.bias"] if layer.bias else out
     if isinstance(layer, Conv2D):
         kernel = weights[f"{path}.kernel"]
-        windows = _windows(_pad(x, _pair(layer.padding), 0.0), _pair(kernel.shape[2:]), _pair(layer.stride))
+        windows = _windows(_pad(x, pair(layer.padding), 0.0), pair(kernel.shape[2:]), pair(layer.stride))
         out = np.einsum("nchwij,ocij->nohw", windows, kernel, optimize=True)
         return out + weights[f"{path}.bias"][None, :, None, None] if layer.bias else out
     if isinstance(layer, MaxPool2D | AvgPool2D):
-        window = _pair(layer.kernel)
-        stride = _pair(layer.stride if layer.stride is not None else layer.kernel)
+        window = pair(layer.kernel)
+        stride = pair(layer.stride if layer.stride is not None else layer.kernel)
         if isinstance(layer, MaxPool2D):
-            return _windows(_pad(x, _pair(layer.padding), -np.inf), window, stride).max(axis=(4, 5))
-        return _windows(_pad(x, _pair(layer.padding), 0.0), window, stride).mean(axis=(4, 5))
+            return _windows(_pad(x, pair(layer.padding), -np.inf), window, stride).max(axis=(4, 5))
+        return _windows(_pad(x, pair(layer.padding), 0.0), window, stride).mean(axis=(4, 5))
     if isinstance(layer, GlobalAvgPool2D):
         return x.mean(axis=(2, 3))
     if isinstance(layer, BatchNorm):

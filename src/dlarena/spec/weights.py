@@ -38,6 +38,7 @@ from dlarena.spec.layers import (
     Layer,
     Residual,
     Shape,
+    pair,
 )
 from dlarena.spec.network import Network
 
@@ -80,7 +81,7 @@ def layer_params(path: str, layer: Layer, shape: Shape) -> list[ParamSpec]:
             specs.append(ParamSpec(f"{path}.bias", (layer.units,), shape[-1], "bias"))
         return specs
     if isinstance(layer, Conv2D):
-        kh, kw = (layer.kernel, layer.kernel) if isinstance(layer.kernel, int) else layer.kernel
+        kh, kw = pair(layer.kernel)
         fan_in = shape[0] * kh * kw
         specs = [ParamSpec(f"{path}.kernel", (layer.filters, shape[0], kh, kw), fan_in, "kernel")]
         if layer.bias:

@@ -202,6 +202,26 @@ class Store:
                      summary.throughput(batch_size), gflops),
                 )
 
+    def record_verification(self, check: dict[str, Any], code_version: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO verifications (checked_at, framework, workload, batch_size, status, message,"
+                " framework_version, code_version, params, forward_error, loss_error, gradient_error,"
+                " gradient_reference, worst_parameter, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (now(), check["framework"], check["workload"], check["batch_size"], check["status"],
+                 check["message"], check["framework_version"], code_version, check["params"],
+                 check["forward_error"], check["loss_error"], check["gradient_error"],
+                 check["gradient_reference"], check["worst_parameter"],
+                 json.dumps({"problems": check["problems"], "stderr_tail": check["stderr_tail"][-STDERR_TAIL_CHARS:]})),
+            )
+
+    def verification_statuses(self) -> dict[tuple[str, str, str | None], str]:
+        """The latest verification status per (framework, workload, framework version)."""
+        rows = self.connection.execute(
+            "SELECT framework, workload, framework_version, status FROM verifications ORDER BY id"
+        ).fetchall()
+        return {(row["framework"], row["workload"], row["framework_version"]): row["status"] for row in rows}
+
     def finish_run(self, run_id: str, status: str) -> None:
         with self.transaction() as db:
             db.execute("UPDATE runs SET status = ?, finished_at = ? WHERE id = ?", (status, now(), run_id))

@@ -6,7 +6,7 @@ migrations in one transaction; opening a newer one is refused (its meaning is un
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # MIGRATIONS[n] turns a database of version n into version n + 1; version 0 is an empty file.
 MIGRATIONS: dict[int, str] = {
@@ -97,5 +97,26 @@ MIGRATIONS: dict[int, str] = {
         throughput REAL NOT NULL,          -- samples per second at the median
         gflops REAL                        -- achieved GFLOP/s at the median
     );
+    """,
+    1: """
+    CREATE TABLE verifications (
+        id INTEGER PRIMARY KEY,
+        checked_at TEXT NOT NULL,
+        framework TEXT NOT NULL,
+        workload TEXT NOT NULL,
+        batch_size INTEGER NOT NULL,
+        status TEXT NOT NULL,              -- ok, mismatch, failed, timeout, oom, unsupported, unavailable
+        message TEXT NOT NULL,
+        framework_version TEXT,
+        code_version TEXT NOT NULL,
+        params INTEGER,
+        forward_error REAL,                -- max relative error of the logits against the NumPy oracle
+        loss_error REAL,                   -- relative error of the loss against the oracle
+        gradient_error REAL,               -- max over parameters against the gradient reference
+        gradient_reference TEXT,           -- the framework whose gradients were the reference
+        worst_parameter TEXT,
+        data TEXT NOT NULL                 -- JSON: everything else the check found
+    );
+    CREATE INDEX verifications_by_pair ON verifications(framework, workload);
     """,
 }

@@ -1,0 +1,30 @@
+"""What a reader must know about each result beside its numbers: is it verified, did it keep its threads."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+# A cell may use somewhat more CPU time than its threads allow: the Python interpreter's own thread,
+# a framework's housekeeping threads and the coarse tick of process CPU accounting (10 ms) add up to
+# a few percent on short loops. A quarter of a core per thread is beyond that: the framework ran
+# more threads than it was given.
+CORES_USED_TOLERANCE = 0.25
+
+
+def family(workload: str) -> str:
+    """A published workload and its small twin share one builder, so one verification covers both."""
+    return workload.removesuffix("-small")
+
+
+def annotate(rows: Sequence[dict[str, Any]], verifications: dict[tuple[str, str, str | None], str]) -> None:
+    """Add ``verification`` (verified, mismatch, unverified, ...) and ``over_threads`` to each row."""
+    by_family: dict[tuple[str, str, str | None], str] = {}
+    for (framework, workload, version), verdict in verifications.items():
+        by_family[(framework, family(workload), version)] = verdict
+    for row in rows:
+        key = (row["framework"], row["workload"], row.get("framework_version"))
+        status: str | None = verifications.get(key) or by_family.get((key[0], family(key[1]), key[2]))
+        row["verification"] = {"ok": "verified", None: "unverified"}.get(status, status)
+        cores, threads = row.get("cores_used"), row["threads"]
+        row["over_threads"] = cores is not None and cores > threads * (1 + CORES_USED_TOLERANCE)

@@ -1,0 +1,93 @@
+"""One conformance suite for every registered framework: registering a framework is enough to cover it.
+
+Each framework builds networks in real worker processes and must: report the spec's parameter count,
+take train and infer steps (or declare a scenario unsupported), keep to one core when given one
+thread, round-trip canonical weights, and agree with the NumPy oracle and with the other frameworks
+(`dlarena verify` on the quick suite's workloads).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dlarena.frameworks.registry import FRAMEWORKS
+from dlarena.orchestrate.executor import LocalExecutor
+from dlarena.orchestrate.orchestrator import execute_cell
+from dlarena.orchestrate.verify import VERIFY_BATCH_SIZE, PairCheck, verify
+from dlarena.plan.cell import Cell, Measurement
+from dlarena.plan.suite import load_suite
+from dlarena.report.annotate import CORES_USED_TOLERANCE
+from dlarena.spec.catalogue import get_workload
+from dlarena.store.database import StoredResult
+
+REAL = [name for name in FRAMEWORKS if not name.startswith("fault-")]
+INSTALLED = [name for name in REAL if FRAMEWORKS[name].is_installed()]
+# Long enough that CPU accounting (10 ms ticks) and start-up threads average out in cores_used.
+THREAD_CHECK = Measurement(warmup_steps=2, min_steps=5, min_time_s=0.5)
+STEPS = Measurement(warmup_steps=1, min_steps=3, min_time_s=0.05)
+CELL_TIMEOUT_S = 300.0
+QUICK_WORKLOADS = sorted({w for sweep in load_suite("quick").sweeps for w in sweep.workloads})
+
+
+def _needs(framework: str) -> None:
+    if framework not in INSTALLED:
+        pytest.skip(f"{framework} is not installed")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("framework", REAL)
+@pytest.mark.parametrize(
+    ("workload", "scenario"),
+    [("karmanov-cnn-small", "train"), ("karmanov-cnn-small", "infer"), ("lstm32-small", "train"),
+     ("karmanov-gru-small", "infer")],
+)
+def test_steps_and_parameter_count(framework: str, workload: str, scenario: str) -> None:
+    _needs(framework)
+    cell = Cell(framework, workload, scenario, batch_size=8, threads=1, measurement=STEPS)
+    result = _execute(cell)
+    if scenario not in FRAMEWORKS[framework].scenarios:
+        assert result.status == "unsupported" and scenario in result.message
+        return
+    assert result.status == "ok", f"{result.message}\n{result.stderr_tail}"
+    data = result.data
+    assert data["params"] == get_workload(workload).params
+    assert len(data["samples_s"]) >= STEPS.min_steps and all(s > 0 for s in data["samples_s"])
+    parity = data["parity"]
+    assert parity["threads"] == 1 and parity["dtype"] == "float32" and parity["execution"]
+
+
+def _execute(cell: Cell) -> StoredResult:
+    return execute_cell(cell, CELL_TIMEOUT_S, LocalExecutor())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("framework", REAL)
+def test_one_thread_keeps_to_one_core(framework: str) -> None:
+    _needs(framework)
+    scenario = "train" if "train" in FRAMEWORKS[framework].scenarios else "infer"
+    cell = Cell(framework, "karmanov-cnn-small", scenario, batch_size=32, threads=1, measurement=THREAD_CHECK)
+    result = _execute(cell)
+    assert result.status == "ok", result.message
+    assert result.data["cores_used"] <= 1 + CORES_USED_TOLERANCE, result.data["cores_used"]
+    assert len(result.data["affinity"]) == 1
+
+
+@pytest.fixture(scope="module")
+def verdicts() -> dict[tuple[str, str], PairCheck]:
+    """`dlarena verify` over the quick suite's workloads, every installed framework at once."""
+    checks = verify(INSTALLED, QUICK_WORKLOADS, VERIFY_BATCH_SIZE, threads=1)
+    return {(check.framework, check.workload): check for check in checks}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("framework", REAL)
+@pytest.mark.parametrize("workload", QUICK_WORKLOADS)
+def test_same_network_same_numbers(verdicts: dict[tuple[str, str], PairCheck], framework: str, workload: str) -> None:
+    _needs(framework)
+    check = verdicts[(framework, workload)]
+    assert check.status == "ok", f"{check.status}: {check.message}\n{check.stderr_tail}"
+    assert check.params == get_workload(workload).params
+    assert check.forward_error is not None and check.loss_error is not None
+    compared = check.gradient_reference not in (None, "itself (the reference)")
+    if compared and not str(check.gradient_reference).startswith("n/a"):
+        assert check.gradient_error is not None
