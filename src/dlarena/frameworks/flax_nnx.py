@@ -10,13 +10,18 @@ step, then ``jax.lax.scan`` over time) because Flax's cells have a different bia
 
 The step follows the "functional training loop" of Flax's performance guide: the model and its
 ``nnx.Optimizer`` are ``nnx.split`` once at prepare time, a pure step function ``nnx.merge``-s them
-inside ``jax.jit`` (so the graph traversal is traced once, not paid per step), and the state goes in
-and out as a flat list of arrays that is donated to the computation. Measured on a 2-core machine
-at batch 32, 1 thread (median step, ms; fcn5-small / karmanov-cnn-small / lstm32-small, train):
-``nnx.jit`` 1.47 / 3.08 / 8.4, ``nnx.cached_partial(nnx.jit)`` 0.80 / 2.25 / 7.6, ``jax.jit`` over
-the ``nnx.State`` 0.72 / 2.16 / 7.5, ``jax.jit`` over the flat leaf list (this module)
-0.62 / 2.06 / 7.4: the functional form is the fastest, by most on small networks where the per-step
-Python overhead of ``nnx.jit``'s graph traversal is not hidden behind device work.
+inside ``jax.jit`` (so the graph traversal is paid once, while tracing, not at every step), and the
+state goes in and out as a flat list of arrays that is donated to the computation, so that XLA
+updates parameters, optimizer slots and batch statistics in place. ``nnx.merge`` runs outside the
+compiled code only where the verification needs the model object. Measured on the shared 2-core
+machine, train, batch 32, 1 core, process CPU time per step in ms (fcn5-small / karmanov-cnn-small /
+lstm32-small): ``nnx.jit`` 3.31 / 14.07 / 21.8, ``nnx.cached_partial`` of it 2.45 / 10.75 / 20.5,
+``jax.jit`` over the ``nnx.State`` 2.08 / 10.04 / 18.8, ``jax.jit`` over the flat leaves (this
+module) 1.97 / 9.54 / 18.1. The functional form is the fastest; the gap is the per-call Python
+traversal of ``nnx.jit``, largest where the device work per step is small.
+
+Synchronisation is ``block_until_ready`` on the step's output. Matmul precision is left at JAX's
+default and recorded in the parity record (on a GPU that default allows TF32), not changed here.
 """
 
 from __future__ import annotations
@@ -139,7 +144,7 @@ class Pool(nnx.Module):
         self.is_max = isinstance(layer, MaxPool2D)
 
     def __call__(self, x: Array) -> Array:
-        # flax's pooling functions carry no annotations
+        # Flax's pooling functions carry no annotations.
         if self.is_max:
             pooled: Array = nnx.max_pool(x, self.window, self.strides, self.padding)  # type: ignore[no-untyped-call]
         else:
@@ -313,7 +318,7 @@ def make_inits(recipe: Recipe) -> Inits:
     HWIO kernel) give the same fans for Dense, conv and recurrent kernels; for the embedding table
     PyTorch's fan in is its second axis (``dim``), so he_normal uses ``in_axis=-1`` there. PyTorch's
     ``kaiming_normal_`` is an untruncated normal, JAX's ``he_normal`` a truncated one, hence
-    ``variance_scaling(..., "untruncated_normal")``.
+    ``variance_scaling(2.0, "fan_in", "normal")`` (JAX's "normal" is the untruncated one).
     """
     init = recipe.init
     zeros = nnx.initializers.zeros_init()
@@ -502,6 +507,7 @@ class Initialised:
     state: State
     bindings: dict[str, Binding]
     params: int
+    dtype: str  # of the parameters, as built
     batch: tuple[Array, Array] | None
 
 
@@ -514,7 +520,7 @@ def initialise(
     compilation per operation and shape (87 s for googlenet-small on the shared 2-core machine);
     traced together and split inside, merged only when needed, they compile once.
     """
-    found: list[tuple[nnx.GraphDef[Any], dict[str, Binding], int]] = []
+    found: list[tuple[nnx.GraphDef[Any], dict[str, Binding], int, str]] = []
 
     def create(key: Array) -> tuple[State, tuple[Array, Array] | None]:
         params_key, dropout_key, data_key = jax.random.split(key, 3)
@@ -525,14 +531,15 @@ def initialise(
         model = nnx.view(model, raise_if_not_found=False, **mode)
         node: Any = (model, nnx.Optimizer(model, make_optimizer(recipe), wrt=nnx.Param)) if train else model
         graphdef, state = nnx.split(node)
-        found.append((graphdef, builder.bindings(model), _param_count(model)))  # static facts
+        dtypes = sorted({str(leaf.dtype) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param))})
+        found.append((graphdef, builder.bindings(model), _param_count(model), ",".join(dtypes)))  # static
         batch = synthetic_batch(network, batch_size, data_key) if batch_size is not None else None
         return state, batch
 
     compiled = jax.jit(create).lower(key).compile(compiler_options=_INIT_COMPILER_OPTIONS)
     state, batch = compiled(key)
-    graphdef, bindings, params = found[0]
-    return Initialised(graphdef, state, bindings, params, batch)
+    graphdef, bindings, params, dtype = found[0]
+    return Initialised(graphdef, state, bindings, params, dtype, batch)
 
 
 def variables_by_path(model: nnx.Module) -> dict[Path, nnx.Variable[Array]]:
@@ -610,8 +617,9 @@ def _param_count(model: nnx.Module) -> int:
 class _Runner:
     """What train and infer runners share: the parameter count, the device and the parity record."""
 
-    def __init__(self, params: int, device: jax.Device, image: bool) -> None:
-        self.params = params
+    def __init__(self, setup: Initialised, device: jax.Device, image: bool) -> None:
+        self.params = setup.params
+        self.dtype = setup.dtype
         self.device = device
         self.image = image
         self.pending: Array | None = None  # the last step's output, waited on by sync()
@@ -649,7 +657,7 @@ class _Runner:
             details["preallocate"] = os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "true")
         return Parity(
             threads=len(os.sched_getaffinity(0)),
-            dtype="float32",
+            dtype=self.dtype,
             layout="NHWC" if self.image else None,
             execution="jit",
             tf32=(precision not in _FULL_FLOAT32_PRECISIONS) if on_gpu else None,
@@ -659,16 +667,25 @@ class _Runner:
         )
 
 
+def _placed(leaves: list[Array], device: jax.Device) -> list[Array]:
+    """The state committed to ``device``, its set-up work finished before any step is timed."""
+    placed: list[Array] = jax.device_put(leaves, device)
+    for leaf in placed:
+        leaf.block_until_ready()
+    return placed
+
+
 class TrainRunner(_Runner):
     """One step is one call of the compiled pure step: forward, loss, gradients, optimizer update."""
 
     def __init__(self, setup: Initialised, loss_fn: LossFn, device: jax.Device) -> None:
         assert setup.batch is not None
         inputs, labels = jax.device_put(setup.batch, device)
-        super().__init__(setup.params, device, inputs.ndim == 4)
+        super().__init__(setup, device, inputs.ndim == 4)
         self.inputs, self.labels = inputs, labels
         graphdef = setup.graphdef
         leaves, treedef = jax.tree.flatten(setup.state)
+        structure: Any = treedef  # jaxlib's PyTreeDef is opaque to mypy
 
         def step(leaves: list[Array], inputs: Array, labels: Array) -> tuple[Array, list[Array]]:
             model, optimizer = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
@@ -678,11 +695,14 @@ class TrainRunner(_Runner):
 
             loss, grads = nnx.value_and_grad(loss_of)(model)
             optimizer.update(model, grads)
-            return loss, jax.tree.leaves(nnx.state((model, optimizer)))
+            # flatten_up_to fails, while tracing, unless the new state has the structure of the old:
+            # the leaves line up step after step.
+            new_leaves: list[Array] = structure.flatten_up_to(nnx.state((model, optimizer)))
+            return loss, new_leaves
 
         # The state is donated: XLA updates parameters, optimizer slots and batch statistics in place.
         self._step = jax.jit(step, donate_argnums=0)
-        self.leaves: list[Array] = jax.device_put(leaves, device)
+        self.leaves: list[Array] = _placed(leaves, device)
 
     def step(self) -> None:
         self.pending, self.leaves = self._step(self.leaves, self.inputs, self.labels)
@@ -694,7 +714,7 @@ class InferRunner(_Runner):
     def __init__(self, setup: Initialised, device: jax.Device) -> None:
         assert setup.batch is not None
         inputs = jax.device_put(setup.batch[0], device)
-        super().__init__(setup.params, device, inputs.ndim == 4)
+        super().__init__(setup, device, inputs.ndim == 4)
         self.inputs = inputs
         graphdef = setup.graphdef
         leaves, treedef = jax.tree.flatten(setup.state)
@@ -704,7 +724,7 @@ class InferRunner(_Runner):
             return model(inputs)
 
         self._forward = jax.jit(forward)
-        self.leaves: list[Array] = jax.device_put(leaves, device)
+        self.leaves: list[Array] = _placed(leaves, device)
 
     def step(self) -> None:
         self.pending = self._forward(self.leaves, self.inputs)

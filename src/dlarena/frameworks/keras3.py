@@ -263,6 +263,8 @@ class _Builder:
             if flat is not None:
                 self.flattened[path] = flat
             # Keras' momentum is the weight of the old running statistic, the spec's of the new one.
+            # Keras updates the running variance with the biased batch variance, PyTorch with the
+            # unbiased one (a factor n/(n-1) in the statistic, never in the training step itself).
             norm = kl.BatchNormalization(axis=-1, momentum=1.0 - layer.momentum, epsilon=layer.eps,
                                          **self._regularized("gamma", "beta"))
             self.layers[path] = [norm]
@@ -311,10 +313,11 @@ def make_optimizer(recipe: Recipe) -> Any:
 
     Keras' SGD keeps ``v = m*v - lr*g`` where PyTorch keeps ``v = m*v + g`` and steps ``lr*v``: the
     same updates for a constant learning rate, Nesterov included. Adadelta is PyTorch's. Keras'
-    Adam puts epsilon outside the bias correction (``eps`` acts as ``eps / sqrt(1 - beta2^t)`` in
-    PyTorch's form) and RMSprop puts it under the square root (``sqrt(v + eps)``); with eps 1e-8 both
-    differ from PyTorch only for gradients near 1e-4 and below. ``global_clipnorm`` is TensorFlow's
-    clip_by_global_norm (PyTorch's clip_grad_norm_ adds 1e-6 to the norm).
+    Adam adds epsilon after the bias correction of the step size (Kingma and Ba's "epsilon hat"):
+    in PyTorch's form its eps is ``eps / sqrt(1 - beta2^t)``, 30 times larger at the first step and
+    equal in the long run, so the two differ where gradients are below about 1e-6. RMSprop: see
+    below. ``global_clipnorm`` is TensorFlow's clip_by_global_norm (PyTorch's clip_grad_norm_ adds
+    1e-6 to the norm).
     """
     optimizers = _keras().optimizers
     opt = recipe.optimizer
@@ -717,8 +720,8 @@ class Checker:
             builder = _Builder(init=None, weight_decay=0.0)
             self.model = builder.model(self.network)
         self.bindings = _bindings(self.network, builder)
-        self.norms = [keras_layer for keras_layer in self.model._flatten_layers()
-                      if isinstance(keras_layer, keras.layers.BatchNormalization)]
+        self.norms = [held[0] for held in builder.layers.values()
+                      if isinstance(held[0], keras.layers.BatchNormalization)]
         self.loss_fn = make_loss(self.network, self.recipe)
 
     def trainable_params(self) -> int:
