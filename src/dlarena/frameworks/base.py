@@ -37,6 +37,22 @@ class StepRequest:
     seed: int
 
 
+# What every framework module runs unless it says otherwise.
+SCENARIOS: tuple[str, ...] = ("train", "infer")
+PRECISIONS: tuple[str, ...] = ("float32",)
+
+
+def require(
+    request: StepRequest, backend: str, scenarios: tuple[str, ...] = SCENARIOS,
+    precisions: tuple[str, ...] = PRECISIONS,
+) -> None:
+    """Raise Unsupported, with the valid choices, for a scenario or precision the backend lacks."""
+    if request.scenario not in scenarios:
+        raise Unsupported(f"the {backend} backend runs the scenarios {', '.join(scenarios)}, not {request.scenario!r}")
+    if request.precision not in precisions:
+        raise Unsupported(f"the {backend} backend runs in {', '.join(precisions)} only, not {request.precision!r}")
+
+
 @dataclass
 class Parity:
     """What a framework really ran with, read back from the framework wherever it can tell."""

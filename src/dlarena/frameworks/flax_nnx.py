@@ -39,7 +39,7 @@ import optax
 from flax import nnx
 
 from dlarena.frameworks import layout
-from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported
+from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported, require
 from dlarena.spec import Network, Recipe, Workload
 from dlarena.spec.layers import (
     GRU,
@@ -61,8 +61,6 @@ from dlarena.spec.layers import (
 )
 
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
-PRECISIONS: tuple[str, ...] = ("float32",)
-SCENARIOS: tuple[str, ...] = ("train", "infer")
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -834,10 +832,7 @@ class Backend:
         return Checker(workload, self._device(device))
 
     def prepare(self, request: StepRequest) -> TrainRunner | InferRunner:
-        if request.scenario not in SCENARIOS:
-            raise Unsupported(f"the JAX backend runs the scenarios {', '.join(SCENARIOS)}, not {request.scenario!r}")
-        if request.precision not in PRECISIONS:
-            raise Unsupported(f"the JAX backend runs in {', '.join(PRECISIONS)} only, not {request.precision!r}")
+        require(request, "JAX")
         device = self._device(request.device)
         network, recipe = request.workload.network, request.workload.recipe
         train = request.scenario == "train"

@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from dlarena.frameworks import layout
-from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported
+from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported, require
 from dlarena.spec import Network, Recipe, Workload
 from dlarena.spec.layers import (
     GRU,
@@ -76,8 +76,6 @@ from dlarena.spec.weights import layer_params, walk
 
 BACKENDS: tuple[str, ...] = ("jax", "torch", "tensorflow")
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
-PRECISIONS: tuple[str, ...] = ("float32",)
-SCENARIOS: tuple[str, ...] = ("train", "infer")
 
 # Training loops: Keras' own ``model.train_on_batch``, or a custom step written as the Keras guides
 # "Writing a training loop from scratch" do for each backend. Inference: ``model.predict_on_batch``
@@ -897,10 +895,7 @@ class Backend:
         return Checker(workload, self._device(device))
 
     def prepare(self, request: StepRequest) -> Runner:
-        if request.scenario not in SCENARIOS:
-            raise Unsupported(f"the Keras backend runs the scenarios {', '.join(SCENARIOS)}, not {request.scenario!r}")
-        if request.precision not in PRECISIONS:
-            raise Unsupported(f"the Keras backend runs in {', '.join(PRECISIONS)} only, not {request.precision!r}")
+        require(request, "Keras")
         device = self._device(request.device)
         keras = _keras()
         network, recipe = request.workload.network, request.workload.recipe

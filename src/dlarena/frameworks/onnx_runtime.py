@@ -21,7 +21,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported
+from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported, require
 from dlarena.frameworks.layout import GRU_CANONICAL, GRU_KERAS, LSTM_CANONICAL, LSTM_ONNX, reorder_gates
 from dlarena.spec import Network, Recipe, Workload
 from dlarena.spec.layers import (
@@ -45,7 +45,6 @@ from dlarena.spec.layers import (
 from dlarena.spec.weights import ParamSpec, parameter_specs
 
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
-PRECISIONS: tuple[str, ...] = ("float32",)
 SCENARIOS: tuple[str, ...] = ("infer",)
 
 # ONNX opset 21 with IR version 10 (both introduced by onnx 1.16): every operator used here has a
@@ -623,10 +622,7 @@ class Backend:
                 f"ONNX Runtime runs inference only; it has no {request.scenario!r} scenario (no gradients, "
                 "no optimizers)"
             )
-        if request.precision not in PRECISIONS:
-            raise Unsupported(
-                f"the ONNX Runtime backend runs in {', '.join(PRECISIONS)} only, not {request.precision!r}"
-            )
+        require(request, "ONNX Runtime", scenarios=SCENARIOS)
         device = self._device(request.device)
         network = request.workload.network
         weights = initial_weights(network, request.workload.recipe, request.seed)

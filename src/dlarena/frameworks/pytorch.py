@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported
+from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported, require
 from dlarena.spec import Network, Recipe, Workload
 from dlarena.spec.layers import (
     GRU,
@@ -41,8 +41,6 @@ from dlarena.spec.layers import (
 from dlarena.spec.weights import layer_params, walk
 
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
-PRECISIONS: tuple[str, ...] = ("float32",)
-SCENARIOS: tuple[str, ...] = ("train", "infer")
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 
@@ -495,14 +493,7 @@ class Backend:
         return Checker(workload, self._device(device), self.compile)
 
     def prepare(self, request: StepRequest) -> TrainRunner | InferRunner:
-        if request.scenario not in SCENARIOS:
-            raise Unsupported(
-                f"the PyTorch backend runs the scenarios {', '.join(SCENARIOS)}, not {request.scenario!r}"
-            )
-        if request.precision not in PRECISIONS:
-            raise Unsupported(
-                f"the PyTorch backend runs in {', '.join(PRECISIONS)} only, not {request.precision!r}"
-            )
+        require(request, "PyTorch")
         device = self._device(request.device)
         workload = request.workload
         network, recipe = workload.network, workload.recipe
