@@ -26,8 +26,9 @@ THREAD_VARIABLES = (
     "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "BLIS_NUM_THREADS",
     "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
 )
-# Inter-op pools run independent operations side by side; one pool of `threads` threads keeps the
-# total within the cell's cores.
+# Inter-op pools run independent operations side by side. One thread is the safe default; a framework
+# module that measured faster with a larger pool sets it itself (TensorFlow does), and the affinity
+# below caps the cores the cell can use either way.
 INTEROP_VARIABLES = ("TF_NUM_INTEROP_THREADS",)
 
 

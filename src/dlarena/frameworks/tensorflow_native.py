@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from dlarena.frameworks import layout
-from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported
+from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported, require
 from dlarena.spec import Init, Network, Optimizer, Recipe, Workload
 from dlarena.spec.layers import (
     GRU,
@@ -57,14 +57,6 @@ os.environ.setdefault(_LOG_LEVEL_VARIABLE, _ERRORS_ONLY)
 import tensorflow as tf  # noqa: E402
 
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
-PRECISIONS: tuple[str, ...] = ("float32",)
-SCENARIOS: tuple[str, ...] = ("train", "infer")
-
-# Inter-op threads run independent graph nodes side by side; each node already parallelises over the
-# intra-op pool of `threads`. Measured on a 2-core machine at threads=2 (fcn5-small, karmanov-cnn-small,
-# lstm32-small, batch 32): an inter-op pool of 1 was as fast as one of 2 or faster, so one thread
-# keeps the cell within its cores without costing speed (the worker sets TF_NUM_INTEROP_THREADS=1 too).
-INTER_OP_THREADS = 1
 
 ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 XLA_FLAGS_VARIABLE = "TF_XLA_FLAGS"
@@ -86,7 +78,7 @@ def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
 # Parameters: created in canonical order, initialised per recipe, bound to their canonical names
 
 
-def _same(array: np.ndarray) -> np.ndarray:
+def _unchanged(array: np.ndarray) -> np.ndarray:
     return array
 
 
@@ -151,8 +143,8 @@ class Parameters:
         self,
         spec: ParamSpec,
         shape: Shape | None = None,
-        to_tf: Callable[[np.ndarray], np.ndarray] = _same,
-        from_tf: Callable[[np.ndarray], np.ndarray] = _same,
+        to_tf: Callable[[np.ndarray], np.ndarray] = _unchanged,
+        from_tf: Callable[[np.ndarray], np.ndarray] = _unchanged,
     ) -> Variable:
         """The variable for ``spec``, of TensorFlow ``shape`` (the canonical one unless given)."""
         tf_shape = spec.shape if shape is None else shape
@@ -243,7 +235,7 @@ def _window_padding(
 
     VALID without padding; SAME where it is the same windows; otherwise a pad, then VALID. The
     explicit ``paddings`` form of tf.nn.conv2d would also do, but it misses TensorFlow's oneDNN
-    convolution: a pad followed by VALID measured 1.3-1.5x faster training steps on alexnet-small and
+    convolution: a pad followed by VALID measured 1.3-1.6x faster training steps on alexnet-small and
     karmanov-cnn-small, and SAME (where it applies) faster still.
     """
     if padding == (0, 0):
@@ -304,7 +296,7 @@ class BatchNormModule(Module):
     Two forms, whichever measured faster (resnet50-small, batch 32): the FusedBatchNormV3 kernel in
     TensorFlow graphs (as fast as or faster than separate ops), and tf.nn.moments with
     tf.nn.batch_normalization under XLA, which fuses those element-wise ops itself and ran the train
-    step about 1.5-2x faster than with its expansion of the fused op. The fused op is called raw
+    step 1.2-2x faster than with its expansion of the fused op. The fused op is called raw
     rather than through ``tf.compat.v1.nn.fused_batch_norm``, which raises epsilon to 1.001e-5 for
     cuDNN's sake; its ``exponential_avg_factor`` is PyTorch's momentum and the variance it returns for
     the running average is the unbiased one.
@@ -721,11 +713,13 @@ class _Runner:
             "tensorflow": tf.__version__,
             "jit_compile": self.xla,
             "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-            "onednn": _onednn_enabled(),
+            # TensorFlow's oneDNN kernels serve graph execution; an XLA executable has its own code.
+            "onednn_tf_kernels": _onednn_enabled(),
             ONEDNN_VARIABLE: os.environ.get(ONEDNN_VARIABLE),
             XLA_FLAGS_VARIABLE: os.environ.get(XLA_FLAGS_VARIABLE),
             "batch_norm": "tf.nn.moments + batch_normalization" if self.xla else "FusedBatchNormV3",
             "recurrent_loop": "tf.scan",
+            "threads_from": "tf.config.threading.get_intra_op_parallelism_threads",
         }
         tf32 = None
         if self.device == "cuda":
@@ -894,8 +888,14 @@ class Backend:
         # they are, and the parity record reads back what they are.
         with contextlib.suppress(RuntimeError):
             tf.config.threading.set_intra_op_parallelism_threads(threads)
+        # Inter-op threads run independent graph nodes side by side, each parallelising over the
+        # intra-op pool. Measured on a 2-core machine at threads=2, train steps at batch 32: an
+        # inter-op pool of `threads` ran resnet50-small and googlenet-small 1.1-1.5x faster than a
+        # pool of one (branches and independent gradient computations overlap), and fcn5-,
+        # karmanov-cnn- and lstm32-small about as fast. This setting wins over the worker's
+        # TF_NUM_INTEROP_THREADS=1; the worker's CPU affinity still keeps the cell on `threads` cores.
         with contextlib.suppress(RuntimeError):
-            tf.config.threading.set_inter_op_parallelism_threads(INTER_OP_THREADS)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
 
     def version(self) -> str:
         return str(tf.__version__)
@@ -913,14 +913,7 @@ class Backend:
         return Checker(workload, self._device(device), self.xla)
 
     def prepare(self, request: StepRequest) -> TrainRunner | InferRunner:
-        if request.scenario not in SCENARIOS:
-            raise Unsupported(
-                f"the TensorFlow backend runs the scenarios {', '.join(SCENARIOS)}, not {request.scenario!r}"
-            )
-        if request.precision not in PRECISIONS:
-            raise Unsupported(
-                f"the TensorFlow backend runs in {', '.join(PRECISIONS)} only, not {request.precision!r}"
-            )
+        require(request, "TensorFlow")
         device = self._device(request.device)
         workload = request.workload
         network, recipe = workload.network, workload.recipe
