@@ -62,6 +62,20 @@ def limit_threads(threads: int) -> list[int]:
     return cores
 
 
+def _failure(error: BaseException) -> dict[str, str]:
+    """The status and message of an exception raised while building or stepping a cell."""
+    from dlarena.frameworks.base import Unavailable, Unsupported
+
+    if isinstance(error, Unsupported):
+        return {"status": "unsupported", "message": str(error)}
+    if isinstance(error, Unavailable):
+        return {"status": "unavailable", "message": str(error)}
+    if isinstance(error, MemoryError):
+        return {"status": "oom", "message": "the framework ran out of memory (MemoryError)"}
+    traceback.print_exception(error)
+    return {"status": "failed", "message": f"{type(error).__name__}: {error}"}
+
+
 def measure_cell(cell: Cell) -> dict[str, Any]:
     """Build and time one cell; every outcome becomes a result dictionary, never an exception."""
     from dlarena.frameworks.base import StepRequest, Unavailable, Unsupported
@@ -106,15 +120,8 @@ def measure_cell(cell: Cell) -> dict[str, Any]:
             rss_after_bytes=current_rss_bytes(),
             parity=vars(runner.parity()),
         )
-    except Unsupported as error:
-        result.update(status="unsupported", message=str(error))
-    except Unavailable as error:
-        result.update(status="unavailable", message=str(error))
-    except MemoryError:
-        result.update(status="oom", message="the framework ran out of memory (MemoryError)")
     except Exception as error:  # a framework's failure is data, with its traceback on stderr
-        traceback.print_exc()
-        result.update(status="failed", message=f"{type(error).__name__}: {error}")
+        result.update(_failure(error))
     result["peak_rss_bytes"] = peak_rss_bytes()
     return result
 
@@ -161,15 +168,8 @@ def verify_cell(cell: Cell, arrays_path: str) -> dict[str, Any]:
             result["gradients_message"] = str(error)
         np.savez(arrays_path, **arrays)  # type: ignore[arg-type]  # NumPy's stub types **kwds as bool
         result["status"] = "ok"
-    except Unsupported as error:
-        result.update(status="unsupported", message=str(error))
-    except Unavailable as error:
-        result.update(status="unavailable", message=str(error))
-    except MemoryError:
-        result.update(status="oom", message="the framework ran out of memory (MemoryError)")
     except Exception as error:
-        traceback.print_exc()
-        result.update(status="failed", message=f"{type(error).__name__}: {error}")
+        result.update(_failure(error))
     return result
 
 
