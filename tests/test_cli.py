@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -93,19 +94,25 @@ def test_run_report_and_export_with_fault_framework(cli: Cli, tmp_path: Path) ->
     """The whole command path, framework-free: run, then report and export read the database."""
     db = str(tmp_path / "r.db")
     run = cli("run", "--frameworks", "fault-none,fault-raise", "--workloads", "fcn5-small",
-              "--scenarios", "train", "--batch-sizes", "4", "--threads", "1", "--db", db)
+              "--scenarios", "train", "--batch-sizes", "4", "--threads", "1", "--repetitions", "2", "--db", db)
     assert run.returncode == 0, run.stderr
-    assert "[2/2]" in run.stderr and "left" in run.stderr  # progress: cells done and time left
+    # progress: processes done and time left; the failed cell's second process is not run
+    assert "[3/3]" in run.stderr and "left" in run.stderr and "process 2/2" in run.stderr
+    assert "peak at 1 threads" in run.stderr
     report = cli("report", "--db", db)
     assert report.returncode == 0
     assert "### fcn5-small, train, cpu, batch 4" in report.stdout
     assert "| fault-raise | *failed* |" in report.stdout
+    assert "## Step times" in report.stdout and "| fault-none | fcn5-small | train | 4 | 1 | 2 x " in report.stdout
+    assert "## Costs and resources" in report.stdout and "Peak (float32 matrix product" in report.stdout
     exported = list(csv.DictReader(io.StringIO(cli("export", "--format", "csv", "--db", db).stdout)))
     assert {row["status"] for row in exported} == {"ok", "failed"}
     for column in ("framework", "workload", "scenario", "device", "batch_size", "threads", "status", "median_s"):
         assert column in exported[0]
     rows = json.loads(cli("export", "--format", "json", "--db", db).stdout)
     assert [row["framework"] for row in rows] == ["fault-none", "fault-raise"]
+    assert rows[0]["processes"] == 2 and rows[0]["ci_low_s"] <= rows[0]["median_s"] <= rows[0]["ci_high_s"]
+    assert rows[0]["peak_percent"] is not None and rows[0]["peak_rss_bytes"] > 0
     out = tmp_path / "out" / "report.md"
     assert cli("report", "--db", db, "--output", str(out)).returncode == 0
     assert out.read_text().startswith("# dlarena run ")
@@ -126,3 +133,32 @@ def test_the_torch_acceptance_command(cli: Cli, tmp_path: Path) -> None:
     report = cli("report", "--db", db).stdout
     assert "| framework | 1 thread | 2 threads |" in report
     assert "| torch | " in report
+
+
+def test_compare_two_runs_and_two_frameworks(cli: Cli, tmp_path: Path) -> None:
+    """Verdicts for every matched cell; cells without a time are listed, not compared; bad names get a sentence."""
+    db = str(tmp_path / "r.db")
+    args = ("run", "--frameworks", "fault-none,fault-wrong,fault-raise", "--workloads", "fcn5-small",
+            "--scenarios", "infer", "--batch-sizes", "4", "--threads", "1", "--repetitions", "2", "--quiet",
+            "--db", db)
+    assert cli(*args).returncode == 0
+    assert cli(*args).returncode == 0
+    with sqlite3.connect(db) as connection:
+        earlier, later = [row[0] for row in connection.execute("SELECT id FROM runs ORDER BY started_at, rowid")]
+    runs_compared = cli("compare", earlier, later, "--db", db)
+    assert runs_compared.returncode == 0, runs_compared.stderr
+    text = runs_compared.stdout
+    assert f"# {later} (B) against {earlier} (A)" in text
+    verdict_rows = [line for line in text.splitlines() if line.startswith("| fault-none ")]
+    assert len(verdict_rows) == 1 and verdict_rows[0].rstrip(" |").rsplit("| ", 1)[1] in ("faster", "slower", "same")
+    failed_rows = [line for line in text.splitlines() if line.startswith("| fault-raise ")]
+    assert len(failed_rows) == 1 and "not compared: A is failed; B is failed" in failed_rows[0]
+    frameworks = cli("compare", "latest", "--frameworks", "fault-none,fault-wrong", "--db", db)
+    assert frameworks.returncode == 0 and "| fault-none / fault-wrong | fcn5-small |" in frameworks.stdout
+    for bad, message in (
+        (("compare", "nosuchrun", "latest"), "no run 'nosuchrun'"),
+        (("compare", "latest"), "needs a second run"),
+        (("compare", "latest", "--frameworks", "fault-none,torch"), "has no cell of 'torch'"),
+    ):
+        result = cli(*bad, "--db", db)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr

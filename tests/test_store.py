@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dlarena.measure.stats import summarise
+from dlarena.measure.aggregate import aggregate
 from dlarena.plan.cell import Cell
 from dlarena.store.database import PlannedCell, Store, StoredResult, StoreError
 from dlarena.store.schema import SCHEMA_VERSION
@@ -20,13 +20,15 @@ def _start(store: Store, cells: list[Cell]) -> tuple[str, list[int]]:
     return store.start_run(ENVIRONMENT, "quick", 1, "name = 'quick'", ["dlarena", "run"], "0.1.0", planned)
 
 
-def _result(status: str, samples: list[float] | None = None) -> StoredResult:
+def _result(status: str, samples: list[float] | None = None, repetition: int = 0) -> StoredResult:
     data = {"status": status, "first_step_s": 0.5, "warmup_s": [0.2], "samples_s": samples or [],
-            "flops_per_step": 2e9, "params": 10, "parity": {"threads": 1}}
+            "flops_per_step": 2e9, "params": 10, "parity": {"threads": 1}, "import_s": 1.0 + repetition,
+            "build_s": 0.1, "cores_used": 0.9, "peak_rss_bytes": 1000 * (1 + repetition),
+            "resources": {"memory_growth_bytes": 10 * repetition}}
     return StoredResult(
         status=status, message="" if status == "ok" else "boom", stderr_tail="trace" * 2000,
         command=["python", "-m", "dlarena.worker"], exit_code=0, wall_s=1.0, started_at="t0",
-        finished_at="t1", data=data, summary=summarise(samples) if samples else None,
+        finished_at="t1", data=data, repetition=repetition,
     )
 
 
@@ -43,18 +45,28 @@ def test_result_samples_and_summary_are_stored(db_path: Path) -> None:
     store = Store.open(db_path)
     cells = [Cell("torch", "fcn5-small", "train", 32, 1), Cell("torch", "fcn5-small", "train", 32, 2)]
     run_id, cell_ids = _start(store, cells)
-    store.record_result(cell_ids[0], _result("ok", [0.1, 0.2, 0.3, 0.4]), batch_size=32)
+    store.record_result(cell_ids[0], _result("ok", [0.1, 0.2, 0.3, 0.4]))
+    store.record_result(cell_ids[0], _result("ok", [0.3, 0.5], repetition=1))
+    figures = aggregate(store.ok_processes(cell_ids[0]), batch_size=32, threads=1, peak_gflops=40.0)
+    store.record_summary(cell_ids[0], figures)
     rows = store.cell_rows(run_id)
     assert [row["status"] for row in rows] == ["ok", "pending"]
-    assert rows[0]["median_s"] == pytest.approx(0.25)
-    assert rows[0]["throughput"] == pytest.approx(32 / 0.25)
-    assert rows[0]["gflops"] == pytest.approx(2e9 / 0.25 / 1e9)
-    assert store.samples(cell_ids[0]) == [0.1, 0.2, 0.3, 0.4]
-    assert store.samples(cell_ids[0], "first") == [0.5]
-    assert store.samples(cell_ids[0], "warmup") == [0.2]
-    store.record_result(cell_ids[1], _result("failed"), batch_size=32)
+    assert rows[0]["median_s"] == pytest.approx(0.3) and rows[0]["processes"] == 2 and rows[0]["n"] == 6
+    assert rows[0]["ci_low_s"] <= rows[0]["median_s"] <= rows[0]["ci_high_s"]
+    assert rows[0]["throughput"] == pytest.approx(32 / 0.3)
+    assert rows[0]["gflops"] == pytest.approx(2e9 / 0.3 / 1e9)
+    assert rows[0]["peak_percent"] == pytest.approx(100 * 2e9 / 0.3 / 1e9 / 40.0)
+    # one-off costs are medians over processes, memory is the worst process
+    assert rows[0]["import_s"] == pytest.approx(1.5) and rows[0]["peak_rss_bytes"] == 2000
+    assert rows[0]["memory_growth_bytes"] == 10 and rows[0]["cpu_utilisation"] == pytest.approx(0.9)
+    assert store.samples_by_process(cell_ids[0]) == [[0.1, 0.2, 0.3, 0.4], [0.3, 0.5]]
+    assert store.samples(cell_ids[0], "first") == [0.5, 0.5]
+    assert store.samples(cell_ids[0], "warmup") == [0.2, 0.2]
+    store.record_result(cell_ids[1], _result("ok", [0.1]))
+    store.record_result(cell_ids[1], _result("failed", repetition=1))
     failed = store.cell_rows(run_id)[1]
-    assert failed["status"] == "failed" and failed["message"] == "boom" and failed["median_s"] is None
+    # a cell with one failed process shows the failure, not the figures of its other processes alone
+    assert failed["status"] == "failed" and failed["message"] == "boom" and failed["repetition"] == 1
     assert len(failed["stderr_tail"]) <= 4000
     store.finish_run(run_id, "finished")
     assert store.run(None)["status"] == "finished"
@@ -76,7 +88,7 @@ def test_a_failed_write_leaves_nothing_half_written(db_path: Path) -> None:
     bad = _result("ok", [0.1, 0.2])
     bad.data["samples_s"] = [0.1, [1, 2]]  # valid JSON, but SQLite cannot bind it: fails mid-transaction
     with pytest.raises(sqlite3.Error):
-        store.record_result(cell_ids[0], bad, batch_size=32)
+        store.record_result(cell_ids[0], bad)
     assert store.connection.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 0
     assert store.connection.execute("SELECT COUNT(*) FROM samples").fetchone()[0] == 0
 

@@ -5,8 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from conftest import Cli
-from dlarena.orchestrate.verify import FORWARD_TOLERANCE, verify, workload_names
+from dlarena.orchestrate.verify import (
+    FORWARD_TOLERANCE,
+    GRADIENT64_TOLERANCE,
+    PairCheck,
+    _compare_gradients,
+    verify,
+    workload_names,
+)
 from dlarena.spec import reference
 from dlarena.spec.catalogue import CATALOGUE
 from dlarena.spec.weights import canonical_batch, canonical_weights, parameter_specs
@@ -63,3 +72,27 @@ def test_cli_verify_exits_non_zero_and_marks_timings_invalid(cli: Cli, tmp_path:
     rows = {row["framework"]: row for row in json.loads(cli("export", "--format", "json", "--db", db).stdout)}
     assert rows["fault-wrong"]["verification"] == "mismatch"
     assert rows["fault-none"]["verification"] == "verified"
+
+
+def test_gradients_are_compared_parameter_by_parameter(tmp_path: Path) -> None:
+    """One parameter off by ten times the tolerance is named; float64 rounding noise is not."""
+    rng = np.random.default_rng(0)
+    reference_grads = {"grad/0.kernel": rng.normal(size=(8, 4)), "grad/0.bias": rng.normal(size=4)}
+    np.savez(tmp_path / "reference.npz", **reference_grads)
+    noisy = {key: value * (1 + 4 * np.finfo(np.float64).eps) for key, value in reference_grads.items()}
+    np.savez(tmp_path / "noisy.npz", **noisy)
+    wrong = dict(noisy, **{"grad/0.bias": reference_grads["grad/0.bias"] * (1 + 10 * GRADIENT64_TOLERANCE)})
+    np.savez(tmp_path / "wrong.npz", **wrong)
+    np.savez(tmp_path / "missing.npz", **{"grad/0.kernel": reference_grads["grad/0.kernel"]})
+    names = ["0.kernel", "0.bias"]
+
+    def check(arrays: str) -> PairCheck:
+        result = PairCheck("a", "w", 2, "ok", gradient_reference="b")
+        _compare_gradients(result, tmp_path / arrays, tmp_path / "reference.npz", names)
+        return result
+
+    assert check("noisy.npz").problems == []
+    flagged = check("wrong.npz")
+    assert flagged.worst_parameter == "0.bias" and len(flagged.problems) == 1
+    assert flagged.gradient_error is not None and flagged.gradient_error > 5 * GRADIENT64_TOLERANCE
+    assert check("missing.npz").problems == ["no gradient for 0.bias"]

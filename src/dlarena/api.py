@@ -11,6 +11,7 @@ from dlarena.orchestrate.progress import Progress
 from dlarena.plan.suite import DEFAULT_SUITE, Suite, load_suite
 from dlarena.report import export, markdown
 from dlarena.report.annotate import annotate
+from dlarena.report.costs import annotate_break_even
 from dlarena.store.database import Store, default_db_path
 
 if TYPE_CHECKING:
@@ -23,9 +24,11 @@ def select(
     workloads: Sequence[str] | None = None,
     scenarios: Sequence[str] | None = None,
     devices: Sequence[str] | None = None,
+    precisions: Sequence[str] | None = None,
     batch_sizes: Sequence[int] | None = None,
     threads: Sequence[int] | str | None = None,
     timeout_s: float | None = None,
+    repetitions: int | None = None,
 ) -> Suite:
     """A suite (built-in name or TOML path) with the given axes replaced, validated by planning it."""
     chosen = load_suite(suite).override(
@@ -33,9 +36,11 @@ def select(
         workloads=tuple(workloads) if workloads else None,
         scenarios=tuple(scenarios) if scenarios else None,
         devices=tuple(devices) if devices else None,
+        precisions=tuple(precisions) if precisions else None,
         batch_sizes=tuple(batch_sizes) if batch_sizes else None,
         threads=threads if isinstance(threads, str) else (tuple(threads) if threads else None),
         timeout_s=timeout_s,
+        repetitions=repetitions,
     )
     chosen.cells()  # every name and count checked before anything is written
     return chosen
@@ -53,8 +58,10 @@ def _read(db: Path | None, run_id: str | None) -> tuple[dict[str, Any], dict[str
     store = Store.open(db or default_db_path(), create=False)
     try:
         run_row = dict(store.run(run_id))
+        run_row["peaks"] = store.peaks(run_row["id"])
         rows = store.cell_rows(run_row["id"])
         annotate(rows, store.verification_statuses())
+        annotate_break_even(rows)
         return run_row, store.environment(run_row["environment_id"]), rows
     finally:
         store.close()
@@ -63,6 +70,18 @@ def _read(db: Path | None, run_id: str | None) -> tuple[dict[str, Any], dict[str
 def report(db: Path | None = None, run_id: str | None = None) -> str:
     """The Markdown report of a run (the latest by default)."""
     return markdown.render(*_read(db, run_id))
+
+
+def compare(run_a: str, run_b: str | None = None, frameworks: Sequence[str] | None = None,
+            db: Path | None = None) -> str:
+    """Markdown verdicts of run B against run A, or of framework B against framework A within one run."""
+    from dlarena.report.comparison import compare_runs
+
+    store = Store.open(db or default_db_path(), create=False)
+    try:
+        return compare_runs(store, run_a, run_b, frameworks)
+    finally:
+        store.close()
 
 
 def export_rows(db: Path | None = None, run_id: str | None = None, fmt: str = "csv") -> str:
@@ -114,19 +133,25 @@ def verify_table(checks: Sequence[PairCheck]) -> str:
     def error(value: float | None) -> str:
         return "" if value is None else f"{value:.1e}"
 
-    lines = ["| workload | framework | status | params | forward vs oracle | loss vs oracle | gradients | vs |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| workload | framework | status | params | forward f32 | loss f32 | forward f64 | gradients f64 | vs |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for check in checks:
         lines.append(
             f"| {check.workload} | {check.framework} | {check.status} | {check.params or ''} |"
-            f" {error(check.forward_error)} | {error(check.loss_error)} | {error(check.gradient_error)} |"
-            f" {check.gradient_reference or ''} |"
+            f" {error(check.forward_error)} | {error(check.loss_error)} | {error(check.forward64_error)} |"
+            f" {error(check.gradient_error)} | {check.gradient_reference or ''} |"
         )
-    from dlarena.orchestrate.verify import FORWARD_TOLERANCE, GRADIENT_TOLERANCE, LOSS_TOLERANCE
+    from dlarena.orchestrate import verify as tolerances
 
     lines.append("")
-    lines.append(f"Tolerances (max relative error): forward {FORWARD_TOLERANCE:g}, loss {LOSS_TOLERANCE:g},"
-                 f" gradients {GRADIENT_TOLERANCE:g}.")
+    lines.append(
+        "Maximum relative errors: forward and loss against the NumPy float64 oracle, gradients against the"
+        f" reference framework. Tolerances: float32 forward {tolerances.FORWARD_TOLERANCE:g}, loss"
+        f" {tolerances.LOSS_TOLERANCE:g}; float64 forward {tolerances.FORWARD64_TOLERANCE:g}, loss"
+        f" {tolerances.LOSS64_TOLERANCE:g}, gradients {tolerances.GRADIENT64_TOLERANCE:g} (gradients are compared"
+        " in float64: in float32 a ReLU input within rounding of zero takes different branches in different"
+        " frameworks)."
+    )
     problems = [c for c in checks if c.status != "ok" and c.message]
     if problems:
         lines.append("")

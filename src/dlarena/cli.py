@@ -32,6 +32,14 @@ def _positive_ints(what: str) -> Any:
     return parse
 
 
+def _positive_int(what: str) -> Any:
+    def parse(text: str) -> int:
+        if not text.strip().isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"{what} must be a positive integer, got {text!r}")
+        return int(text)
+    return parse
+
+
 def _threads(text: str) -> list[int] | str:
     return "all" if text.strip() == "all" else _positive_ints("thread counts")(text)
 
@@ -53,7 +61,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     suite = api.select(
         args.suite, frameworks=args.frameworks, workloads=args.workloads, scenarios=args.scenarios,
-        devices=args.devices, batch_sizes=args.batch_sizes, threads=args.threads, timeout_s=args.timeout,
+        devices=args.devices, precisions=args.precision, batch_sizes=args.batch_sizes, threads=args.threads,
+        timeout_s=args.timeout, repetitions=args.repetitions,
     )
     summary = api.run(suite, db=args.db, argv=sys.argv, progress=not args.quiet)
     counts = ", ".join(f"{count} {status}" for status, count in sorted(summary.counts.items()))
@@ -149,6 +158,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from dlarena import api
+
+    _print(api.compare(args.run_a, args.run_b, frameworks=args.frameworks, db=args.db), args.output)
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from dlarena import api
 
@@ -170,8 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workloads", type=_names, help="comma-separated workloads (default: the suite's)")
     run.add_argument("--scenarios", type=_names, help="comma-separated scenarios: train, infer")
     run.add_argument("--devices", type=_names, help="comma-separated devices: cpu, cuda")
+    run.add_argument("--precision", type=_names,
+                     help="comma-separated precisions: float32, float16, bfloat16, float64 (default: float32)")
     run.add_argument("--threads", type=_threads, help="comma-separated thread counts, or 'all' (powers of two)")
     run.add_argument("--batch-sizes", type=_positive_ints("batch sizes"), help="comma-separated batch sizes")
+    run.add_argument("--repetitions", type=_positive_int("repetitions"),
+                     help="worker processes per cell (default: the suite's, else 3)")
     run.add_argument("--timeout", type=float, help="seconds before a cell is killed (default: the suite's)")
     run.add_argument("--db", type=Path, help=DB_HELP)
     run.add_argument("--quiet", action="store_true", help="no progress display")
@@ -202,6 +222,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--output", type=Path, help="write to this file instead of standard output")
     report.add_argument("--db", type=Path, help=DB_HELP)
     report.set_defaults(handler=cmd_report)
+
+    compare = commands.add_parser(
+        "compare", help="verdicts, cell by cell: run B against run A, or framework B against A within one run"
+    )
+    compare.add_argument("run_a", metavar="RUN_A", help="run id, or 'latest'")
+    compare.add_argument("run_b", metavar="RUN_B", nargs="?", help="run id, or 'latest' (omit with --frameworks)")
+    compare.add_argument("--frameworks", type=_names, help="A,B: compare two frameworks of the same cells")
+    compare.add_argument("--output", type=Path, help="write to this file instead of standard output")
+    compare.add_argument("--db", type=Path, help=DB_HELP)
+    compare.set_defaults(handler=cmd_compare)
 
     export = commands.add_parser("export", help="one row per cell as CSV or JSON, ready for pandas")
     export.add_argument("--format", choices=("csv", "json"), default="csv")

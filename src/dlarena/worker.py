@@ -76,11 +76,20 @@ def _failure(error: BaseException) -> dict[str, str]:
     return {"status": "failed", "message": f"{type(error).__name__}: {error}"}
 
 
+def _gpu_index(device: str) -> int | None:
+    """The NVML index of a CUDA device ("cuda" is device 0, "cuda:1" device 1); None for a CPU."""
+    if not device.startswith("cuda"):
+        return None
+    _, _, index = device.partition(":")
+    return int(index) if index.isdigit() else 0
+
+
 def measure_cell(cell: Cell) -> dict[str, Any]:
     """Build and time one cell; every outcome becomes a result dictionary, never an exception."""
     from dlarena.frameworks.base import StepRequest, Unavailable, Unsupported
     from dlarena.frameworks.registry import framework_info, load_backend
     from dlarena.measure.resources import current_rss_bytes, peak_rss_bytes
+    from dlarena.measure.sampler import ResourceSampler
     from dlarena.measure.timing import run_timed
     from dlarena.spec.catalogue import get_workload
 
@@ -107,8 +116,15 @@ def measure_cell(cell: Cell) -> dict[str, Any]:
         result["flops_per_step"] = workload.flops(cell.scenario, cell.batch_size)
 
         rss_before = current_rss_bytes()
-        timings = run_timed(runner.step, runner.sync, cell.measurement)
+        interval = cell.measurement.sample_interval_s
+        sampler = ResourceSampler(interval, _gpu_index(cell.device)) if interval > 0 else None
+        timings = run_timed(runner.step, runner.sync, cell.measurement, steady=sampler)
+        resources = sampler.report() if sampler else {}
+        device_peak = getattr(runner, "device_memory_peak_bytes", None)
+        if device_peak is not None and device_peak() is not None:
+            resources["device_memory_peak_bytes"] = device_peak()
         result.update(
+            resources=resources,
             status="ok",
             first_step_s=timings.first_step_s,
             warmup_s=timings.warmup_s,
@@ -147,16 +163,21 @@ def verify_cell(cell: Cell, arrays_path: str) -> dict[str, Any]:
         except ImportError as error:
             raise Unavailable(f"{cell.framework} cannot be imported: {error}") from None
         result["framework_version"] = backend.version()
-        checker = backend.checker(workload, cell.device)
+        checker = backend.checker(workload, cell.device, cell.precision)
         result["params"] = checker.trainable_params()
-        weights = canonical_weights(workload.network, cell.seed)
+        # Canonical float32 values are exact in float64: both precisions compute the same function.
+        dtype = np.dtype(cell.precision)
+        weights = {name: value.astype(dtype) for name, value in canonical_weights(workload.network, cell.seed).items()}
         checker.load_weights(weights)
         exported = checker.export_weights()
         result["roundtrip_differs"] = sorted(
             name for name in set(weights) | set(exported)
-            if name not in weights or name not in exported or not np.array_equal(weights[name], exported[name])
+            if name not in weights or name not in exported or exported[name].dtype != dtype
+            or not np.array_equal(weights[name], exported[name])
         )
         inputs, labels = canonical_batch(workload.network, cell.batch_size, cell.seed)
+        if workload.network.input_kind != "tokens":
+            inputs = inputs.astype(dtype)
         arrays = {"logits": np.asarray(checker.forward(inputs))}
         try:
             loss, gradients = checker.loss_and_gradients(inputs, labels)

@@ -40,6 +40,9 @@ class StepRequest:
 # What every framework module runs unless it says otherwise.
 SCENARIOS: tuple[str, ...] = ("train", "infer")
 PRECISIONS: tuple[str, ...] = ("float32",)
+# What a Checker computes in: float32, the precision timed, and float64, in which `dlarena verify`
+# compares gradients (see orchestrate/verify.py for why).
+CHECK_PRECISIONS: tuple[str, ...] = ("float32", "float64")
 
 
 def require(
@@ -51,6 +54,12 @@ def require(
         raise Unsupported(f"the {backend} backend runs the scenarios {', '.join(scenarios)}, not {request.scenario!r}")
     if request.precision not in precisions:
         raise Unsupported(f"the {backend} backend runs in {', '.join(precisions)} only, not {request.precision!r}")
+
+
+def require_check_precision(precision: str, backend: str, precisions: tuple[str, ...] = CHECK_PRECISIONS) -> None:
+    """Raise Unsupported, with the valid choices, for a precision the backend's Checker lacks."""
+    if precision not in precisions:
+        raise Unsupported(f"the {backend} checker computes in {', '.join(precisions)} only, not {precision!r}")
 
 
 @dataclass
@@ -87,7 +96,8 @@ class Checker(Protocol):
     Everything runs in inference mode, so that every framework computes the same deterministic
     function: dropout is the identity and batch norm uses its running statistics (mean 0,
     variance 1 as built). Arrays cross in the canonical layouts of ``spec/weights.py``: batch-first,
-    channels-first, float32 (token ids int64).
+    channels-first, in the checker's precision (float32 or float64; token ids int64). A float64
+    checker builds every parameter and computes every intermediate in float64.
     """
 
     def load_weights(self, weights: dict[str, np.ndarray]) -> None: ...
@@ -111,5 +121,5 @@ class Backend(Protocol):
     def prepare(self, request: StepRequest) -> Runner:
         """Build the network, its optimizer and a synthetic batch; raise Unsupported or Unavailable."""
 
-    def checker(self, workload: Workload, device: str) -> Checker:
-        """Build the network for verification; raise Unsupported or Unavailable."""
+    def checker(self, workload: Workload, device: str, precision: str = "float32") -> Checker:
+        """Build the network for verification in ``precision``; raise Unsupported or Unavailable."""

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported
+from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported, require_check_precision
 from dlarena.spec import Workload, reference
 
 FAULTS: tuple[str, ...] = ("none", "raise", "hang", "segfault", "exit", "unsupported", "unavailable", "wrong")
@@ -107,6 +107,7 @@ class Backend:
             raise Unavailable("the fault framework has no such device")
         return _Runner(request, self.fault)
 
-    def checker(self, workload: Workload, device: str) -> _Checker:
+    def checker(self, workload: Workload, device: str, precision: str = "float32") -> _Checker:
+        require_check_precision(precision, self.name, ("float32",))
         self.prepare(StepRequest(workload, "infer", 1, device, self.threads, "float32", 0))  # same faults
         return _Checker(workload, self.fault)

@@ -37,9 +37,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.typing import DTypeLike
 
 from dlarena.frameworks import layout
-from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported, require
+from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported, require, require_check_precision
 from dlarena.spec import Network, Recipe, Workload
 from dlarena.spec.layers import (
     GRU,
@@ -202,12 +203,12 @@ class LSTMLayer(nnx.Module):
     gate arithmetic stay inside ``lax.scan``.
     """
 
-    def __init__(self, n_in: int, hidden: int, inits: Inits, rngs: nnx.Rngs) -> None:
+    def __init__(self, n_in: int, hidden: int, inits: Inits, rngs: nnx.Rngs, dtype: DTypeLike) -> None:
         gates = 4 * hidden
         self.hidden = hidden
-        self.input_kernel = nnx.Param(inits.input_kernel(rngs.params(), (n_in, gates), jnp.float32))
-        self.recurrent_kernel = nnx.Param(inits.recurrent_kernel(4)(rngs.params(), (hidden, gates), jnp.float32))
-        self.bias = nnx.Param(inits.bias(rngs.params(), (gates,), jnp.float32))
+        self.input_kernel = nnx.Param(inits.input_kernel(rngs.params(), (n_in, gates), dtype))
+        self.recurrent_kernel = nnx.Param(inits.recurrent_kernel(4)(rngs.params(), (hidden, gates), dtype))
+        self.bias = nnx.Param(inits.bias(rngs.params(), (gates,), dtype))
 
     def __call__(self, xs: Array) -> Array:
         projected = _rows(xs, self.input_kernel[...]) + self.bias[...]
@@ -229,13 +230,13 @@ class GRULayer(nnx.Module):
     """One GRU layer over a time-major sequence in the reset-after form, gates ``r, z, n``, with
     separate input and recurrent biases (the recurrent one sits inside ``r * (U_n h + b_hn)``)."""
 
-    def __init__(self, n_in: int, hidden: int, inits: Inits, rngs: nnx.Rngs) -> None:
+    def __init__(self, n_in: int, hidden: int, inits: Inits, rngs: nnx.Rngs, dtype: DTypeLike) -> None:
         gates = 3 * hidden
         self.hidden = hidden
-        self.input_kernel = nnx.Param(inits.input_kernel(rngs.params(), (n_in, gates), jnp.float32))
-        self.recurrent_kernel = nnx.Param(inits.recurrent_kernel(3)(rngs.params(), (hidden, gates), jnp.float32))
-        self.input_bias = nnx.Param(inits.bias(rngs.params(), (gates,), jnp.float32))
-        self.recurrent_bias = nnx.Param(inits.bias(rngs.params(), (gates,), jnp.float32))
+        self.input_kernel = nnx.Param(inits.input_kernel(rngs.params(), (n_in, gates), dtype))
+        self.recurrent_kernel = nnx.Param(inits.recurrent_kernel(3)(rngs.params(), (hidden, gates), dtype))
+        self.input_bias = nnx.Param(inits.bias(rngs.params(), (gates,), dtype))
+        self.recurrent_bias = nnx.Param(inits.bias(rngs.params(), (gates,), dtype))
 
     def __call__(self, xs: Array) -> Array:
         projected = _rows(xs, self.input_kernel[...]) + self.input_bias[...]
@@ -377,9 +378,10 @@ def _dense_follows(layers: tuple[Layer, ...]) -> bool:
 class Builder:
     """Builds the model for a network and notes which variable holds each canonical parameter."""
 
-    def __init__(self, inits: Inits, rngs: nnx.Rngs) -> None:
+    def __init__(self, inits: Inits, rngs: nnx.Rngs, dtype: DTypeLike) -> None:
         self.inits = inits
         self.rngs = rngs
+        self.dtype = dtype  # of every parameter
         self.variables: dict[str, tuple[nnx.Variable[Array], Converter, Converter]] = {}
 
     def _bind(
@@ -412,7 +414,7 @@ class Builder:
     def _dense(self, layer: Dense, shape: Shape, path: str, rows_chw: Shape | None) -> nnx.Module:
         linear = nnx.Linear(
             shape[-1], layer.units, use_bias=layer.bias, kernel_init=self.inits.dense,
-            bias_init=self.inits.bias, rngs=self.rngs,
+            bias_init=self.inits.bias, param_dtype=self.dtype, rngs=self.rngs,
         )
         if rows_chw is None:
             self._bind(f"{path}.kernel", linear.kernel)
@@ -434,7 +436,7 @@ class Builder:
             conv = nnx.Conv(
                 shape[0], layer.filters, _pair(layer.kernel), strides=_pair(layer.stride),
                 padding=((ph, ph), (pw, pw)), use_bias=layer.bias, kernel_init=self.inits.dense,
-                bias_init=self.inits.bias, rngs=self.rngs,
+                bias_init=self.inits.bias, param_dtype=self.dtype, rngs=self.rngs,
             )
             self._bind(f"{path}.kernel", conv.kernel, layout.conv_kernel_hwio, _conv_to_canonical)
             if conv.bias is not None:
@@ -448,7 +450,9 @@ class Builder:
             # Flax's momentum is the decay of the running average, PyTorch's the weight of the new
             # batch. Flax updates the running variance with the biased batch variance, PyTorch with
             # the unbiased one: running statistics differ by n/(n-1), outputs in training do not.
-            norm = nnx.BatchNorm(shape[0], momentum=1.0 - layer.momentum, epsilon=layer.eps, rngs=self.rngs)
+            norm = nnx.BatchNorm(
+                shape[0], momentum=1.0 - layer.momentum, epsilon=layer.eps, param_dtype=self.dtype, rngs=self.rngs
+            )
             assert norm.scale is not None and norm.bias is not None  # use_scale and use_bias are on
             self._bind(f"{path}.gamma", norm.scale)
             self._bind(f"{path}.beta", norm.bias)
@@ -460,7 +464,9 @@ class Builder:
         if isinstance(layer, Flatten):
             return FlattenLayer(channels_first=False)  # a sequence or a vector: already canonical
         if isinstance(layer, Embedding):
-            embed = nnx.Embed(layer.vocab, layer.dim, embedding_init=self.inits.embedding, rngs=self.rngs)
+            embed = nnx.Embed(
+                layer.vocab, layer.dim, embedding_init=self.inits.embedding, param_dtype=self.dtype, rngs=self.rngs
+            )
             self._bind(f"{path}.table", embed.embedding)
             return embed
         if isinstance(layer, LSTM | GRU):
@@ -481,11 +487,11 @@ class Builder:
             n_in = shape[-1] if k == 0 else layer.hidden
             prefix = f"{path}.layer{k}"
             if isinstance(layer, LSTM):
-                lstm = LSTMLayer(n_in, layer.hidden, self.inits, self.rngs)
+                lstm = LSTMLayer(n_in, layer.hidden, self.inits, self.rngs, self.dtype)
                 self._bind(f"{prefix}.bias", lstm.bias)
                 cell: LSTMLayer | GRULayer = lstm
             else:
-                gru = GRULayer(n_in, layer.hidden, self.inits, self.rngs)
+                gru = GRULayer(n_in, layer.hidden, self.inits, self.rngs, self.dtype)
                 self._bind(f"{prefix}.input_bias", gru.input_bias)
                 self._bind(f"{prefix}.recurrent_bias", gru.recurrent_bias)
                 cell = gru
@@ -510,7 +516,8 @@ class Initialised:
 
 
 def initialise(
-    network: Network, recipe: Recipe, key: Array, train: bool, batch_size: int | None = None
+    network: Network, recipe: Recipe, key: Array, train: bool, batch_size: int | None = None,
+    dtype: DTypeLike = jnp.float32,
 ) -> Initialised:
     """Build, initialise and split the model (and optimizer, and batch) in one compiled function.
 
@@ -522,7 +529,7 @@ def initialise(
 
     def create(key: Array) -> tuple[State, tuple[Array, Array] | None]:
         params_key, dropout_key, data_key = jax.random.split(key, 3)
-        builder = Builder(make_inits(recipe), nnx.Rngs(params=params_key, dropout=dropout_key))
+        builder = Builder(make_inits(recipe), nnx.Rngs(params=params_key, dropout=dropout_key), dtype)
         model = builder.sequence(network.layers, network.input_shape, "")
         # Modes as Flax's docs set them now: a view with Dropout and BatchNorm switched.
         mode = {"deterministic": not train, "use_running_average": not train}
@@ -733,13 +740,18 @@ class InferRunner(_Runner):
 
 
 class Checker:
-    """The network in inference mode with canonical weights; see base.Checker."""
+    """The network in inference mode with canonical weights, in ``precision``; see base.Checker.
 
-    def __init__(self, workload: Workload, device: jax.Device) -> None:
+    A float64 checker needs JAX's x64 mode on before it is built (Backend.checker turns it on); it
+    leaves ``jax_default_matmul_precision`` alone, as that setting lowers float32 products only.
+    """
+
+    def __init__(self, workload: Workload, device: jax.Device, precision: str) -> None:
         self.network, self.recipe = workload.network, workload.recipe
         self.device = device
+        self.dtype = np.dtype(precision)
         with jax.default_device(device):
-            setup = initialise(self.network, self.recipe, jax.random.key(0), train=False)
+            setup = initialise(self.network, self.recipe, jax.random.key(0), train=False, dtype=self.dtype)
         self.model: Chain = nnx.merge(setup.graphdef, jax.device_put(setup.state, device))
         self.bindings = setup.bindings
         self.params = setup.params
@@ -764,12 +776,14 @@ class Checker:
     def load_weights(self, weights: dict[str, np.ndarray]) -> None:
         layout.same_keys(list(self.bindings), weights)
         for name, binding in self.bindings.items():
-            value = np.ascontiguousarray(binding.to_flax(weights[name]), dtype=np.float32)
+            value = np.ascontiguousarray(binding.to_flax(weights[name]), dtype=self.dtype)
             self.variables[binding.path][...] = jax.device_put(value, self.device)
         for _, node in nnx.iter_graph(self.model):
             if isinstance(node, nnx.BatchNorm):
-                node.mean[...] = jnp.zeros_like(node.mean[...])
-                node.var[...] = jnp.ones_like(node.var[...])
+                # Replaced rather than assigned into (which keeps the old dtype): nnx.BatchNorm builds
+                # its statistics in float32 whatever its param_dtype.
+                node.mean.set_value(jnp.zeros(node.mean.shape, self.dtype, device=self.device))
+                node.var.set_value(jnp.ones(node.var.shape, self.dtype, device=self.device))
 
     def export_weights(self) -> dict[str, np.ndarray]:
         return {name: np.array(binding.to_canonical(np.asarray(self.variables[binding.path][...])))
@@ -777,9 +791,9 @@ class Checker:
 
     def _inputs(self, inputs: np.ndarray) -> Array:
         if self.network.input_kind == "tokens":
-            host = inputs.astype(np.int32)  # JAX's default integer; ids are far below 2**31
+            host = inputs.astype(np.int32)  # JAX's default integer without x64; ids are far below 2**31
         else:
-            host = layout.images_channels_last(inputs.astype(np.float32))
+            host = layout.images_channels_last(inputs.astype(self.dtype))
         on_device: Array = jax.device_put(host, self.device)
         return on_device
 
@@ -828,8 +842,14 @@ class Backend:
             return jax.devices("cpu")[0]
         raise Unsupported(f"the JAX backend runs on {' or '.join(DEVICES)}, not {name!r}")
 
-    def checker(self, workload: Workload, device: str) -> Checker:
-        return Checker(workload, self._device(device))
+    def checker(self, workload: Workload, device: str, precision: str = "float32") -> Checker:
+        require_check_precision(precision, "JAX")
+        if precision == "float64":
+            # Without x64 JAX silently makes every float64 array float32. The config is read when a
+            # function is traced and an array made, so turning it on after import, before anything
+            # of the checker is built, takes effect; the worker builds one checker per process.
+            jax.config.update("jax_enable_x64", True)  # type: ignore[no-untyped-call]  # jax leaves it unannotated
+        return Checker(workload, self._device(device), precision)
 
     def prepare(self, request: StepRequest) -> TrainRunner | InferRunner:
         require(request, "JAX")

@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from dlarena.frameworks import layout
-from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported, require
+from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported, require, require_check_precision
 from dlarena.spec import Network, Recipe, Workload
 from dlarena.spec.layers import (
     GRU,
@@ -182,11 +182,13 @@ class _Builder:
     ``layers`` maps a spec path to the Keras layers holding its parameters (one per stacked layer
     of an LSTM or GRU); ``flattened`` maps the path of a Dense or BatchNorm fed by a channels-last
     Flatten to the ``(C, H, W)`` it flattened, whose canonical rows follow channels-first order.
+    ``dtype`` is that of float inputs; the layers take Keras' floatx.
     """
 
-    def __init__(self, init: Init | None, weight_decay: float) -> None:
+    def __init__(self, init: Init | None, weight_decay: float, dtype: str = "float32") -> None:
         self.keras = _keras()
         self.init = init
+        self.dtype = dtype
         self.layers: dict[str, list[Any]] = {}
         self.flattened: dict[str, Shape] = {}
         # Keras' weight_decay is decoupled (AdamW-style); PyTorch's adds wd * w to the gradient,
@@ -202,9 +204,9 @@ class _Builder:
             inputs = keras.Input(shape=network.input_shape, dtype="int32")
         elif len(network.input_shape) == 3:
             channels, height, width = network.input_shape
-            inputs = keras.Input(shape=(height, width, channels), dtype="float32")
+            inputs = keras.Input(shape=(height, width, channels), dtype=self.dtype)
         else:
-            inputs = keras.Input(shape=network.input_shape, dtype="float32")
+            inputs = keras.Input(shape=network.input_shape, dtype=self.dtype)
         outputs, _ = self.sequence(network.layers, inputs, network.input_shape, "", None)
         return keras.Model(inputs, outputs)
 
@@ -360,11 +362,11 @@ def make_loss(network: Network, recipe: Recipe) -> Any:
     return _keras().losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def _to_keras_inputs(network: Network, inputs: np.ndarray) -> np.ndarray:
-    """Canonical inputs (NCHW float32, or int64 token ids) in the model's layout and dtype."""
+def _to_keras_inputs(network: Network, inputs: np.ndarray, dtype: str) -> np.ndarray:
+    """Canonical inputs (NCHW floats, or int64 token ids) in the model's layout and ``dtype``."""
     if network.input_kind == "tokens":
         return inputs.astype(np.int32)
-    return layout.images_channels_last(inputs.astype(np.float32))
+    return layout.images_channels_last(inputs.astype(dtype))
 
 
 def _input_shape(network: Network) -> Shape:
@@ -710,12 +712,13 @@ def _bindings(network: Network, builder: _Builder) -> list[_Binding]:
 class Checker:
     """The network in inference mode with canonical weights; see base.Checker."""
 
-    def __init__(self, workload: Workload, device: str) -> None:
+    def __init__(self, workload: Workload, device: str, precision: str) -> None:
         keras = _keras()
         self.network, self.recipe = workload.network, workload.recipe
         self._device = device
+        self._dtype = precision
         with keras.device(device):
-            builder = _Builder(init=None, weight_decay=0.0)
+            builder = _Builder(init=None, weight_decay=0.0, dtype=precision)
             self.model = builder.model(self.network)
         self.bindings = _bindings(self.network, builder)
         self.norms = [held[0] for held in builder.layers.values()
@@ -741,8 +744,8 @@ class Checker:
             for binding in self.bindings:
                 binding.variable.assign(values[id(binding.variable)])
             for norm in self.norms:
-                norm.moving_mean.assign(np.zeros(norm.moving_mean.shape, np.float32))
-                norm.moving_variance.assign(np.ones(norm.moving_variance.shape, np.float32))
+                norm.moving_mean.assign(np.zeros(norm.moving_mean.shape, norm.moving_mean.dtype))
+                norm.moving_variance.assign(np.ones(norm.moving_variance.shape, norm.moving_variance.dtype))
 
     def _canonical(self, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
         """Canonical values from arrays aligned with ``model.trainable_variables``."""
@@ -760,7 +763,7 @@ class Checker:
 
     def forward(self, inputs: np.ndarray) -> np.ndarray:
         keras = _keras()
-        x = _to_keras_inputs(self.network, inputs)
+        x = _to_keras_inputs(self.network, inputs, self._dtype)
         with keras.device(self._device):
             if keras.backend.backend() == "jax":
                 import jax
@@ -780,7 +783,7 @@ class Checker:
     def loss_and_gradients(self, inputs: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
         """The backend's own autodiff of the recipe's loss through the model in inference mode."""
         keras = _keras()
-        x, y = _to_keras_inputs(self.network, inputs), labels.astype(np.int32)
+        x, y = _to_keras_inputs(self.network, inputs, self._dtype), labels.astype(np.int32)
         model, loss_fn, variables = self.model, self.loss_fn, self.model.trainable_variables
         backend = keras.backend.backend()
         with keras.device(self._device):
@@ -806,7 +809,7 @@ class Checker:
                 loss = loss_fn(y_t, model(x_t, training=False))
                 loss.backward()
                 grads = [v.value.grad for v in variables]
-        arrays = [np.zeros(v.shape, np.float32) if g is None else keras.ops.convert_to_numpy(g)
+        arrays = [np.zeros(v.shape, v.dtype) if g is None else keras.ops.convert_to_numpy(g)
                   for v, g in zip(variables, grads, strict=True)]
         return float(keras.ops.convert_to_numpy(loss)), self._canonical(arrays)
 
@@ -831,6 +834,34 @@ def _set_threads(backend: str, threads: int) -> None:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(TF_INTEROP_THREADS)
     # JAX has no thread setting that it obeys: the worker's CPU affinity is its limit.
+
+
+def _compute_in_float64(backend: str) -> None:
+    """Make float64 the float type of the rest of the process (a worker builds one checker).
+
+    Keras' floatx is the dtype every layer, the loss and the ops that make floats of integers take
+    when not told otherwise. JAX without x64 mode turns every float64 array into float32 silently.
+    Keras' type promotion demotes float64 to float32 on every backend but TensorFlow, as JAX without
+    x64 does (keras-team/keras#23704): batch norm and global average pooling compute in float32 on
+    JAX and torch, so do tanh (and with it LSTM and GRU) on JAX and Dense and the loss on torch,
+    often behind a float64 result. Its table of demotions is the one place that decides it, so
+    float64 comes off that table.
+    """
+    keras = _keras()
+    if backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        jax.config.update("jax_enable_x64", True)  # type: ignore[no-untyped-call]
+        if jnp.zeros((), "float64").dtype != np.float64:
+            raise Unavailable("JAX stays in 32-bit mode although jax_enable_x64 was set")
+    if keras.backend.result_type("float64", "float64") != "float64":
+        from keras.src.backend.common import dtypes
+
+        dtypes.BIT64_TO_BIT32_DTYPE["float64"] = "float64"
+        if keras.backend.result_type("float64", "float64") != "float64":
+            raise Unavailable(f"Keras {keras.__version__} demotes float64 to float32 on {backend}")
+    keras.config.set_floatx("float64")
 
 
 class Backend:
@@ -891,8 +922,11 @@ class Backend:
             return "cpu" if torch_names else "cpu:0"
         raise Unsupported(f"the Keras backend runs on {' or '.join(DEVICES)}, not {name!r}")
 
-    def checker(self, workload: Workload, device: str) -> Checker:
-        return Checker(workload, self._device(device))
+    def checker(self, workload: Workload, device: str, precision: str = "float32") -> Checker:
+        require_check_precision(precision, "Keras")
+        if precision == "float64":
+            _compute_in_float64(self.backend)
+        return Checker(workload, self._device(device), precision)
 
     def prepare(self, request: StepRequest) -> Runner:
         require(request, "Keras")

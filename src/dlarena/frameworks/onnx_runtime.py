@@ -21,7 +21,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported, require
+from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported, require, require_check_precision
 from dlarena.frameworks.layout import GRU_CANONICAL, GRU_KERAS, LSTM_CANONICAL, LSTM_ONNX, reorder_gates
 from dlarena.spec import Network, Recipe, Workload
 from dlarena.spec.layers import (
@@ -613,7 +613,9 @@ class Backend:
             return Device("cpu", [CPU_PROVIDER], "cpu")
         raise Unsupported(f"the ONNX Runtime backend runs on {' or '.join(DEVICES)}, not {name!r}")
 
-    def checker(self, workload: Workload, device: str) -> Checker:
+    def checker(self, workload: Workload, device: str, precision: str = "float32") -> Checker:
+        # Inference only: the float64 pass of verify exists for gradients, which ONNX Runtime lacks.
+        require_check_precision(precision, "ONNX Runtime", ("float32",))
         return Checker(workload, self.session_options(), self._device(device))
 
     def prepare(self, request: StepRequest) -> InferRunner:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported, require
+from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported, require, require_check_precision
 from dlarena.spec import Network, Recipe, Workload
 from dlarena.spec.layers import (
     GRU,
@@ -410,10 +410,10 @@ def _torch_name(layer: Layer, role: str, sublayer: str) -> str:
 class Checker:
     """The network in inference mode with canonical weights; see base.Checker."""
 
-    def __init__(self, workload: Workload, device: torch.device, compile: bool) -> None:
+    def __init__(self, workload: Workload, device: torch.device, compile: bool, precision: str) -> None:
         self.network, self.recipe = workload.network, workload.recipe
         self.device = device
-        self.model = build_model(self.network).to(device)
+        self.model = build_model(self.network).to(device=device, dtype=getattr(torch, precision))
         self.model.eval()
         # torch-compile is verified through its compiled graph, not the eager module it came from.
         self.run: Callable[[Tensor], Tensor] = torch.compile(self.model) if compile else self.model
@@ -457,7 +457,8 @@ class Checker:
         loss.backward()  # type: ignore[no-untyped-call]
         grads = {}
         for name, tensor, transposed in self.bindings:
-            grad = tensor.grad.detach().cpu().numpy() if tensor.grad is not None else np.zeros(tensor.shape, np.float32)
+            value = tensor.grad if tensor.grad is not None else torch.zeros_like(tensor)
+            grad = value.detach().cpu().numpy()
             grads[name] = (grad.T if transposed else grad).copy()
         return float(loss.detach()), grads
 
@@ -489,8 +490,9 @@ class Backend:
             return torch.device("cpu")
         raise Unsupported(f"the PyTorch backend runs on {' or '.join(DEVICES)}, not {name!r}")
 
-    def checker(self, workload: Workload, device: str) -> Checker:
-        return Checker(workload, self._device(device), self.compile)
+    def checker(self, workload: Workload, device: str, precision: str = "float32") -> Checker:
+        require_check_precision(precision, "PyTorch")
+        return Checker(workload, self._device(device), self.compile, precision)
 
     def prepare(self, request: StepRequest) -> TrainRunner | InferRunner:
         require(request, "PyTorch")

@@ -27,6 +27,8 @@ class FrameworkInfo:
     extra: str  # pyproject optional-dependency extra that installs it
     options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of its Backend
     scenarios: tuple[str, ...] = ("train", "infer")
+    # The same framework without compilation: the report says after how many steps compiling paid off.
+    eager_counterpart: str | None = None
 
     def is_installed(self) -> bool:
         return all(importlib.util.find_spec(name) is not None for name in self.imports)
@@ -61,6 +63,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             distributions=("torch",),
             extra="torch",
             options={"compile": True},
+            eager_counterpart="torch",
         ),
         FrameworkInfo(
             name="jax",
@@ -87,6 +90,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             distributions=("tensorflow", "tensorflow-cpu"),
             extra="tensorflow",
             options={"xla": True},
+            eager_counterpart="tensorflow",
         ),
         *(
             FrameworkInfo(

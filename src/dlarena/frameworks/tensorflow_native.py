@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from dlarena.frameworks import layout
-from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported, require
+from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported, require, require_check_precision
 from dlarena.spec import Init, Network, Optimizer, Recipe, Workload
 from dlarena.spec.layers import (
     GRU,
@@ -111,9 +111,10 @@ class Parameters:
     """Creates a network's variables in canonical order (the builder walks the spec as
     ``weights.walk`` does) and remembers how each maps to its canonical name and layout."""
 
-    def __init__(self, init: Init, rng: Any) -> None:
+    def __init__(self, init: Init, rng: Any, dtype: tf.DType) -> None:
         self.init = init
         self.rng = rng  # tf.random.Generator
+        self.dtype = dtype
         self.bindings: list[Binding] = []
 
     def _initial(self, spec: ParamSpec, shape: Shape) -> Tensor:
@@ -122,21 +123,21 @@ class Parameters:
         ``framework_default`` is TensorFlow's own default: ``tf.compat.v1.get_variable`` initialises
         with ``glorot_uniform`` (and biases are zero), so that is what it means here.
         """
-        init = self.init
+        init, dtype = self.init, self.dtype
         if spec.role == "gamma":
-            return tf.ones(shape)
+            return tf.ones(shape, dtype)
         if spec.role == "beta":
-            return tf.zeros(shape)
+            return tf.zeros(shape, dtype)
         if init.name == "uniform":  # every parameter, biases too (TF's PTB and DLBench FCN models)
-            return self.rng.uniform(shape, -init.scale, init.scale)
+            return self.rng.uniform(shape, -init.scale, init.scale, dtype)
         if spec.role in _BIAS_ROLES:
-            return tf.zeros(shape)
+            return tf.zeros(shape, dtype)
         fan_in, fan_out = _fans(spec)
         if init.name in ("glorot_uniform", "framework_default"):
             limit = math.sqrt(6.0 / (fan_in + fan_out))
-            return self.rng.uniform(shape, -limit, limit)
+            return self.rng.uniform(shape, -limit, limit, dtype)
         if init.name == "he_normal":  # PyTorch's kaiming_normal_: not truncated, gain sqrt(2)
-            return self.rng.normal(shape, stddev=math.sqrt(2.0 / fan_in))
+            return self.rng.normal(shape, stddev=math.sqrt(2.0 / fan_in), dtype=dtype)
         raise Unsupported(f"the TensorFlow backend does not know the initialisation {init.name!r}")
 
     def create(
@@ -310,8 +311,8 @@ class BatchNormModule(Module):
         self.momentum = momentum
         self.fused = fused
         channels = gamma.shape[0]
-        self.mean = tf.Variable(tf.zeros([channels]), trainable=False, name="running_mean")
-        self.variance = tf.Variable(tf.ones([channels]), trainable=False, name="running_variance")
+        self.mean = tf.Variable(tf.zeros([channels], gamma.dtype), trainable=False, name="running_mean")
+        self.variance = tf.Variable(tf.ones([channels], gamma.dtype), trainable=False, name="running_variance")
 
     def reset_running_stats(self) -> None:
         self.mean.assign(tf.zeros_like(self.mean))
@@ -433,7 +434,7 @@ class RecurrentModule(Module):
     def __call__(self, x: Tensor, training: bool) -> Tensor:
         steps = x.shape[1]
         seq = tf.transpose(x, [1, 0, 2])  # time-major: the scan walks the first axis
-        zeros = tf.zeros([tf.shape(seq)[1], self.hidden])
+        zeros = tf.zeros([tf.shape(seq)[1], self.hidden], seq.dtype)
         for cell in self.cells:
             w_in, w_rec, b_in = cell[0], cell[1], cell[2]
             rows = tf.nn.bias_add(tf.matmul(tf.reshape(seq, [-1, seq.shape[-1]]), w_in), b_in)
@@ -566,9 +567,14 @@ class Model:
         return [m for m in self.root.submodules if isinstance(m, BatchNormModule)]
 
 
-def build_model(network: Network, init: Init, init_rng: Any, dropout_rng: Any, xla: bool) -> Model:
-    params = Parameters(init, init_rng)
-    root = Builder(params, dropout_rng, fused_batch_norm=not xla).sequence(network.layers, network.input_shape, "")
+def build_model(
+    network: Network, init: Init, init_rng: Any, dropout_rng: Any, xla: bool, dtype: tf.DType = tf.float32
+) -> Model:
+    """The network with every variable in ``dtype``. FusedBatchNormV3 has no float64 CPU kernel (float,
+    half and bfloat16 only), so float64 takes the unfused form, the same function, as under XLA."""
+    params = Parameters(init, init_rng, dtype)
+    fused_batch_norm = not xla and dtype == tf.float32
+    root = Builder(params, dropout_rng, fused_batch_norm).sequence(network.layers, network.input_shape, "")
     return Model(root, params.bindings)
 
 
@@ -812,12 +818,13 @@ _CHECKER_SEED = 0
 class Checker:
     """The network in inference mode with canonical weights; see base.Checker."""
 
-    def __init__(self, workload: Workload, device: str, xla: bool) -> None:
+    def __init__(self, workload: Workload, device: str, xla: bool, precision: str) -> None:
         self.network, self.recipe = workload.network, workload.recipe
         self.device = device
+        dtype = tf.as_dtype(precision)
         with tf.device(device):
             init_rng, dropout_rng = tf.random.Generator.from_seed(_CHECKER_SEED).split(2)
-            self.model = build_model(self.network, self.recipe.init, init_rng, dropout_rng, xla)
+            self.model = build_model(self.network, self.recipe.init, init_rng, dropout_rng, xla, dtype)
         root, variables, loss_fn = self.model.root, self.model.variables, make_loss(self.network, self.recipe)
         image = self.network.input_kind == "image"
         if image:
@@ -825,8 +832,7 @@ class Checker:
             input_shape: Shape = (height, width, channels)
         else:
             input_shape = self.network.input_shape
-        dtype = tf.int32 if self.network.input_kind == "tokens" else tf.float32
-        input_spec = tf.TensorSpec([None, *input_shape], dtype)
+        input_spec = tf.TensorSpec([None, *input_shape], tf.int32 if self.network.input_kind == "tokens" else dtype)
         label_spec = tf.TensorSpec([None, *self.network.label_shape], tf.int32)
 
         def forward(x: Tensor) -> Tensor:
@@ -909,8 +915,9 @@ class Backend:
             return "/CPU:0"
         raise Unsupported(f"the TensorFlow backend runs on {' or '.join(DEVICES)}, not {name!r}")
 
-    def checker(self, workload: Workload, device: str) -> Checker:
-        return Checker(workload, self._device(device), self.xla)
+    def checker(self, workload: Workload, device: str, precision: str = "float32") -> Checker:
+        require_check_precision(precision, "TensorFlow")
+        return Checker(workload, self._device(device), self.xla, precision)
 
     def prepare(self, request: StepRequest) -> TrainRunner | InferRunner:
         require(request, "TensorFlow")

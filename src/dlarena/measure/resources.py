@@ -10,8 +10,14 @@ _MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _MAXRSS_UNIT
+    """Peak resident set size of this process or of its largest finished child, whichever is larger.
+
+    Compilers run in children (Inductor's compile workers); the kernel keeps the largest peak among
+    waited-for children, not their sum, so this is a floor of the peak of the whole family.
+    """
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) * _MAXRSS_UNIT
 
 
 def current_rss_bytes() -> int:

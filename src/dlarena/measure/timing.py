@@ -8,7 +8,9 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 from dlarena.plan.cell import Measurement
 
@@ -39,8 +41,12 @@ def run_timed(
     sync: Callable[[], None],
     settings: Measurement,
     clock: Clock = time.perf_counter,
+    steady: AbstractContextManager[Any] | None = None,
 ) -> Timings:
-    """Time ``step`` as ``settings`` says, reading the clock only after ``sync``."""
+    """Time ``step`` as ``settings`` says, reading the clock only after ``sync``.
+
+    ``steady`` is entered around the steady-state loop alone (a resource sampler).
+    """
     timings = Timings()
     sync()
     start = clock()
@@ -55,18 +61,19 @@ def run_timed(
         timings.warmup_s.append(clock() - start)
 
     samples = timings.samples_s
-    cpu_start, loop_start = _cpu_seconds(), clock()
-    elapsed = 0.0
-    while len(samples) < settings.max_steps:
-        start = clock()
-        step()
-        sync()
-        end = clock()
-        samples.append(end - start)
-        elapsed = end - loop_start
-        enough = len(samples) >= settings.min_steps and elapsed >= settings.min_time_s
-        if enough or (len(samples) >= settings.min_steps and elapsed >= settings.max_time_s):
-            break
-    timings.loop_wall_s = elapsed
-    timings.loop_cpu_s = _cpu_seconds() - cpu_start
+    with steady or nullcontext():
+        cpu_start, loop_start = _cpu_seconds(), clock()
+        elapsed = 0.0
+        while len(samples) < settings.max_steps:
+            start = clock()
+            step()
+            sync()
+            end = clock()
+            samples.append(end - start)
+            elapsed = end - loop_start
+            enough = len(samples) >= settings.min_steps and elapsed >= settings.min_time_s
+            if enough or (len(samples) >= settings.min_steps and elapsed >= settings.max_time_s):
+                break
+        timings.loop_wall_s = elapsed
+        timings.loop_cpu_s = _cpu_seconds() - cpu_start
     return timings

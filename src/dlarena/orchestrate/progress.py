@@ -19,6 +19,7 @@ class Progress:
         self.enabled = enabled
         self.live = enabled and self.stream.isatty()
         self.total = self.done = 0
+        self.repetitions = 1
         self.started = 0.0
 
     def _write(self, text: str) -> None:
@@ -26,9 +27,17 @@ class Progress:
             self.stream.write(text)
             self.stream.flush()
 
-    def begin(self, run_id: str, total: int) -> None:
-        self.total, self.done, self.started = total, 0, time.monotonic()
-        self._write(f"run {run_id}: {total} cells\n")
+    def begin(self, run_id: str, cells: int, repetitions: int = 1) -> None:
+        self.total, self.done, self.started = cells * repetitions, 0, time.monotonic()
+        self.repetitions = repetitions
+        self._write(f"run {run_id}: {cells} cells x {repetitions} processes\n")
+
+    def note(self, text: str) -> None:
+        self._write(f"{text}\n")
+
+    def skip(self, count: int) -> None:
+        """Planned processes that will not run (the cell's earlier process was not ok)."""
+        self.total -= count
 
     def _eta(self) -> str:
         if self.done == 0:
@@ -36,18 +45,23 @@ class Progress:
         per_cell = (time.monotonic() - self.started) / self.done
         return f"about {format_duration(per_cell * (self.total - self.done))} left"
 
-    def start(self, cell: Cell) -> None:
-        if self.live:
-            self._write(f"\r\x1b[K[{self.done + 1}/{self.total}] {cell.label()} ... ({self._eta()})")
+    def _label(self, cell: Cell, repetition: int) -> str:
+        which = f" (process {repetition + 1}/{self.repetitions})" if self.repetitions > 1 else ""
+        return f"{cell.label()}{which}"
 
-    def finish(self, cell: Cell, result: StoredResult) -> None:
+    def start(self, cell: Cell, repetition: int = 0) -> None:
+        if self.live:
+            self._write(f"\r\x1b[K[{self.done + 1}/{self.total}] {self._label(cell, repetition)} ... ({self._eta()})")
+
+    def finish(self, cell: Cell, result: StoredResult, median_s: float | None = None) -> None:
         self.done += 1
-        if result.summary is not None:
-            outcome = f"ok, median {format_seconds(result.summary.median_s)} per step"
+        if result.status == "ok" and median_s is not None:
+            outcome = f"ok, median {format_seconds(median_s)} per step"
         else:
             outcome = f"{result.status}: {result.message}"
         prefix = "\r\x1b[K" if self.live else ""
-        self._write(f"{prefix}[{self.done}/{self.total}] {cell.label()}: {outcome} ({self._eta()})\n")
+        label = self._label(cell, result.repetition)
+        self._write(f"{prefix}[{self.done}/{self.total}] {label}: {outcome} ({self._eta()})\n")
 
     def end(self) -> None:
         self._write(f"done in {format_duration(time.monotonic() - self.started)}\n")

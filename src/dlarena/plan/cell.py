@@ -21,6 +21,10 @@ DEFAULT_MAX_TIME_S = 30.0
 # Torch Inductor compiles a small network in about 20 s on 2 cores; published networks at full size
 # can take minutes per step on a CPU, so the limit is generous and overridable per suite and per run.
 DEFAULT_TIMEOUT_S = 600.0
+# Resources (memory; on a GPU its use and power) are sampled beside the steady state this often;
+# 0 turns sampling off. 10 Hz: NVML averages GPU utilisation over 1/6 s to 1 s depending on the
+# product (nvmlDeviceGetUtilizationRates), so sampling faster adds cost without adding information.
+DEFAULT_SAMPLE_INTERVAL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,7 @@ class Measurement:
     min_time_s: float = DEFAULT_MIN_TIME_S
     max_steps: int = DEFAULT_MAX_STEPS
     max_time_s: float = DEFAULT_MAX_TIME_S
+    sample_interval_s: float = DEFAULT_SAMPLE_INTERVAL_S
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Suites: named, versioned TOML lists of sweeps, expanded into cells.
 
 A suite file holds top-level defaults and zero or more ``[[sweep]]`` tables; each sweep is the cross
-product of its axes (frameworks x workloads x scenarios x devices x batch sizes x threads). Without
-``[[sweep]]`` tables the top level is the one sweep. Example::
+product of its axes (frameworks x workloads x scenarios x devices x precisions x batch sizes x
+threads). Without ``[[sweep]]`` tables the top level is the one sweep. Each cell is measured by
+``repetitions`` worker processes. Example::
 
     name = "quick"
     version = 1
@@ -11,6 +12,7 @@ product of its axes (frameworks x workloads x scenarios x devices x batch sizes 
     scenarios = ["train", "infer"]
     threads = "all"          # every power of two up to the core count, or a list such as [1, 2]
     batch_sizes = [32]       # absent: each workload's default batch size
+    repetitions = 3          # worker processes per cell
 
     [measurement]
     min_time_s = 0.5
@@ -18,6 +20,7 @@ product of its axes (frameworks x workloads x scenarios x devices x batch sizes 
 
 from __future__ import annotations
 
+import itertools
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -32,11 +35,15 @@ from dlarena.spec import SCENARIOS
 from dlarena.spec.catalogue import CATALOGUE
 
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
-PRECISIONS: tuple[str, ...] = ("float32",)
+# Precisions a cell may ask for; each framework module says which of them it runs (base.require).
+PRECISIONS: tuple[str, ...] = ("float32", "float16", "bfloat16", "float64")
 DEFAULT_SUITE = "quick"
+# Three processes per cell: the fewest that show whether one process was an outlier, at three times
+# the cost of one; the bootstrap interval of the median resamples them (measure/stats.py).
+DEFAULT_REPETITIONS = 3
 
-_AXES = ("frameworks", "workloads", "scenarios", "devices", "batch_sizes", "threads")
-_TOP_KEYS = {"name", "version", "description", "timeout_s", "measurement", "sweep", *_AXES}
+_AXES = ("frameworks", "workloads", "scenarios", "devices", "precisions", "batch_sizes", "threads")
+_TOP_KEYS = {"name", "version", "description", "timeout_s", "measurement", "repetitions", "sweep", *_AXES}
 _SWEEP_KEYS = {*_AXES, "timeout_s"}
 
 
@@ -52,6 +59,7 @@ class Sweep:
     workloads: tuple[str, ...] = ()
     scenarios: tuple[str, ...] = SCENARIOS
     devices: tuple[str, ...] = ("cpu",)
+    precisions: tuple[str, ...] = ("float32",)
     batch_sizes: tuple[int, ...] | None = None
     threads: tuple[int, ...] | str = "all"
     timeout_s: float = DEFAULT_TIMEOUT_S
@@ -64,12 +72,16 @@ class Suite:
     description: str
     sweeps: tuple[Sweep, ...]
     measurement: Measurement = field(default_factory=Measurement)
+    repetitions: int = DEFAULT_REPETITIONS
     source: str = ""  # the TOML text it was read from, stored with each run
 
-    def override(self, **axes: Any) -> Suite:
+    def override(self, repetitions: int | None = None, **axes: Any) -> Suite:
         """The same suite with some axes replaced in every sweep (from the command line); None keeps one."""
         changes = {name: value for name, value in axes.items() if value is not None}
-        return replace(self, sweeps=tuple(replace(sweep, **changes) for sweep in self.sweeps))
+        sweeps = tuple(replace(sweep, **changes) for sweep in self.sweeps)
+        if repetitions is not None and repetitions < 1:
+            raise SuiteError(f"repetitions must be at least 1, got {repetitions}")
+        return replace(self, sweeps=sweeps, repetitions=repetitions or self.repetitions)
 
     def cells(self, cores: int | None = None) -> list[tuple[Cell, float]]:
         """Every cell with its timeout, in a stable order, duplicates removed. Validates every name."""
@@ -82,13 +94,13 @@ class Suite:
                 for workload in sweep.workloads:
                     batch_sizes = sweep.batch_sizes or (CATALOGUE[workload].default_batch_size,)
                     for scenario in sweep.scenarios:
-                        for device in sweep.devices:
+                        for device, precision in itertools.product(sweep.devices, sweep.precisions):
                             for batch_size in batch_sizes:
                                 for count in threads:
                                     cell = Cell(
                                         framework=framework, workload=workload, scenario=scenario,
                                         batch_size=batch_size, threads=count, device=device,
-                                        measurement=self.measurement,
+                                        precision=precision, measurement=self.measurement,
                                     )
                                     planned.setdefault(cell, sweep.timeout_s)
         return list(planned.items())
@@ -129,6 +141,9 @@ def _check_names(sweep: Sweep) -> None:
     for device in sweep.devices:
         if device not in DEVICES:
             raise UnknownNameError("device", device, DEVICES)
+    for precision in sweep.precisions:
+        if precision not in PRECISIONS:
+            raise UnknownNameError("precision", precision, PRECISIONS)
     if not sweep.workloads:
         raise SuiteError("the suite selects no workload; name some with workloads = [...] or --workloads")
 
@@ -179,6 +194,7 @@ def parse_suite(text: str, origin: str) -> Suite:
         description=_typed(data, "description", str, origin, ""),
         sweeps=tuple(sweeps),
         measurement=_measurement(data.get("measurement", {}), origin),
+        repetitions=_repetitions(data, origin),
         source=text,
     )
 
@@ -237,10 +253,18 @@ def _sweep(table: dict[str, Any], origin: str) -> Sweep:
         workloads=_names(table, "workloads", origin) or (),
         scenarios=_names(table, "scenarios", origin) or base.scenarios,
         devices=_names(table, "devices", origin) or base.devices,
+        precisions=_names(table, "precisions", origin) or base.precisions,
         batch_sizes=_positive_ints(table, "batch_sizes", origin),
         threads=threads,
         timeout_s=timeout,
     )
+
+
+def _repetitions(table: dict[str, Any], origin: str) -> int:
+    repetitions: int = _typed(table, "repetitions", int, origin, DEFAULT_REPETITIONS)
+    if repetitions < 1:
+        raise SuiteError(f"{origin}: 'repetitions' must be at least 1, got {repetitions}")
+    return repetitions
 
 
 def _measurement(table: Any, origin: str) -> Measurement:
@@ -252,6 +276,6 @@ def _measurement(table: Any, origin: str) -> Measurement:
     for key in table:
         kind = int if "steps" in key else float
         values[key] = _typed(table, key, kind, f"{origin}, [measurement]", None)
-        if values[key] < (0 if key == "warmup_steps" else 1e-9):
+        if values[key] < (0 if key in ("warmup_steps", "sample_interval_s") else 1e-9):
             raise SuiteError(f"{origin}, [measurement]: {key!r} must be positive, got {values[key]}")
     return Measurement(**values)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,14 +13,25 @@ FORMATS: tuple[str, ...] = ("csv", "json")
 
 COLUMNS: tuple[str, ...] = (
     "run_id", "framework", "workload", "scenario", "device", "batch_size", "threads", "precision",
-    "status", "message", "n", "median_s", "mean_s", "stdev_s", "min_s", "max_s", "q1_s", "q3_s", "iqr_s",
-    "throughput", "gflops", "params", "flops_per_step", "import_s", "build_s", "first_step_s",
-    "cores_used", "over_threads", "verification", "peak_rss_bytes", "framework_version", "cell_key",
+    "status", "message", "processes", "n", "median_s", "ci_low_s", "ci_high_s", "mean_s", "stdev_s", "min_s",
+    "max_s", "q1_s", "q3_s", "iqr_s", "p50_s", "p90_s", "p99_s", "process_spread", "warnings", "throughput",
+    "gflops", "peak_gflops", "peak_percent", "params", "flops_per_step", "import_s", "build_s", "first_step_s",
+    "break_even_steps", "eager_counterpart", "cores_used", "cpu_utilisation", "over_threads", "verification",
+    "peak_rss_bytes", "memory_growth_bytes", "framework_version", "cell_key",
 )
 
 
+def _value(row: dict[str, Any], column: str) -> Any:
+    value = row.get(column)
+    if column == "warnings":
+        return " ".join(json.loads(value or "[]"))
+    if isinstance(value, float) and math.isinf(value):
+        return None if column != "break_even_steps" else "never"
+    return value
+
+
 def tidy(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{column: row.get(column) for column in COLUMNS} for row in rows]
+    return [{column: _value(row, column) for column in COLUMNS} for row in rows]
 
 
 def to_csv(rows: Sequence[dict[str, Any]]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -26,12 +27,43 @@ def _cell_text(row: Row) -> str:
             text = f"~~{text}~~ *invalid: mismatch*"
         if row.get("over_threads"):
             text += " (over threads)"
+        if json.loads(row.get("warnings") or "[]"):
+            text += " (unstable)"
         return text
     return f"*{row['status']}*"
 
 
 def _optional(value: float | None, fmt: str) -> str:
     return "" if value is None else format(value, fmt)
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else format_seconds(value)
+
+
+def _break_even(row: Row) -> str:
+    steps = row.get("break_even_steps")
+    if steps is None:
+        return ""
+    if math.isinf(steps):
+        return f"never (vs {row['eager_counterpart']})"
+    return f"{steps:.0f} steps (vs {row['eager_counterpart']})"
+
+
+def _cell_columns(row: Row) -> list[str]:
+    return [row["framework"], row["workload"], row["scenario"], str(row["batch_size"]), str(row["threads"])]
+
+
+_CELL_HEADER = ["framework", "workload", "scenario", "batch", "threads"]
+
+
+def _peaks_line(peaks: dict[int, dict[str, Any]]) -> str:
+    if not peaks:
+        return "Peak: not probed for this run."
+    library = next(iter(peaks.values()))["library"]
+    figures = ", ".join(f"{threads} thread{'s' if threads > 1 else ''} {peak['gflops']:.1f} GFLOP/s"
+                        for threads, peak in sorted(peaks.items()))
+    return f"Peak (float32 matrix product through NumPy's {library}): {figures}."
 
 
 def render(run: Row, environment: Row, rows: Sequence[Row]) -> str:
@@ -47,13 +79,16 @@ def render(run: Row, environment: Row, rows: Sequence[Row]) -> str:
         f" {format_bytes(environment.get('memory_bytes', 0))}, {environment.get('os', '?')},"
         f" Python {environment.get('python', '?')}, NumPy BLAS {environment.get('numpy_blas', '?')}.",
         "Frameworks: " + ", ".join(f"{k} {v}" for k, v in sorted(environment.get("frameworks", {}).items())) + ".",
+        _peaks_line(run.get("peaks", {})),
+        f"Each cell was measured by {run.get('repetitions', 1)} worker process(es), run interleaved.",
         "",
         "## Seconds per mini-batch (median of steady-state steps)",
         "",
         "Rows are frameworks, columns thread counts, as in Shi et al. (2016), Table 4. A cell that did not"
         " produce a time shows its status. A struck-out time is invalid: `dlarena verify` found that this"
         " framework does not compute the same numbers for this network. *(over threads)* marks a cell"
-        " whose framework kept more cores busy than its thread count allowed.",
+        " whose framework kept more cores busy than its thread count allowed; *(unstable)* one whose spread"
+        " exceeded a threshold (see the warnings below).",
     ]
     groups: dict[tuple[str, str, str, int], list[Row]] = defaultdict(list)
     for row in rows:
@@ -71,23 +106,48 @@ def render(run: Row, environment: Row, rows: Sequence[Row]) -> str:
 
     ok = [row for row in rows if row["status"] == "ok"]
     if ok:
-        lines += ["", "## Details of measured cells", ""]
+        lines += ["", "## Step times", "",
+                  "Pooled over the cell's processes. The 95% interval of the median resamples processes, then"
+                  " steps within them. p90 and p99 are the latencies of a batch for inference.", ""]
         body = [
             [
-                row["framework"], row["workload"], row["scenario"], str(row["batch_size"]), str(row["threads"]),
-                format_seconds(row["median_s"]), format_seconds(row["iqr_s"]), str(row["n"]),
-                f"{row['throughput']:.4g}", _optional(row["gflops"], ".3g"),
-                format_seconds(row["import_s"]), format_seconds(row["build_s"]),
-                format_seconds(row["first_step_s"]), _optional(row["cores_used"], ".2f"),
-                format_bytes(row["peak_rss_bytes"] or 0), row.get("verification", ""),
+                *_cell_columns(row),
+                f"{row['processes']} x {row['n'] // max(row['processes'], 1)}", format_seconds(row["median_s"]),
+                f"{format_seconds(row['ci_low_s'])} - {format_seconds(row['ci_high_s'])}"
+                if row.get("ci_low_s") is not None else "",
+                format_seconds(row["iqr_s"]),
+                _seconds(row.get("p90_s")) if row["scenario"] == "infer" else "",
+                _seconds(row.get("p99_s")) if row["scenario"] == "infer" else "",
+                f"{row['throughput']:.4g}", _optional(row["gflops"], ".3g"), _optional(row.get("peak_percent"), ".1f"),
+                row.get("verification", ""),
             ]
             for row in ok
         ]
-        lines += _table(
-            ["framework", "workload", "scenario", "batch", "threads", "median", "IQR", "steps",
-             "samples/s", "GFLOP/s", "import", "build", "first step", "cores used", "peak RSS", "verify"],
-            body,
-        )
+        lines += _table([*_CELL_HEADER, "processes x steps", "median", "95% CI", "IQR", "p90", "p99", "samples/s",
+                         "GFLOP/s", "% of peak", "verify"], body)
+        lines += ["", "## Costs and resources", "",
+                  "One-off costs are medians over processes: importing the framework, building the network,"
+                  " and the first step (compilation, tracing). Memory is the worst process: its peak resident"
+                  " set, and how much it grew during the steady state (a leak shows here).", ""]
+        body = [
+            [
+                *_cell_columns(row),
+                _seconds(row["import_s"]), _seconds(row["build_s"]), _seconds(row["first_step_s"]),
+                _break_even(row), _optional(row["cores_used"], ".2f"),
+                _optional(None if row.get("cpu_utilisation") is None else 100 * row["cpu_utilisation"], ".0f"),
+                format_bytes(row["peak_rss_bytes"] or 0),
+                "" if row.get("memory_growth_bytes") is None else format_bytes(row["memory_growth_bytes"]),
+            ]
+            for row in ok
+        ]
+        lines += _table([*_CELL_HEADER, "import", "build", "first step", "compiling pays off after", "cores used",
+                         "% of allowed cores", "peak RSS", "memory growth"], body)
+        warned = [(row, json.loads(row.get("warnings") or "[]")) for row in ok]
+        warned = [(row, warnings) for row, warnings in warned if warnings]
+        if warned:
+            lines += ["", "## Stability warnings", ""]
+            lines += [f"- {' '.join(_cell_columns(row))}: {warning}"
+                      for row, warnings in warned for warning in warnings]
     failed = [row for row in rows if row["status"] != "ok"]
     if failed:
         lines += ["", "## Cells without a time", ""]

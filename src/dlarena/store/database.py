@@ -15,7 +15,8 @@ from typing import Any
 
 from dlarena.environment import fingerprint
 from dlarena.errors import DlarenaError
-from dlarena.measure.stats import Summary
+from dlarena.measure.aggregate import CellFigures
+from dlarena.measure.peak import Peak
 from dlarena.plan.cell import Cell
 from dlarena.store.schema import MIGRATIONS, SCHEMA_VERSION
 
@@ -64,7 +65,7 @@ class StoredResult:
     started_at: str
     finished_at: str
     data: dict[str, Any]  # the worker's JSON result ({} when the worker left none)
-    summary: Summary | None
+    repetition: int = 0  # which of the cell's worker processes this was
 
 
 class Store:
@@ -126,7 +127,7 @@ class Store:
 
     def start_run(
         self, environment: dict[str, Any], suite_name: str, suite_version: int, suite_source: str,
-        argv: Sequence[str], code_version: str, cells: Sequence[PlannedCell],
+        argv: Sequence[str], code_version: str, cells: Sequence[PlannedCell], repetitions: int = 1,
     ) -> tuple[str, list[int]]:
         """Record a new run with its planned cells; returns the run id and the cells' ids."""
         run_id = new_run_id()
@@ -134,9 +135,9 @@ class Store:
             environment_id = self._environment_id(db, environment)
             db.execute(
                 "INSERT INTO runs (id, started_at, status, suite_name, suite_version, suite_source, argv,"
-                " code_version, environment_id) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                " code_version, environment_id, repetitions) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, now(), suite_name, suite_version, suite_source, json.dumps(list(argv)),
-                 code_version, environment_id),
+                 code_version, environment_id, repetitions),
             )
             cell_ids = []
             for position, planned in enumerate(cells):
@@ -166,21 +167,22 @@ class Store:
         )
         return int(cursor.lastrowid or 0)
 
-    def record_result(self, cell_id: int, result: StoredResult, batch_size: int) -> None:
-        """Store one finished cell: its result, raw samples and summary, in one transaction."""
+    def record_result(self, cell_id: int, result: StoredResult) -> None:
+        """Store one finished worker process of a cell: its result and raw samples, in one transaction."""
         data = result.data
         with self.transaction() as db:
             cursor = db.execute(
-                "INSERT INTO results (cell_id, status, message, stderr_tail, command, exit_code,"
+                "INSERT INTO results (cell_id, repetition, status, message, stderr_tail, command, exit_code,"
                 " framework_version, params, flops_per_step, import_s, build_s, first_step_s, cores_used,"
-                " peak_rss_bytes, wall_s, started_at, finished_at, parity, data)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (cell_id, result.status, result.message, result.stderr_tail[-STDERR_TAIL_CHARS:],
-                 json.dumps(list(result.command)), result.exit_code, data.get("framework_version"),
-                 data.get("params"), data.get("flops_per_step"), data.get("import_s"),
-                 data.get("build_s"), data.get("first_step_s"), data.get("cores_used"),
-                 data.get("peak_rss_bytes"), result.wall_s, result.started_at, result.finished_at,
-                 json.dumps(data.get("parity", {}), sort_keys=True), json.dumps(data)),
+                " peak_rss_bytes, memory_growth_bytes, wall_s, started_at, finished_at, parity, data)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (cell_id, result.repetition, result.status, result.message,
+                 result.stderr_tail[-STDERR_TAIL_CHARS:], json.dumps(list(result.command)), result.exit_code,
+                 data.get("framework_version"), data.get("params"), data.get("flops_per_step"),
+                 data.get("import_s"), data.get("build_s"), data.get("first_step_s"), data.get("cores_used"),
+                 data.get("peak_rss_bytes"), data.get("resources", {}).get("memory_growth_bytes"), result.wall_s,
+                 result.started_at, result.finished_at, json.dumps(data.get("parity", {}), sort_keys=True),
+                 json.dumps(data)),
             )
             result_id = cursor.lastrowid
             phases = [("first", [data["first_step_s"]] if "first_step_s" in data else []),
@@ -190,17 +192,34 @@ class Store:
                 [(result_id, phase, step, seconds)
                  for phase, values in phases for step, seconds in enumerate(values)],
             )
-            if result.summary is not None:
-                summary = result.summary
-                flops = data.get("flops_per_step")
-                gflops = flops / summary.median_s / 1e9 if flops and summary.median_s > 0 else None
-                db.execute(
-                    "INSERT OR REPLACE INTO summaries (cell_id, n, median_s, mean_s, stdev_s, min_s, max_s,"
-                    " q1_s, q3_s, throughput, gflops) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (cell_id, summary.n, summary.median_s, summary.mean_s, summary.stdev_s,
-                     summary.min_s, summary.max_s, summary.q1_s, summary.q3_s,
-                     summary.throughput(batch_size), gflops),
-                )
+
+    def record_summary(self, cell_id: int, figures: CellFigures) -> None:
+        """Replace a cell's summary, recomputed from all its ok processes so far."""
+        summary = figures.summary
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO summaries (cell_id, n, median_s, mean_s, stdev_s, min_s, max_s, q1_s, q3_s,"
+                " throughput, gflops, processes, ci_low_s, ci_high_s, p50_s, p90_s, p99_s, process_spread,"
+                " import_s, build_s, first_step_s, cores_used, cpu_utilisation, peak_rss_bytes,"
+                " memory_growth_bytes, peak_gflops, peak_percent, warnings, data)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (cell_id, summary.n, summary.median_s, summary.mean_s, summary.stdev_s, summary.min_s,
+                 summary.max_s, summary.q1_s, summary.q3_s, figures.throughput, figures.gflops, summary.processes,
+                 summary.ci_low_s, summary.ci_high_s, summary.p50_s, summary.p90_s, summary.p99_s,
+                 summary.process_spread, figures.import_s, figures.build_s, figures.first_step_s,
+                 figures.cores_used, figures.cpu_utilisation, figures.peak_rss_bytes, figures.memory_growth_bytes,
+                 figures.peak_gflops, figures.peak_percent, json.dumps(list(summary.warnings)),
+                 json.dumps(figures.extra, sort_keys=True)),
+            )
+
+    def record_peak(self, run_id: str, peak: Peak) -> None:
+        with self.transaction() as db:
+            environment_id = db.execute("SELECT environment_id FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
+            db.execute(
+                "INSERT INTO peaks (run_id, environment_id, threads, gflops, matrix_size, library, measured_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (run_id, environment_id, peak.threads, peak.gflops, peak.matrix_size, peak.library, now()),
+            )
 
     def record_verification(self, check: dict[str, Any], code_version: str) -> None:
         with self.transaction() as db:
@@ -212,7 +231,9 @@ class Store:
                  check["message"], check["framework_version"], code_version, check["params"],
                  check["forward_error"], check["loss_error"], check["gradient_error"],
                  check["gradient_reference"], check["worst_parameter"],
-                 json.dumps({"problems": check["problems"], "stderr_tail": check["stderr_tail"][-STDERR_TAIL_CHARS:]})),
+                 json.dumps({"problems": check["problems"], "forward64_error": check.get("forward64_error"),
+                             "loss64_error": check.get("loss64_error"),
+                             "stderr_tail": check["stderr_tail"][-STDERR_TAIL_CHARS:]})),
             )
 
     def verification_statuses(self) -> dict[tuple[str, str, str | None], str]:
@@ -229,8 +250,8 @@ class Store:
     # --- reading ----------------------------------------------------------------------------------
 
     def run(self, run_id: str | None) -> sqlite3.Row:
-        """A run by id, or the latest one."""
-        if run_id is None:
+        """A run by id, or the latest one (None or 'latest')."""
+        if run_id is None or run_id == "latest":
             row = self.connection.execute("SELECT * FROM runs ORDER BY started_at DESC, rowid DESC LIMIT 1").fetchone()
             if row is None:
                 raise StoreError(f"{self.path} holds no run yet; start one with `dlarena run`")
@@ -246,18 +267,31 @@ class Store:
         return json.loads(row["data"]) if row else {}
 
     def cell_rows(self, run_id: str) -> list[dict[str, Any]]:
-        """One row per cell of a run with its latest result and summary (status 'pending' if none)."""
+        """One row per cell of a run with its summary and its result (status 'pending' if none).
+
+        With several processes per cell, the result shown is the latest that was not ok, if any: one
+        failed repetition makes the cell's figures incomplete, and the reader must see why.
+        """
         rows = self.connection.execute(
             """
             SELECT c.id AS cell_id, c.run_id, c.position, c.cell_key, c.framework, c.workload, c.scenario,
                    c.device, c.batch_size, c.threads, c.precision, c.config,
                    COALESCE(r.status, 'pending') AS status, COALESCE(r.message, '') AS message,
-                   r.stderr_tail, r.command, r.framework_version, r.params, r.flops_per_step,
-                   r.import_s, r.build_s, r.first_step_s, r.cores_used, r.peak_rss_bytes, r.wall_s,
-                   r.parity, s.n, s.median_s, s.mean_s, s.stdev_s, s.min_s, s.max_s, s.q1_s, s.q3_s,
-                   s.q3_s - s.q1_s AS iqr_s, s.throughput, s.gflops
+                   r.repetition, r.stderr_tail, r.command, r.framework_version, r.params, r.flops_per_step,
+                   r.wall_s, r.parity,
+                   (SELECT COUNT(*) FROM results WHERE cell_id = c.id) AS processes_run,
+                   s.n, s.processes, s.median_s, s.mean_s, s.stdev_s, s.min_s, s.max_s, s.q1_s, s.q3_s,
+                   s.q3_s - s.q1_s AS iqr_s, s.ci_low_s, s.ci_high_s, s.p50_s, s.p90_s, s.p99_s,
+                   s.process_spread, s.throughput, s.gflops, s.peak_gflops, s.peak_percent,
+                   COALESCE(s.import_s, r.import_s) AS import_s, COALESCE(s.build_s, r.build_s) AS build_s,
+                   COALESCE(s.first_step_s, r.first_step_s) AS first_step_s,
+                   COALESCE(s.cores_used, r.cores_used) AS cores_used, s.cpu_utilisation,
+                   COALESCE(s.peak_rss_bytes, r.peak_rss_bytes) AS peak_rss_bytes,
+                   s.memory_growth_bytes, COALESCE(s.warnings, '[]') AS warnings,
+                   COALESCE(s.data, '{}') AS summary_data
             FROM cells c
-            LEFT JOIN results r ON r.id = (SELECT MAX(id) FROM results WHERE cell_id = c.id)
+            LEFT JOIN results r ON r.id = (
+                SELECT id FROM results WHERE cell_id = c.id ORDER BY status = 'ok', id DESC LIMIT 1)
             LEFT JOIN summaries s ON s.cell_id = c.id
             WHERE c.run_id = ?
             ORDER BY c.position
@@ -267,12 +301,33 @@ class Store:
         return [dict(row) for row in rows]
 
     def samples(self, cell_id: int, phase: str = "steady") -> list[float]:
+        return [value for group in self.samples_by_process(cell_id, phase) for value in group]
+
+    def samples_by_process(self, cell_id: int, phase: str = "steady") -> list[list[float]]:
+        """A cell's samples of ``phase``, one list per ok worker process, in the order they ran."""
         rows = self.connection.execute(
-            "SELECT s.seconds FROM samples s JOIN results r ON r.id = s.result_id"
-            " WHERE r.cell_id = ? AND s.phase = ? ORDER BY r.id, s.step",
+            "SELECT r.id, s.seconds FROM samples s JOIN results r ON r.id = s.result_id"
+            " WHERE r.cell_id = ? AND s.phase = ? AND r.status = 'ok' ORDER BY r.id, s.step",
             (cell_id, phase),
         ).fetchall()
-        return [float(row["seconds"]) for row in rows]
+        groups: dict[int, list[float]] = {}
+        for row in rows:
+            groups.setdefault(int(row[0]), []).append(float(row[1]))
+        return list(groups.values())
+
+    def ok_processes(self, cell_id: int) -> list[dict[str, Any]]:
+        """The worker results (JSON) of a cell's ok processes."""
+        rows = self.connection.execute(
+            "SELECT data FROM results WHERE cell_id = ? AND status = 'ok' ORDER BY id", (cell_id,)
+        ).fetchall()
+        return [json.loads(row[0]) for row in rows]
+
+    def peaks(self, run_id: str) -> dict[int, dict[str, Any]]:
+        """The peak probes of a run, by thread count."""
+        rows = self.connection.execute(
+            "SELECT threads, gflops, matrix_size, library, run_id FROM peaks WHERE run_id = ? ORDER BY id", (run_id,)
+        ).fetchall()
+        return {int(row["threads"]): dict(row) for row in rows}
 
 
 def _check_writable_location(path: Path) -> None:

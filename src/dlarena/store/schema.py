@@ -6,7 +6,7 @@ migrations in one transaction; opening a newer one is refused (its meaning is un
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # MIGRATIONS[n] turns a database of version n into version n + 1; version 0 is an empty file.
 MIGRATIONS: dict[int, str] = {
@@ -118,5 +118,39 @@ MIGRATIONS: dict[int, str] = {
         data TEXT NOT NULL                 -- JSON: everything else the check found
     );
     CREATE INDEX verifications_by_pair ON verifications(framework, workload);
+    """,
+    2: """
+    ALTER TABLE runs ADD COLUMN repetitions INTEGER NOT NULL DEFAULT 1;  -- worker processes per cell
+    ALTER TABLE results ADD COLUMN repetition INTEGER NOT NULL DEFAULT 0;  -- which process of the cell
+    ALTER TABLE results ADD COLUMN memory_growth_bytes INTEGER;  -- resident memory, end of steady state - start
+    ALTER TABLE summaries ADD COLUMN processes INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE summaries ADD COLUMN ci_low_s REAL;              -- bootstrap interval of the median
+    ALTER TABLE summaries ADD COLUMN ci_high_s REAL;
+    ALTER TABLE summaries ADD COLUMN p50_s REAL;                 -- step-time percentiles (latency for infer)
+    ALTER TABLE summaries ADD COLUMN p90_s REAL;
+    ALTER TABLE summaries ADD COLUMN p99_s REAL;
+    ALTER TABLE summaries ADD COLUMN process_spread REAL;        -- largest process median / smallest - 1
+    ALTER TABLE summaries ADD COLUMN import_s REAL;              -- medians over processes
+    ALTER TABLE summaries ADD COLUMN build_s REAL;
+    ALTER TABLE summaries ADD COLUMN first_step_s REAL;
+    ALTER TABLE summaries ADD COLUMN cores_used REAL;
+    ALTER TABLE summaries ADD COLUMN cpu_utilisation REAL;       -- cores used / cores allowed
+    ALTER TABLE summaries ADD COLUMN peak_rss_bytes INTEGER;     -- the largest over processes
+    ALTER TABLE summaries ADD COLUMN memory_growth_bytes INTEGER;
+    ALTER TABLE summaries ADD COLUMN peak_gflops REAL;           -- the machine's peak at the cell's threads
+    ALTER TABLE summaries ADD COLUMN peak_percent REAL;          -- gflops / peak_gflops, in percent
+    ALTER TABLE summaries ADD COLUMN warnings TEXT NOT NULL DEFAULT '[]';  -- JSON list of sentences
+    ALTER TABLE summaries ADD COLUMN data TEXT NOT NULL DEFAULT '{}';      -- JSON: the rest (GPU figures)
+    CREATE TABLE peaks (
+        id INTEGER PRIMARY KEY,
+        run_id TEXT NOT NULL REFERENCES runs(id),
+        environment_id INTEGER NOT NULL REFERENCES environments(id),
+        threads INTEGER NOT NULL,
+        gflops REAL NOT NULL,              -- best float32 matrix product through NumPy's BLAS
+        matrix_size INTEGER NOT NULL,
+        library TEXT NOT NULL,
+        measured_at TEXT NOT NULL
+    );
+    CREATE INDEX peaks_by_run ON peaks(run_id);
     """,
 }

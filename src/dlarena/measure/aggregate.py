@@ -1,0 +1,77 @@
+"""One cell's figures from the results of its k worker processes.
+
+Step times are pooled (stats.summarise); the one-off costs of a process (import, build, first step)
+and its CPU use are reported as the median over processes, and memory as the worst process, since
+a user must provision for the worst.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dlarena.measure.stats import Summary, summarise
+
+
+@dataclass(frozen=True)
+class CellFigures:
+    summary: Summary
+    throughput: float  # samples per second at the median step time
+    import_s: float | None = None
+    build_s: float | None = None
+    first_step_s: float | None = None
+    cores_used: float | None = None
+    cpu_utilisation: float | None = None  # cores used over cores allowed
+    peak_rss_bytes: int | None = None
+    memory_growth_bytes: int | None = None
+    gflops: float | None = None
+    peak_gflops: float | None = None
+    peak_percent: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # GPU figures where there are any
+
+
+def _median(values: Sequence[Any]) -> float | None:
+    numbers = [float(value) for value in values if isinstance(value, int | float)]
+    return statistics.median(numbers) if numbers else None
+
+
+def _largest(values: Sequence[Any]) -> int | None:
+    numbers = [int(value) for value in values if isinstance(value, int | float)]
+    return max(numbers) if numbers else None
+
+
+def aggregate(
+    processes: Sequence[Mapping[str, Any]], batch_size: int, threads: int, peak_gflops: float | None,
+) -> CellFigures:
+    """Figures of a cell from its ok worker results (each the worker's JSON result)."""
+    summary = summarise([list(process.get("samples_s") or []) for process in processes])
+    cores_used = _median([process.get("cores_used") for process in processes])
+    flops = _median([process.get("flops_per_step") for process in processes])
+    gflops = flops / summary.median_s / 1e9 if flops and summary.median_s > 0 else None
+    extra: dict[str, Any] = {}
+    for key in ("gpu_utilisation_percent", "gpu_power_watts"):
+        value = _median([process.get("resources", {}).get(key) for process in processes])
+        if value is not None:
+            extra[key] = value
+    for key in ("device_memory_peak_bytes", "nvml_memory_peak_bytes"):
+        value = _largest([process.get("resources", {}).get(key) for process in processes])
+        if value is not None:
+            extra[key] = value
+    return CellFigures(
+        summary=summary,
+        throughput=summary.throughput(batch_size),
+        import_s=_median([process.get("import_s") for process in processes]),
+        build_s=_median([process.get("build_s") for process in processes]),
+        first_step_s=_median([process.get("first_step_s") for process in processes]),
+        cores_used=cores_used,
+        cpu_utilisation=cores_used / threads if cores_used is not None and threads > 0 else None,
+        peak_rss_bytes=_largest([process.get("peak_rss_bytes") for process in processes]),
+        memory_growth_bytes=_largest([process.get("resources", {}).get("memory_growth_bytes")
+                                      for process in processes]),
+        gflops=gflops,
+        peak_gflops=peak_gflops,
+        peak_percent=100.0 * gflops / peak_gflops if gflops and peak_gflops else None,
+        extra=extra,
+    )

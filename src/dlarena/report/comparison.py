@@ -1,0 +1,141 @@
+"""`dlarena compare`: two runs cell by cell, or two frameworks within one run, with verdicts.
+
+Cells are matched by their configuration. Whatever else differs between the two sides (dlarena's
+code, framework versions, the machine, measurement settings) is listed above the table: results
+are never compared silently across a change the reader did not ask about.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dlarena.errors import DlarenaError
+from dlarena.measure.compare import MIN_EFFECT, SIGNIFICANCE_LEVEL, Comparison, compare
+from dlarena.report.units import format_seconds
+from dlarena.store.database import Store
+
+Row = dict[str, Any]
+_CONFIGURATION = ("workload", "scenario", "device", "precision", "batch_size", "threads")
+
+
+@dataclass(frozen=True)
+class CellComparison:
+    a: Row
+    b: Row
+    result: Comparison | None  # None when one side has no time
+    reason: str = ""
+
+
+def _measurement(row: Row) -> dict[str, Any]:
+    measurement: dict[str, Any] = json.loads(row["config"]).get("measurement", {})
+    return measurement
+
+
+def _differences(label_a: str, label_b: str, pairs: Sequence[tuple[Row, Row]], env_a: Row, env_b: Row,
+                 run_a: Row, run_b: Row) -> list[str]:
+    notes = []
+    if run_a["code_version"] != run_b["code_version"]:
+        notes.append(f"dlarena code: {run_a['code_version']} ({label_a}) vs {run_b['code_version']} ({label_b})")
+    for key in sorted(set(env_a) | set(env_b)):
+        if key in ("dlarena", "frameworks", "hostname"):
+            continue
+        if env_a.get(key) != env_b.get(key):
+            notes.append(f"machine {key}: {env_a.get(key)} ({label_a}) vs {env_b.get(key)} ({label_b})")
+    if env_a.get("hostname") != env_b.get("hostname"):
+        notes.append(f"host: {env_a.get('hostname')} ({label_a}) vs {env_b.get('hostname')} ({label_b})")
+    versions = {(a["framework_version"], b["framework_version"], a["framework"], b["framework"]) for a, b in pairs
+                if a["framework_version"] != b["framework_version"] and a["framework"] == b["framework"]}
+    notes += [f"{framework} version: {version_a} vs {version_b}" for version_a, version_b, framework, _ in sorted(
+        versions, key=str)]
+    settings = {(json.dumps(_measurement(a), sort_keys=True), json.dumps(_measurement(b), sort_keys=True))
+                for a, b in pairs}
+    notes += [f"measurement settings: {x} ({label_a}) vs {y} ({label_b})" for x, y in sorted(settings) if x != y]
+    if run_a.get("repetitions") != run_b.get("repetitions"):
+        notes.append(f"processes per cell: {run_a.get('repetitions')} ({label_a}) vs {run_b.get('repetitions')}"
+                     f" ({label_b})")
+    return notes
+
+
+def _compare_pairs(store: Store, pairs: Sequence[tuple[Row, Row]]) -> list[CellComparison]:
+    compared = []
+    for a, b in pairs:
+        if a["status"] != "ok" or b["status"] != "ok":
+            reason = "; ".join(f"{side} is {row['status']}" for side, row in (("A", a), ("B", b))
+                               if row["status"] != "ok")
+            compared.append(CellComparison(a, b, None, reason))
+            continue
+        compared.append(CellComparison(a, b, compare(store.samples_by_process(a["cell_id"]),
+                                                     store.samples_by_process(b["cell_id"]))))
+    return compared
+
+
+def compare_runs(store: Store, run_a: str, run_b: str | None, frameworks: Sequence[str] | None) -> str:
+    """The comparison as Markdown; B against A."""
+    first = dict(store.run(run_a))
+    if run_b is None and not frameworks:
+        raise DlarenaError("compare needs a second run, or --frameworks A,B to compare two frameworks of one run")
+    second = dict(store.run(run_b)) if run_b else first
+    rows_a, rows_b = store.cell_rows(first["id"]), store.cell_rows(second["id"])
+    if frameworks:
+        if len(frameworks) != 2:
+            raise DlarenaError(f"--frameworks takes exactly two frameworks to compare, got {len(frameworks)}")
+        name_a, name_b = frameworks
+        present = sorted({row["framework"] for row in rows_a} | {row["framework"] for row in rows_b})
+        for name, rows, run in ((name_a, rows_a, first), (name_b, rows_b, second)):
+            if name not in {row["framework"] for row in rows}:
+                raise DlarenaError(f"run {run['id']} has no cell of {name!r}; its frameworks: {', '.join(present)}")
+        rows_a = [row for row in rows_a if row["framework"] == name_a]
+        rows_b = [row for row in rows_b if row["framework"] == name_b]
+        label_a, label_b = name_a, name_b
+        def key(row: Row) -> tuple[Any, ...]:
+            return tuple(row[column] for column in _CONFIGURATION)
+    else:
+        label_a, label_b = first["id"], second["id"]
+        def key(row: Row) -> tuple[Any, ...]:
+            return (row["framework"], *(row[column] for column in _CONFIGURATION))
+    by_key = {key(row): row for row in rows_b}
+    pairs = [(row, by_key[key(row)]) for row in rows_a if key(row) in by_key]
+    unmatched = len(rows_a) - len(pairs) + len(rows_b) - len(pairs)
+    if not pairs:
+        raise DlarenaError(f"{label_a} and {label_b} have no cell with the same configuration to compare")
+    differences = _differences(label_a, label_b, pairs, store.environment(first["environment_id"]),
+                               store.environment(second["environment_id"]), first, second)
+    return render(label_a, label_b, _compare_pairs(store, pairs), differences, unmatched)
+
+
+def render(label_a: str, label_b: str, comparisons: Sequence[CellComparison], differences: Sequence[str],
+           unmatched: int) -> str:
+    lines = [f"# {label_b} (B) against {label_a} (A)", ""]
+    if differences:
+        lines += ["Besides what you asked to compare, these differ:", ""]
+        lines += [f"- {note}" for note in differences] + [""]
+    lines += [
+        f"Ratio: B's median step time over A's (below 1: B is faster), with its 95% bootstrap interval."
+        f" A verdict needs a Mann-Whitney U p-value below {SIGNIFICANCE_LEVEL}, a difference of at least"
+        f" {MIN_EFFECT:.0%}, and an interval that excludes 1.",
+        "",
+        "| framework | workload | scenario | batch | threads | A median | B median | B/A | 95% CI | p-value"
+        " | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for item in comparisons:
+        a, b, result = item.a, item.b, item.result
+        framework = a["framework"] if a["framework"] == b["framework"] else f"{a['framework']} / {b['framework']}"
+        head = f"| {framework} | {a['workload']} | {a['scenario']} | {a['batch_size']} | {a['threads']} |"
+        if result is None:
+            lines.append(f"{head} | | | | | not compared: {item.reason} |")
+            continue
+        lines.append(
+            f"{head} {format_seconds(a['median_s'])} | {format_seconds(b['median_s'])} | {result.ratio:.3f} |"
+            f" {result.ci_low:.3f} - {result.ci_high:.3f} | {result.p_value:.2g} | {result.verdict} |"
+        )
+    if unmatched:
+        lines += ["", f"{unmatched} cell(s) had no counterpart with the same configuration and are not shown."]
+    counts = {verdict: sum(1 for item in comparisons if item.result and item.result.verdict == verdict)
+              for verdict in ("faster", "slower", "same")}
+    lines += ["", f"B is faster in {counts['faster']}, slower in {counts['slower']}, the same in {counts['same']}"
+                  " of the compared cells."]
+    return "\n".join(lines) + "\n"

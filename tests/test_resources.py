@@ -1,0 +1,40 @@
+"""The peak probe and the resource sampler, on this machine's real BLAS and /proc. No framework needed."""
+
+from __future__ import annotations
+
+import time
+
+from dlarena.measure.peak import probe
+from dlarena.measure.resources import peak_rss_bytes
+from dlarena.measure.sampler import ResourceSampler
+
+MIB = 1 << 20
+
+
+def test_the_peak_probe_runs_in_its_own_limited_process() -> None:
+    peak = probe(threads=1, size=256)
+    assert peak is not None and peak.threads == 1 and peak.matrix_size == 256
+    assert peak.gflops > 0.1 and peak.library
+
+
+def test_the_sampler_sees_memory_grow_during_the_steady_state() -> None:
+    held = []
+    with ResourceSampler(interval_s=0.01) as sampler:
+        for _ in range(8):
+            held.append(bytearray(8 * MIB))  # touched pages: bytearray zero-fills
+            time.sleep(0.02)
+    report = sampler.report()
+    assert report["samples"] >= 3
+    assert report["memory_growth_bytes"] >= 48 * MIB
+    assert report["rss_peak_bytes"] >= report["rss_start_bytes"] + 48 * MIB
+    assert peak_rss_bytes() >= report["rss_peak_bytes"] - MIB  # the kernel counts in its own granules
+    assert "gpu_utilisation_percent" not in report  # no GPU asked for
+
+
+def test_a_gpu_that_cannot_be_sampled_is_said_so_and_the_cell_goes_on() -> None:
+    sampler = ResourceSampler(interval_s=0.01, gpu_index=0)
+    with sampler:
+        time.sleep(0.03)
+    report = sampler.report()
+    # No NVML on this machine (or, on a GPU machine, real figures): either way, never an exception.
+    assert "gpu_message" in report or "gpu_utilisation_percent" in report
