@@ -144,6 +144,17 @@ def test_an_older_schema_is_migrated_in_place_keeping_its_data(db_path: Path) ->
     connection.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '1')")
     connection.execute("INSERT INTO environments (fingerprint, cpu_model, cores, memory_bytes, os, python, data)"
                        " VALUES ('f', 'old cpu', 1, 1, 'Linux', '3.11', '{}')")
+    # a finished v1 run: one process per cell, a summary without interval or costs
+    connection.execute("INSERT INTO runs (id, started_at, status, suite_name, suite_version, suite_source, argv,"
+                       " code_version, environment_id) VALUES ('old', 't', 'finished', 'quick', 1, '', '[]', '0', 1)")
+    connection.execute("INSERT INTO cells (run_id, position, cell_key, framework, workload, scenario, device,"
+                       " batch_size, threads, precision, timeout_s, config) VALUES ('old', 0, 'k', 'torch',"
+                       " 'fcn5-small', 'train', 'cpu', 32, 1, 'float32', 60, '{}')")
+    connection.execute("INSERT INTO results (cell_id, status, message, stderr_tail, command, wall_s, started_at,"
+                       " finished_at, parity, data, import_s)"
+                       " VALUES (1, 'ok', '', '', '[]', 1, 't', 't', '{}', '{}', 2.0)")
+    connection.execute("INSERT INTO summaries (cell_id, n, median_s, mean_s, stdev_s, min_s, max_s, q1_s, q3_s,"
+                       " throughput) VALUES (1, 10, 0.5, 0.5, 0, 0.5, 0.5, 0.5, 0.5, 64)")
     connection.commit()
     connection.close()
     store = Store.open(db_path)
@@ -151,3 +162,7 @@ def test_an_older_schema_is_migrated_in_place_keeping_its_data(db_path: Path) ->
         SCHEMA_VERSION)
     assert store.connection.execute("SELECT cpu_model FROM environments").fetchone()[0] == "old cpu"
     assert store.verification_statuses() == {}
+    [row] = store.cell_rows("old")
+    assert row["status"] == "ok" and row["median_s"] == 0.5 and row["processes"] == 1 and row["repetition"] == 0
+    assert row["import_s"] == 2.0 and row["warnings"] == "[]" and row["ci_low_s"] is None
+    assert store.run("old")["repetitions"] == 1 and store.peaks("old") == {}
