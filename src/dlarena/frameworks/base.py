@@ -89,6 +89,9 @@ class Runner(Protocol):
 
     def parity(self) -> Parity: ...
 
+    # Optional, read with getattr by the worker: ``device_memory_peak_bytes() -> int | None``, the
+    # framework allocator's peak on a GPU (NVML's figure, sampled, includes what the allocator reserved).
+
 
 class Checker(Protocol):
     """A network built for ``dlarena verify``: canonical weights in and out, outputs and gradients.

@@ -303,6 +303,10 @@ class _Runner:
     def trainable_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
+    def device_memory_peak_bytes(self) -> int | None:
+        """The caching allocator's peak on a GPU (what tensors held, not what it reserved)."""
+        return int(torch.cuda.max_memory_allocated(self.device)) if self.device.type == "cuda" else None
+
     def parity(self) -> Parity:
         on_cuda = self.device.type == "cuda"
         first = next(self.model.parameters(), None)
