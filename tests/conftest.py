@@ -12,6 +12,12 @@ import pytest
 
 os.environ["DLARENA_FAULT_FRAMEWORKS"] = "1"
 
+
+@pytest.fixture(autouse=True)
+def private_machine_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own measuring lock: tests must not wait for a run elsewhere on this machine."""
+    monkeypatch.setenv("DLARENA_LOCK", str(tmp_path / "measuring.lock"))
+
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 

@@ -150,7 +150,8 @@ def test_compare_two_runs_and_two_frameworks(cli: Cli, tmp_path: Path) -> None:
     text = runs_compared.stdout
     assert f"# {later} (B) against {earlier} (A)" in text
     verdict_rows = [line for line in text.splitlines() if line.startswith("| fault-none ")]
-    assert len(verdict_rows) == 1 and verdict_rows[0].rstrip(" |").rsplit("| ", 1)[1] in ("faster", "slower", "same")
+    verdict = verdict_rows[0].rstrip(" |").rsplit("| ", 1)[1]
+    assert len(verdict_rows) == 1 and verdict.split()[0] in ("faster", "slower", "same") and "%)" in verdict
     failed_rows = [line for line in text.splitlines() if line.startswith("| fault-raise ")]
     assert len(failed_rows) == 1 and "not compared: A is failed; B is failed" in failed_rows[0]
     frameworks = cli("compare", "latest", "--frameworks", "fault-none,fault-wrong", "--db", db)

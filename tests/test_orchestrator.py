@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import Cli
 from dlarena.orchestrate.orchestrator import run_suite
 from dlarena.plan.suite import parse_suite
 from dlarena.store.database import Store
@@ -128,3 +130,137 @@ def test_each_result_is_in_the_database_before_the_next_cell_starts(
     ).fetchall()
     assert rows == [("fault-none", "ok"), ("fault-hang", None)]
     assert connection.execute("SELECT COUNT(*) FROM samples").fetchone()[0] >= 5
+
+
+def _start_run(suite_path: Path, db_path: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "dlarena.cli", "run", "--suite", str(suite_path), "--db", str(db_path), *extra],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _wait_for(path: Path, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), f"{path} never appeared"
+
+
+def _results(db_path: Path) -> list[tuple[str, int, str, int]]:
+    with sqlite3.connect(db_path) as connection:
+        return connection.execute(
+            "SELECT c.framework, r.repetition, r.status, r.id FROM results r JOIN cells c ON c.id = r.cell_id"
+            " ORDER BY r.id"
+        ).fetchall()
+
+
+def test_a_killed_run_resumes_where_it_stopped_without_duplicating_or_changing_results(
+    db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Cli
+) -> None:
+    """kill -9 the orchestrator in the middle of a cell, then `run --resume`: each process runs exactly once."""
+    pidfile = tmp_path / "children.txt"
+    monkeypatch.setenv("DLARENA_FAULT_PIDFILE", str(pidfile))
+    suite_path = tmp_path / "s.toml"
+    suite_path.write_text("repetitions = 2\n" + _suite(["fault-none", "fault-hang", "fault-wrong"], timeout_s=4))
+    process = _start_run(suite_path, db_path, "--quiet")
+    try:
+        _wait_for(pidfile)  # the hang cell has started: fault-none's first process is stored
+    finally:
+        process.kill()
+        process.wait()
+    before = _results(db_path)
+    assert [(framework, repetition, status) for framework, repetition, status, _ in before] == [
+        ("fault-none", 0, "ok")]
+    with sqlite3.connect(db_path) as connection:
+        stored_before = connection.execute("SELECT * FROM results").fetchall()
+
+    resumed = cli("run", "--resume", "--db", str(db_path), timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "1 processes stored before" in resumed.stderr
+    after = _results(db_path)
+    assert after[0] == before[0]
+    assert sorted((framework, repetition, status) for framework, repetition, status, _ in after) == [
+        ("fault-hang", 0, "timeout"), ("fault-none", 0, "ok"), ("fault-none", 1, "ok"),
+        ("fault-wrong", 0, "ok"), ("fault-wrong", 1, "ok"),
+    ]
+    with sqlite3.connect(db_path) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert connection.execute("SELECT * FROM results WHERE id = ?", (before[0][3],)).fetchall() == stored_before
+        status, resumes = connection.execute("SELECT status, resumes FROM runs").fetchone()
+    assert status == "finished" and len(json.loads(resumes)) == 1
+    again = cli("run", "--resume", "--db", str(db_path))
+    assert again.returncode == 0 and _results(db_path) == after  # nothing left to run, nothing duplicated
+
+
+def test_ctrl_c_marks_the_running_cell_interrupted_and_says_how_to_resume(
+    db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Cli
+) -> None:
+    pidfile = tmp_path / "children.txt"
+    monkeypatch.setenv("DLARENA_FAULT_PIDFILE", str(pidfile))
+    suite_path = tmp_path / "s.toml"
+    suite_path.write_text("repetitions = 1\n" + _suite(["fault-none", "fault-hang"], timeout_s=3))
+    process = _start_run(suite_path, db_path)
+    _wait_for(pidfile)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert "interrupted" in stderr and "dlarena run --resume" in stderr and "Traceback" not in stderr
+    for pid in pidfile.read_text().split():  # the hang cell's child went down with it
+        assert not _alive(int(pid))
+    assert [(framework, status) for framework, _, status, _ in _results(db_path)] == [
+        ("fault-none", "ok"), ("fault-hang", "interrupted")]
+    report = cli("report", "--db", str(db_path)).stdout
+    assert "| fault-hang | *interrupted* |" in report
+    resumed = cli("run", "--resume", "--db", str(db_path), timeout=60)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [(framework, status) for framework, _, status, _ in _results(db_path)] == [
+        ("fault-none", "ok"), ("fault-hang", "interrupted"), ("fault-hang", "timeout")]
+    assert "| fault-hang | *timeout* |" in cli("report", "--db", str(db_path)).stdout
+
+
+def test_a_second_run_waits_for_the_first_or_refuses_naming_it(db_path: Path, tmp_path: Path, cli: Cli) -> None:
+    pidfile = tmp_path / "children.txt"
+    suite_path = tmp_path / "s.toml"
+    suite_path.write_text("repetitions = 1\n" + _suite(["fault-hang"], timeout_s=4))
+    first = subprocess.Popen(
+        [sys.executable, "-m", "dlarena.cli", "run", "--suite", str(suite_path), "--db", str(db_path), "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "DLARENA_FAULT_PIDFILE": str(pidfile)},
+    )
+    try:
+        _wait_for(pidfile)
+        other_db = str(tmp_path / "other.db")
+        refused = cli("run", "--frameworks", "fault-none", "--workloads", "fcn5-small", "--threads", "1",
+                      "--no-wait", "--db", other_db)
+        assert refused.returncode == 2 and "is measuring on this machine" in refused.stderr
+        assert f"pid {first.pid}" in refused.stderr and "Traceback" not in refused.stderr
+        assert not Path(other_db).exists() or not _results(Path(other_db))
+        # reading the database being written works meanwhile
+        assert cli("report", "--db", str(db_path)).returncode == 0
+        waited = cli("run", "--frameworks", "fault-none", "--workloads", "fcn5-small", "--threads", "1",
+                     "--scenarios", "train", "--repetitions", "1", "--db", other_db)
+        assert waited.returncode == 0, waited.stderr
+        assert "waiting for run" in waited.stderr
+        assert first.poll() is not None  # it only started once the first had finished
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_resume_refuses_when_dlarena_changed_unless_allowed(db_path: Path, tmp_path: Path, cli: Cli) -> None:
+    suite_path = tmp_path / "s.toml"
+    suite_path.write_text("repetitions = 2\n" + _suite(["fault-none"]))
+    assert cli("run", "--suite", str(suite_path), "--db", str(db_path), "--quiet").returncode == 0
+    with sqlite3.connect(db_path) as connection:  # as if the run had been started by another dlarena
+        connection.execute("UPDATE runs SET code_version = '0.0.1+gold'")
+        connection.execute("DELETE FROM samples WHERE result_id IN (SELECT id FROM results WHERE repetition = 1)")
+        connection.execute("DELETE FROM results WHERE repetition = 1")
+    refused = cli("run", "--resume", "--db", str(db_path))
+    assert refused.returncode == 2 and "dlarena was 0.0.1+gold and is now" in refused.stderr
+    assert "--allow-changes" in refused.stderr and len(_results(db_path)) == 1
+    allowed = cli("run", "--resume", "--allow-changes", "--db", str(db_path))
+    assert allowed.returncode == 0, allowed.stderr
+    with sqlite3.connect(db_path) as connection:
+        [resume] = json.loads(connection.execute("SELECT resumes FROM runs").fetchone()[0])
+    assert resume["changes"][0].startswith("dlarena was 0.0.1+gold") and len(_results(db_path)) == 2
+    mixed = cli("run", "--resume", "--frameworks", "torch", "--db", str(db_path))
+    assert mixed.returncode == 2 and "takes no --frameworks" in mixed.stderr

@@ -6,13 +6,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dlarena.orchestrate.orchestrator import RunSummary, run_suite
+from dlarena.orchestrate.lock import machine_lock
+from dlarena.orchestrate.orchestrator import RunSummary, resume_run, run_suite
 from dlarena.orchestrate.progress import Progress
 from dlarena.plan.suite import DEFAULT_SUITE, Suite, load_suite
 from dlarena.report import export, markdown
 from dlarena.report.annotate import annotate
 from dlarena.report.costs import annotate_break_even
-from dlarena.store.database import Store, default_db_path
+from dlarena.store.database import Store, default_db_path, new_run_id
 
 if TYPE_CHECKING:
     from dlarena.orchestrate.verify import PairCheck
@@ -46,10 +47,33 @@ def select(
     return chosen
 
 
-def run(suite: Suite, db: Path | None = None, argv: Sequence[str] = (), progress: bool = False) -> RunSummary:
-    store = Store.open(db or default_db_path())
+def run(
+    suite: Suite, db: Path | None = None, argv: Sequence[str] = (), progress: bool = False, wait: bool = True,
+) -> RunSummary:
+    """Measure a suite, holding the machine's measuring lock (waiting for it, or BusyError)."""
+    path = db or default_db_path()
+    store = Store.open(path)
+    display = Progress(enabled=progress)
+    run_id = new_run_id()
     try:
-        return run_suite(suite, store, argv, progress=Progress(enabled=progress))
+        with machine_lock(run_id, path, wait=wait, on_wait=display.note):
+            return run_suite(suite, store, argv, progress=display, run_id=run_id)
+    finally:
+        store.close()
+
+
+def resume(
+    run_id: str | None = None, db: Path | None = None, argv: Sequence[str] = (), progress: bool = False,
+    wait: bool = True, allow_changes: bool = False,
+) -> RunSummary:
+    """Run the processes a run still lacks (the latest run by default); see orchestrator.resume_run."""
+    path = db or default_db_path()
+    store = Store.open(path, create=False)
+    display = Progress(enabled=progress)
+    try:
+        chosen = str(store.run(run_id)["id"])
+        with machine_lock(chosen, path, wait=wait, on_wait=display.note):
+            return resume_run(store, chosen, argv, allow_changes, progress=display)
     finally:
         store.close()
 

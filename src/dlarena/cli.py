@@ -56,18 +56,36 @@ def _print(text: str, output: Path | None) -> None:
     print(f"wrote {output}", file=sys.stderr)
 
 
+_SELECTION = ("frameworks", "workloads", "scenarios", "devices", "precision", "threads", "batch_sizes", "timeout",
+              "repetitions")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from dlarena import api
 
+    if args.resume is not None:
+        given = [f"--{name.replace('_', '-')}" for name in _SELECTION if getattr(args, name) is not None]
+        if given or args.suite is not None:
+            raise DlarenaError(f"--resume runs the cells the run already has; it takes no {(given or ['--suite'])[0]}")
+        summary = api.resume(None if args.resume == "latest" else args.resume, db=args.db, argv=sys.argv,
+                             progress=not args.quiet, wait=not args.no_wait, allow_changes=args.allow_changes)
+        return _finished(summary)
+    if args.allow_changes:
+        raise DlarenaError("--allow-changes goes with --resume")
     suite = api.select(
-        args.suite, frameworks=args.frameworks, workloads=args.workloads, scenarios=args.scenarios,
+        args.suite or "quick", frameworks=args.frameworks, workloads=args.workloads, scenarios=args.scenarios,
         devices=args.devices, precisions=args.precision, batch_sizes=args.batch_sizes, threads=args.threads,
         timeout_s=args.timeout, repetitions=args.repetitions,
     )
-    summary = api.run(suite, db=args.db, argv=sys.argv, progress=not args.quiet)
+    summary = api.run(suite, db=args.db, argv=sys.argv, progress=not args.quiet, wait=not args.no_wait)
+    return _finished(summary)
+
+
+def _finished(summary: Any) -> int:
     counts = ", ".join(f"{count} {status}" for status, count in sorted(summary.counts.items()))
     if summary.interrupted:
-        print(f"run {summary.run_id} interrupted; finished cells are stored ({counts or 'none'})", file=sys.stderr)
+        print(f"run {summary.run_id} interrupted; finished cells are stored ({counts or 'none'});"
+              f" `dlarena run --resume {summary.run_id}` runs the rest", file=sys.stderr)
         return 130
     print(f"run {summary.run_id}: {counts}; see it with `dlarena report`", file=sys.stderr)
     return 0
@@ -181,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run a suite of cells and store every result")
-    run.add_argument("--suite", default="quick", help="built-in suite name or suite TOML file (default: quick)")
+    run.add_argument("--suite", help="built-in suite name or suite TOML file (default: quick)")
     run.add_argument("--frameworks", type=_names, help="comma-separated frameworks (default: the suite's)")
     run.add_argument("--workloads", type=_names, help="comma-separated workloads (default: the suite's)")
     run.add_argument("--scenarios", type=_names, help="comma-separated scenarios: train, infer")
@@ -195,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, help="seconds before a cell is killed (default: the suite's)")
     run.add_argument("--db", type=Path, help=DB_HELP)
     run.add_argument("--quiet", action="store_true", help="no progress display")
+    run.add_argument("--resume", nargs="?", const="latest", metavar="RUN_ID",
+                     help="run only the processes RUN_ID (default: the latest run) still lacks")
+    run.add_argument("--allow-changes", action="store_true",
+                     help="with --resume: resume although dlarena or a framework changed (recorded in the run)")
+    run.add_argument("--no-wait", action="store_true",
+                     help="refuse instead of waiting when another run is measuring on this machine")
     run.set_defaults(handler=cmd_run)
 
     verify = commands.add_parser(

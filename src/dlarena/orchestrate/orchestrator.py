@@ -10,8 +10,10 @@ import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from dlarena.environment import code_version, snapshot
+from dlarena.environment import code_version, framework_versions, snapshot
+from dlarena.errors import DlarenaError
 from dlarena.frameworks.registry import FRAMEWORKS
 from dlarena.measure.aggregate import aggregate
 from dlarena.measure.peak import probe
@@ -21,7 +23,11 @@ from dlarena.plan.cell import Cell
 from dlarena.plan.suite import Suite
 from dlarena.store.database import PlannedCell, Store, StoredResult
 
-STATUSES: tuple[str, ...] = ("ok", "failed", "timeout", "oom", "unsupported", "unavailable", "mismatch")
+STATUSES: tuple[str, ...] = (
+    "ok", "failed", "timeout", "oom", "unsupported", "unavailable", "mismatch", "interrupted",
+)
+# Every status but these is final: a resumed run does not run that cell again.
+NOT_FINAL = frozenset({"interrupted"})
 # A worker reports these itself; anything else it writes is treated as a failure of ours.
 WORKER_STATUSES = frozenset({"ok", "failed", "oom", "unsupported", "unavailable"})
 
@@ -111,54 +117,136 @@ def probe_peaks(run_id: str, planned: Sequence[PlannedCell], store: Store, progr
     return peaks
 
 
+@dataclass
+class _Pending:
+    """A cell of a run with the processes it still needs."""
+
+    cell_id: int
+    item: PlannedCell
+    done: int  # ok processes already stored
+    status: str = "ok"  # ok while every process so far was ok
+
+
 def run_suite(
     suite: Suite, store: Store, argv: Sequence[str], executor: Executor | None = None,
-    progress: Progress | None = None,
+    progress: Progress | None = None, run_id: str | None = None,
 ) -> RunSummary:
-    """Run every cell of ``suite`` in ``suite.repetitions`` processes, storing each as soon as it ends.
-
-    Repetitions are interleaved: the first process of every cell, then the second of every cell, and
-    so on, so that a drift of the machine (heat, another program) hits every framework alike. A cell
-    whose process was not ok is not run again: its status is already known.
-    """
-    executor = executor or LocalExecutor()
-    progress = progress or Progress(enabled=False)
+    """Run every cell of ``suite`` in ``suite.repetitions`` processes, storing each as soon as it ends."""
     planned = plan(suite)
     run_id, cell_ids = store.start_run(
         snapshot(), suite.name, suite.version, suite.source, argv, code_version(), planned, suite.repetitions,
+        run_id=run_id,
     )
-    statuses: dict[int, str] = {}  # per cell: ok while every process so far was ok
-    progress.begin(run_id, len(planned), suite.repetitions)
+    pending = [_Pending(cell_id, item, 0) for cell_id, item in zip(cell_ids, planned, strict=True)]
+    return _execute(run_id, pending, suite.repetitions, store, executor, progress)
+
+
+class ResumeError(DlarenaError):
+    """A run that cannot be resumed as it was."""
+
+
+def resume_run(
+    store: Store, run_id: str | None, argv: Sequence[str], allow_changes: bool = False,
+    executor: Executor | None = None, progress: Progress | None = None,
+) -> RunSummary:
+    """Run the processes a run still lacks; refuse if dlarena or a framework changed, unless allowed."""
+    run = dict(store.run(run_id))
+    run_id = str(run["id"])
+    code = code_version()
+    pending, changed = [], set()
+    for stored in store.run_cells(run_id):
+        cell = Cell.from_json(stored["config"])
+        key = cell.key(code, FRAMEWORKS[cell.framework].versions()) if cell.framework in FRAMEWORKS else ""
+        if key != stored["cell_key"]:
+            changed.add(cell.framework)
+        if stored["final_status"] is None and stored["ok"] < run["repetitions"]:
+            pending.append(_Pending(stored["cell_id"], PlannedCell(cell, stored["timeout_s"], stored["cell_key"]),
+                                    stored["ok"]))
+    changes = _changes(store, run, code, changed)
+    if changes and not allow_changes:
+        raise ResumeError(f"run {run_id} cannot be resumed as it was: {'; '.join(changes)}; its results would mix"
+                          " versions (pass --allow-changes to resume anyway, and the run will record it)")
+    store.record_resume(run_id, argv, changes)
+    return _execute(run_id, pending, int(run["repetitions"]), store, executor, progress)
+
+
+def _changes(store: Store, run: dict[str, Any], code: str, frameworks: set[str]) -> list[str]:
+    """What differs now from when the run started, in words."""
+    changes = []
+    if run["code_version"] != code:
+        changes.append(f"dlarena was {run['code_version']} and is now {code}")
+    then = store.environment(run["environment_id"]).get("frameworks", {})
+    now = framework_versions()
+    for name in sorted(frameworks):
+        info = FRAMEWORKS.get(name)
+        if info is None:
+            changes.append(f"framework {name} is no longer known")
+            continue
+        for dist in info.distributions:
+            if then.get(dist) != now.get(dist):
+                changes.append(f"{dist} was {then.get(dist, 'absent')} and is now {now.get(dist, 'absent')}")
+    return list(dict.fromkeys(changes))
+
+
+def _execute(
+    run_id: str, pending: list[_Pending], repetitions: int, store: Store, executor: Executor | None,
+    progress: Progress | None,
+) -> RunSummary:
+    """Run the missing processes of ``pending``, interleaved, storing each as soon as it ends.
+
+    Repetitions are interleaved: the first process of every cell, then the second of every cell, and
+    so on, so that a drift of the machine (heat, another program) hits every framework alike. A cell
+    whose process was not ok is not run again: its status is already known. Ctrl-C kills the running
+    process, which is stored as ``interrupted`` (not final: a resume runs it again).
+    """
+    executor = executor or LocalExecutor()
+    progress = progress or Progress(enabled=False)
+    progress.begin(run_id, len(pending), repetitions, sum(item.done for item in pending))
+    store.set_run_status(run_id, "running")
     try:
-        peaks = probe_peaks(run_id, planned, store, progress)
-        for repetition in range(suite.repetitions):
-            for cell_id, item in zip(cell_ids, planned, strict=True):
-                if statuses.get(cell_id, "ok") != "ok":
+        peaks = probe_peaks(run_id, [item.item for item in pending], store, progress)
+        for repetition in range(repetitions):
+            for entry in pending:
+                if entry.status != "ok" or repetition < entry.done:
                     continue
-                progress.start(item.cell, repetition)
-                result = execute_cell(item.cell, item.timeout_s, executor, repetition)
-                store.record_result(cell_id, result)
+                cell = entry.item.cell
+                progress.start(cell, repetition)
+                started = _utc()
+                try:
+                    result = execute_cell(cell, entry.item.timeout_s, executor, repetition)
+                except KeyboardInterrupt:
+                    store.record_result(entry.cell_id, _interrupted(cell, repetition, started, run_id))
+                    raise
+                store.record_result(entry.cell_id, result)
                 median = None
                 if result.status == "ok":
-                    figures = aggregate(store.ok_processes(cell_id), item.cell.batch_size, item.cell.threads,
-                                        peaks.get(item.cell.threads) if item.cell.device == "cpu" else None)
-                    store.record_summary(cell_id, figures)
+                    figures = aggregate(store.ok_processes(entry.cell_id), cell.batch_size, cell.threads,
+                                        peaks.get(cell.threads) if cell.device == "cpu" else None)
+                    store.record_summary(entry.cell_id, figures)
                     median = figures.summary.median_s
                 else:
-                    progress.skip(suite.repetitions - repetition - 1)
-                statuses[cell_id] = result.status
-                progress.finish(item.cell, result, median)
+                    progress.skip(repetitions - repetition - 1)
+                entry.status = result.status
+                progress.finish(cell, result, median)
     except KeyboardInterrupt:
         store.finish_run(run_id, "interrupted")
         progress.end()
-        return RunSummary(run_id, _counts(statuses), interrupted=True)
+        return RunSummary(run_id, _counts(pending), interrupted=True)
     store.finish_run(run_id, "finished")
     progress.end()
-    return RunSummary(run_id, _counts(statuses), interrupted=False)
+    return RunSummary(run_id, _counts(pending), interrupted=False)
 
 
-def _counts(statuses: dict[int, str]) -> dict[str, int]:
+def _interrupted(cell: Cell, repetition: int, started: str, run_id: str) -> StoredResult:
+    return StoredResult(
+        status="interrupted", message=f"stopped by Ctrl-C; `dlarena run --resume {run_id}` runs it again",
+        stderr_tail="", command=worker_command(cell), exit_code=None, wall_s=0.0, started_at=started,
+        finished_at=_utc(), data={}, repetition=repetition,
+    )
+
+
+def _counts(pending: Sequence[_Pending]) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for status in statuses.values():
-        counts[status] = counts.get(status, 0) + 1
+    for entry in pending:
+        counts[entry.status] = counts.get(entry.status, 0) + 1
     return counts

@@ -27,10 +27,12 @@ class Progress:
             self.stream.write(text)
             self.stream.flush()
 
-    def begin(self, run_id: str, cells: int, repetitions: int = 1) -> None:
-        self.total, self.done, self.started = cells * repetitions, 0, time.monotonic()
+    def begin(self, run_id: str, cells: int, repetitions: int = 1, already_done: int = 0) -> None:
+        """``already_done``: processes a resumed run had stored before."""
+        self.total, self.done, self.started = cells * repetitions - already_done, 0, time.monotonic()
         self.repetitions = repetitions
-        self._write(f"run {run_id}: {cells} cells x {repetitions} processes\n")
+        resumed = f", {already_done} processes stored before" if already_done else ""
+        self._write(f"run {run_id}: {cells} cells x {repetitions} processes{resumed}\n")
 
     def note(self, text: str) -> None:
         self._write(f"{text}\n")

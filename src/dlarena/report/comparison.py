@@ -130,7 +130,8 @@ def render(label_a: str, label_b: str, comparisons: Sequence[CellComparison], di
             continue
         lines.append(
             f"{head} {format_seconds(a['median_s'])} | {format_seconds(b['median_s'])} | {result.ratio:.3f} |"
-            f" {result.ci_low:.3f} - {result.ci_high:.3f} | {result.p_value:.2g} | {result.verdict} |"
+            f" {result.ci_low:.3f} - {result.ci_high:.3f} | {result.p_value:.2g} | {result.verdict}"
+            f" ({result.effect:+.1%}) |"
         )
     if unmatched:
         lines += ["", f"{unmatched} cell(s) had no counterpart with the same configuration and are not shown."]

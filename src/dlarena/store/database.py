@@ -128,9 +128,10 @@ class Store:
     def start_run(
         self, environment: dict[str, Any], suite_name: str, suite_version: int, suite_source: str,
         argv: Sequence[str], code_version: str, cells: Sequence[PlannedCell], repetitions: int = 1,
+        run_id: str | None = None,
     ) -> tuple[str, list[int]]:
         """Record a new run with its planned cells; returns the run id and the cells' ids."""
-        run_id = new_run_id()
+        run_id = run_id or new_run_id()
         with self.transaction() as db:
             environment_id = self._environment_id(db, environment)
             db.execute(
@@ -243,6 +244,17 @@ class Store:
         ).fetchall()
         return {(row["framework"], row["workload"], row["framework_version"]): row["status"] for row in rows}
 
+    def set_run_status(self, run_id: str, status: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET status = ?, finished_at = NULL WHERE id = ?", (status, run_id))
+
+    def record_resume(self, run_id: str, argv: Sequence[str], changes: Sequence[str]) -> None:
+        """Note in the run that it was resumed, by which command, and what had changed by then."""
+        with self.transaction() as db:
+            row = db.execute("SELECT resumes FROM runs WHERE id = ?", (run_id,)).fetchone()
+            resumes = [*json.loads(row[0]), {"at": now(), "argv": list(argv), "changes": list(changes)}]
+            db.execute("UPDATE runs SET resumes = ? WHERE id = ?", (json.dumps(resumes), run_id))
+
     def finish_run(self, run_id: str, status: str) -> None:
         with self.transaction() as db:
             db.execute("UPDATE runs SET status = ?, finished_at = ? WHERE id = ?", (status, now(), run_id))
@@ -270,7 +282,8 @@ class Store:
         """One row per cell of a run with its summary and its result (status 'pending' if none).
 
         With several processes per cell, the result shown is the latest that was not ok, if any: one
-        failed repetition makes the cell's figures incomplete, and the reader must see why.
+        failed repetition makes the cell's figures incomplete, and the reader must see why. An
+        interrupted process shows only while nothing has run since (a resume runs it again).
         """
         rows = self.connection.execute(
             """
@@ -291,10 +304,25 @@ class Store:
                    COALESCE(s.data, '{}') AS summary_data
             FROM cells c
             LEFT JOIN results r ON r.id = (
-                SELECT id FROM results WHERE cell_id = c.id ORDER BY status = 'ok', id DESC LIMIT 1)
+                SELECT id FROM results WHERE cell_id = c.id
+                ORDER BY status = 'interrupted', status = 'ok', id DESC LIMIT 1)
             LEFT JOIN summaries s ON s.cell_id = c.id
             WHERE c.run_id = ?
             ORDER BY c.position
+            """,
+            (run_id,),
+        ).fetchall()
+        return [dict(row) for row in rows]
+
+    def run_cells(self, run_id: str) -> list[dict[str, Any]]:
+        """A run's cells with how many ok processes each has and its final status, if it has one."""
+        rows = self.connection.execute(
+            """
+            SELECT c.id AS cell_id, c.config, c.cell_key, c.timeout_s,
+                   (SELECT COUNT(*) FROM results WHERE cell_id = c.id AND status = 'ok') AS ok,
+                   (SELECT status FROM results WHERE cell_id = c.id AND status NOT IN ('ok', 'interrupted')
+                    ORDER BY id LIMIT 1) AS final_status
+            FROM cells c WHERE c.run_id = ? ORDER BY c.position
             """,
             (run_id,),
         ).fetchall()

@@ -6,7 +6,7 @@ migrations in one transaction; opening a newer one is refused (its meaning is un
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # MIGRATIONS[n] turns a database of version n into version n + 1; version 0 is an empty file.
 MIGRATIONS: dict[int, str] = {
@@ -152,5 +152,8 @@ MIGRATIONS: dict[int, str] = {
         measured_at TEXT NOT NULL
     );
     CREATE INDEX peaks_by_run ON peaks(run_id);
+    """,
+    3: """
+    ALTER TABLE runs ADD COLUMN resumes TEXT NOT NULL DEFAULT '[]';  -- JSON: when, command, what had changed
     """,
 }
