@@ -45,12 +45,12 @@ def test_every_fault_gets_its_status_and_ok_cells_around_them_are_measured(
     pidfile = tmp_path / "children.txt"
     monkeypatch.setenv("DLARENA_FAULT_PIDFILE", str(pidfile))
     frameworks = ["fault-none", "fault-raise", "fault-none", "fault-segfault", "fault-exit", "fault-hang",
-                  "fault-unsupported", "fault-unavailable"]
-    suite = parse_suite(_suite(frameworks, timeout_s=3), "faults")
+                  "fault-unsupported", "fault-unavailable", "fault-grow", "fault-oom-error"]
+    suite = parse_suite("memory_limit_gib = 0.5\n" + _suite(frameworks, timeout_s=10), "faults")
     store = Store.open(db_path)
     summary = run_suite(suite, store, ["test"])
     rows = {row["framework"]: row for row in store.cell_rows(summary.run_id)}
-    assert len(rows) == 7  # the repeated fault-none is one cell
+    assert len(rows) == 9  # the repeated fault-none is one cell
 
     ok = rows["fault-none"]
     assert ok["status"] == "ok" and ok["n"] >= 5 and ok["median_s"] > 0
@@ -63,10 +63,17 @@ def test_every_fault_gets_its_status_and_ok_cells_around_them_are_measured(
     assert (rows["fault-segfault"]["status"], rows["fault-segfault"]["message"]) == (
         "failed", "the worker was killed by SIGSEGV")
     assert rows["fault-exit"]["status"] == "failed" and "exited with code 3" in rows["fault-exit"]["message"]
-    assert rows["fault-hang"]["status"] == "timeout" and "3 s" in rows["fault-hang"]["message"]
+    assert rows["fault-hang"]["status"] == "timeout" and "10 s" in rows["fault-hang"]["message"]
     assert rows["fault-unsupported"]["status"] == "unsupported"
     assert rows["fault-unavailable"]["status"] == "unavailable"
-    assert summary.counts == {"ok": 1, "failed": 3, "timeout": 1, "unsupported": 1, "unavailable": 1}
+    # past its memory limit a worker is killed by dlarena, with the peak reached
+    grow = rows["fault-grow"]
+    assert grow["status"] == "oom" and "over the cell's limit of 512.0 MiB" in grow["message"]
+    # a framework's own out-of-memory error is oom too
+    assert rows["fault-oom-error"]["status"] == "oom" and "CUDA out of memory" in rows["fault-oom-error"]["message"]
+    assert ok["processes"] == 3 and ok["processes_run"] == 3  # faulty cells ran once, the healthy one k times
+    assert rows["fault-raise"]["processes_run"] == 1
+    assert summary.counts == {"ok": 1, "failed": 3, "timeout": 1, "unsupported": 1, "unavailable": 1, "oom": 2}
     assert store.run(summary.run_id)["status"] == "finished"
 
     # the hung worker's own child died with it: the whole process group was killed

@@ -166,3 +166,15 @@ def test_an_older_schema_is_migrated_in_place_keeping_its_data(db_path: Path) ->
     assert row["status"] == "ok" and row["median_s"] == 0.5 and row["processes"] == 1 and row["repetition"] == 0
     assert row["import_s"] == 2.0 and row["warnings"] == "[]" and row["ci_low_s"] is None
     assert store.run("old")["repetitions"] == 1 and store.peaks("old") == {}
+
+
+def test_a_full_disk_is_one_sentence_and_leaves_the_database_as_it_was(db_path: Path) -> None:
+    store = Store.open(db_path)
+    _, cell_ids = _start(store, [Cell("torch", "fcn5-small", "train", 32, 1)])
+    pages = store.connection.execute("PRAGMA page_count").fetchone()[0]
+    store.connection.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own "disk is full"
+    with pytest.raises(StoreError, match="database or disk is full; nothing of this write was kept"):
+        store.record_result(cell_ids[0], _result("ok", [0.1] * 5000))
+    assert store.connection.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 0
+    assert store.connection.execute("SELECT COUNT(*) FROM samples").fetchone()[0] == 0
+    assert store.connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

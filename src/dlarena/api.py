@@ -30,6 +30,7 @@ def select(
     threads: Sequence[int] | str | None = None,
     timeout_s: float | None = None,
     repetitions: int | None = None,
+    memory_limit_gib: float | None = None,
 ) -> Suite:
     """A suite (built-in name or TOML path) with the given axes replaced, validated by planning it."""
     chosen = load_suite(suite).override(
@@ -42,6 +43,7 @@ def select(
         threads=threads if isinstance(threads, str) else (tuple(threads) if threads else None),
         timeout_s=timeout_s,
         repetitions=repetitions,
+        memory_limit_gib=memory_limit_gib,
     )
     chosen.cells()  # every name and count checked before anything is written
     return chosen

@@ -57,7 +57,7 @@ def _print(text: str, output: Path | None) -> None:
 
 
 _SELECTION = ("frameworks", "workloads", "scenarios", "devices", "precision", "threads", "batch_sizes", "timeout",
-              "repetitions")
+              "repetitions", "memory_limit")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -75,7 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     suite = api.select(
         args.suite or "quick", frameworks=args.frameworks, workloads=args.workloads, scenarios=args.scenarios,
         devices=args.devices, precisions=args.precision, batch_sizes=args.batch_sizes, threads=args.threads,
-        timeout_s=args.timeout, repetitions=args.repetitions,
+        timeout_s=args.timeout, repetitions=args.repetitions, memory_limit_gib=args.memory_limit,
     )
     summary = api.run(suite, db=args.db, argv=sys.argv, progress=not args.quiet, wait=not args.no_wait)
     return _finished(summary)
@@ -210,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-sizes", type=_positive_ints("batch sizes"), help="comma-separated batch sizes")
     run.add_argument("--repetitions", type=_positive_int("repetitions"),
                      help="worker processes per cell (default: the suite's, else 3)")
+    run.add_argument("--memory-limit", type=float, metavar="GIB",
+                     help="GiB a cell may use before it is killed as oom (default: the suite's, else 80%% of memory)")
     run.add_argument("--timeout", type=float, help="seconds before a cell is killed (default: the suite's)")
     run.add_argument("--db", type=Path, help=DB_HELP)
     run.add_argument("--quiet", action="store_true", help="no progress display")
@@ -270,6 +272,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "timeout", None) is not None and args.timeout <= 0:
         print("dlarena: error: --timeout must be a positive number of seconds", file=sys.stderr)
+        return 2
+    if getattr(args, "memory_limit", None) is not None and args.memory_limit <= 0:
+        print("dlarena: error: --memory-limit must be a positive number of GiB", file=sys.stderr)
         return 2
     try:
         code: int = args.handler(args)

@@ -32,6 +32,13 @@ THREAD_VARIABLES = (
 INTEROP_VARIABLES = ("TF_NUM_INTEROP_THREADS",)
 
 
+# How frameworks say they ran out of memory, in the exceptions they raise: PyTorch ("CUDA out of
+# memory", OutOfMemoryError), TensorFlow (ResourceExhaustedError, "OOM when allocating"), XLA/JAX
+# ("RESOURCE_EXHAUSTED: Out of memory"), ONNX Runtime ("Failed to allocate memory").
+OUT_OF_MEMORY_MARKERS = ("out of memory", "OutOfMemoryError", "ResourceExhaustedError", "OOM when allocating",
+                         "RESOURCE_EXHAUSTED", "Failed to allocate memory")
+
+
 # prctl(2): ask the kernel to send us a signal when the process that started us dies.
 _PR_SET_PDEATHSIG = 1
 
@@ -72,6 +79,10 @@ def _failure(error: BaseException) -> dict[str, str]:
         return {"status": "unavailable", "message": str(error)}
     if isinstance(error, MemoryError):
         return {"status": "oom", "message": "the framework ran out of memory (MemoryError)"}
+    text = f"{type(error).__name__}: {error}"
+    if any(marker in text for marker in OUT_OF_MEMORY_MARKERS):
+        traceback.print_exception(error)
+        return {"status": "oom", "message": f"the framework ran out of memory: {text[:500]}"}
     traceback.print_exception(error)
     return {"status": "failed", "message": f"{type(error).__name__}: {error}"}
 

@@ -18,7 +18,11 @@ import numpy as np
 from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported, require_check_precision
 from dlarena.spec import Workload, reference
 
-FAULTS: tuple[str, ...] = ("none", "raise", "hang", "segfault", "exit", "unsupported", "unavailable", "wrong")
+FAULTS: tuple[str, ...] = (
+    "none", "raise", "hang", "segfault", "exit", "unsupported", "unavailable", "wrong", "grow", "oom-error",
+)
+# How much the "grow" variant allocates at a time, touching every page: past any sane limit in seconds.
+GROW_STEP_BYTES = 64 << 20
 # The error the "wrong" variant puts into its logits: far beyond verify's tolerances, as a
 # misplaced bias or a transposed kernel would be.
 WRONG_SCALE = 1.01
@@ -33,6 +37,7 @@ class _Runner:
         rng = np.random.default_rng(request.seed)
         self.matrix = rng.standard_normal((STEP_MATRIX_SIZE, STEP_MATRIX_SIZE))
         self.threads = request.threads
+        self.held: list[np.ndarray] = []
 
     def step(self) -> None:
         if self.fault == "hang":
@@ -43,6 +48,11 @@ class _Runner:
             os.kill(os.getpid(), signal.SIGSEGV)
         if self.fault == "exit":
             os._exit(3)
+        while self.fault == "grow":  # a runaway allocation, until something stops it
+            self.held.append(np.ones(GROW_STEP_BYTES, dtype=np.uint8))
+            time.sleep(0.01)
+        if self.fault == "oom-error":
+            raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
         self.matrix = np.tanh(self.matrix @ self.matrix)
 
     def sync(self) -> None:

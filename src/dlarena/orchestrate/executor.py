@@ -19,6 +19,13 @@ from dlarena.plan.cell import Cell
 
 # How much of the worker's output to keep: the end of a traceback, or of a crash report.
 OUTPUT_TAIL_BYTES = 8192
+# How often the worker's memory (with its children's) is read against the cell's limit. A read is a
+# few /proc files (tens of microseconds), so polling costs the measured cores nothing visible, and a
+# worker can grow by at most what it allocates in a quarter second past its limit.
+MEMORY_POLL_S = 0.25
+# cgroup v2 counts the kills of its out-of-memory killer here; an increase during a cell that died
+# by SIGKILL means the kernel, not dlarena, killed it.
+CGROUP_EVENTS = Path("/sys/fs/cgroup/memory.events")
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,10 @@ class Execution:
     timed_out: bool
     output_tail: str
     wall_s: float
+    over_memory: bool = False  # killed by us past the cell's memory limit
+    kernel_oom: bool = False  # killed by the kernel's out-of-memory killer
+    peak_memory_bytes: int = 0  # the largest resident memory of the worker and its children seen
+    memory_limit_bytes: int | None = None
 
 
 class Executor(Protocol):
@@ -42,11 +53,13 @@ def worker_command(cell: Cell, python: str | None = None, extra_args: Sequence[s
 class LocalExecutor:
     """One fresh worker process per cell, in its own process group so that a kill takes all of it."""
 
-    def __init__(self, python: str | None = None) -> None:
+    def __init__(self, python: str | None = None, memory_limit_bytes: int | None = None) -> None:
         self.python = python
+        self.memory_limit_bytes = memory_limit_bytes
 
     def execute(self, cell: Cell, timeout_s: float, extra_args: Sequence[str] = ()) -> Execution:
         command = worker_command(cell, self.python, extra_args)
+        kills_before = _kernel_oom_kills()
         with tempfile.TemporaryDirectory(prefix="dlarena-cell-") as folder:
             result_path = Path(folder) / "result.json"
             log_path = Path(folder) / "output.log"
@@ -57,11 +70,23 @@ class LocalExecutor:
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
-                timed_out = False
+                timed_out = over_memory = False
+                peak = 0
                 try:
-                    process.wait(timeout=timeout_s)
-                except subprocess.TimeoutExpired:
-                    timed_out = True
+                    deadline = time.monotonic() + timeout_s
+                    while True:
+                        try:
+                            process.wait(timeout=max(0.0, min(MEMORY_POLL_S, deadline - time.monotonic())))
+                            break
+                        except subprocess.TimeoutExpired:
+                            pass
+                        peak = max(peak, family_rss_bytes(process.pid))
+                        if self.memory_limit_bytes and peak > self.memory_limit_bytes:
+                            over_memory = True
+                            break
+                        if time.monotonic() >= deadline:
+                            timed_out = True
+                            break
                 except BaseException:  # Ctrl-C: take the running cell down with us
                     _kill_group(process.pid)
                     process.wait()
@@ -71,11 +96,41 @@ class LocalExecutor:
                     _kill_group(process.pid)
                     process.wait()
             wall = time.perf_counter() - start
-            data = _read_result(result_path) if not timed_out else None
+            killed = timed_out or over_memory
+            data = _read_result(result_path) if not killed else None
+            kernel_oom = process.returncode == -signal.SIGKILL and not killed and _kernel_oom_kills() > kills_before
             return Execution(
-                command=command, data=data, exit_code=None if timed_out else process.returncode,
-                timed_out=timed_out, output_tail=_tail(log_path), wall_s=wall,
+                command=command, data=data, exit_code=None if killed else process.returncode,
+                timed_out=timed_out, output_tail=_tail(log_path), wall_s=wall, over_memory=over_memory,
+                kernel_oom=kernel_oom, peak_memory_bytes=peak, memory_limit_bytes=self.memory_limit_bytes,
             )
+
+
+def family_rss_bytes(pid: int) -> int:
+    """Resident memory of a process and all its descendants, from /proc (0 once it is gone)."""
+    total, pending, page = 0, [pid], os.sysconf("SC_PAGE_SIZE")
+    while pending:
+        current = pending.pop()
+        try:
+            with open(f"/proc/{current}/statm") as statm:
+                total += int(statm.read().split()[1]) * page
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as children:
+                    pending += [int(child) for child in children.read().split()]
+        except (OSError, ValueError):  # it ended between two reads
+            continue
+    return total
+
+
+def _kernel_oom_kills() -> int:
+    try:
+        for line in CGROUP_EVENTS.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == "oom_kill":
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def _kill_group(pgid: int) -> None:

@@ -21,6 +21,7 @@ from dlarena.orchestrate.executor import Execution, Executor, LocalExecutor, wor
 from dlarena.orchestrate.progress import Progress
 from dlarena.plan.cell import Cell
 from dlarena.plan.suite import Suite
+from dlarena.report.units import format_bytes
 from dlarena.store.database import PlannedCell, Store, StoredResult
 
 STATUSES: tuple[str, ...] = (
@@ -51,6 +52,12 @@ def classify(execution: Execution, timeout_s: float) -> tuple[str, str]:
     """The status and message of a finished worker."""
     if execution.timed_out:
         return "timeout", f"killed after the cell's limit of {timeout_s:g} s"
+    if execution.over_memory:
+        return "oom", (f"killed at {format_bytes(execution.peak_memory_bytes)} of resident memory, over the"
+                       f" cell's limit of {format_bytes(execution.memory_limit_bytes or 0)} (--memory-limit)")
+    if execution.kernel_oom:
+        return "oom", (f"killed by the kernel's out-of-memory killer (peak seen"
+                       f" {format_bytes(execution.peak_memory_bytes)})")
     data = execution.data
     if data is not None:
         status = str(data.get("status", "failed"))
@@ -133,12 +140,14 @@ def run_suite(
 ) -> RunSummary:
     """Run every cell of ``suite`` in ``suite.repetitions`` processes, storing each as soon as it ends."""
     planned = plan(suite)
+    limit = suite.memory_limit_bytes()
     run_id, cell_ids = store.start_run(
         snapshot(), suite.name, suite.version, suite.source, argv, code_version(), planned, suite.repetitions,
-        run_id=run_id,
+        run_id=run_id, memory_limit_bytes=limit,
     )
     pending = [_Pending(cell_id, item, 0) for cell_id, item in zip(cell_ids, planned, strict=True)]
-    return _execute(run_id, pending, suite.repetitions, store, executor, progress)
+    return _execute(run_id, pending, suite.repetitions, store, executor or LocalExecutor(memory_limit_bytes=limit),
+                    progress)
 
 
 class ResumeError(DlarenaError):
@@ -167,6 +176,7 @@ def resume_run(
         raise ResumeError(f"run {run_id} cannot be resumed as it was: {'; '.join(changes)}; its results would mix"
                           " versions (pass --allow-changes to resume anyway, and the run will record it)")
     store.record_resume(run_id, argv, changes)
+    executor = executor or LocalExecutor(memory_limit_bytes=run["memory_limit_bytes"])
     return _execute(run_id, pending, int(run["repetitions"]), store, executor, progress)
 
 

@@ -41,9 +41,15 @@ DEFAULT_SUITE = "quick"
 # Three processes per cell: the fewest that show whether one process was an outlier, at three times
 # the cost of one; the bootstrap interval of the median resamples them (measure/stats.py).
 DEFAULT_REPETITIONS = 3
+# A cell may use this fraction of the machine's memory (with its children) before dlarena kills it
+# as `oom`: a fifth stays for the system and the orchestrator, so that dlarena ends a runaway cell
+# before the kernel's out-of-memory killer picks a victim of its own.
+DEFAULT_MEMORY_FRACTION = 0.8
 
 _AXES = ("frameworks", "workloads", "scenarios", "devices", "precisions", "batch_sizes", "threads")
-_TOP_KEYS = {"name", "version", "description", "timeout_s", "measurement", "repetitions", "sweep", *_AXES}
+_TOP_KEYS = {
+    "name", "version", "description", "timeout_s", "measurement", "repetitions", "memory_limit_gib", "sweep", *_AXES,
+}
 _SWEEP_KEYS = {*_AXES, "timeout_s"}
 
 
@@ -73,15 +79,26 @@ class Suite:
     sweeps: tuple[Sweep, ...]
     measurement: Measurement = field(default_factory=Measurement)
     repetitions: int = DEFAULT_REPETITIONS
+    memory_limit_gib: float | None = None  # None: DEFAULT_MEMORY_FRACTION of the machine's memory
     source: str = ""  # the TOML text it was read from, stored with each run
 
-    def override(self, repetitions: int | None = None, **axes: Any) -> Suite:
+    def override(
+        self, repetitions: int | None = None, memory_limit_gib: float | None = None, **axes: Any,
+    ) -> Suite:
         """The same suite with some axes replaced in every sweep (from the command line); None keeps one."""
         changes = {name: value for name, value in axes.items() if value is not None}
         sweeps = tuple(replace(sweep, **changes) for sweep in self.sweeps)
         if repetitions is not None and repetitions < 1:
             raise SuiteError(f"repetitions must be at least 1, got {repetitions}")
-        return replace(self, sweeps=sweeps, repetitions=repetitions or self.repetitions)
+        if memory_limit_gib is not None and memory_limit_gib <= 0:
+            raise SuiteError(f"the memory limit must be a positive number of GiB, got {memory_limit_gib}")
+        return replace(self, sweeps=sweeps, repetitions=repetitions or self.repetitions,
+                       memory_limit_gib=memory_limit_gib or self.memory_limit_gib)
+
+    def memory_limit_bytes(self) -> int:
+        if self.memory_limit_gib is not None:
+            return int(self.memory_limit_gib * (1 << 30))
+        return int(DEFAULT_MEMORY_FRACTION * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
     def cells(self, cores: int | None = None) -> list[tuple[Cell, float]]:
         """Every cell with its timeout, in a stable order, duplicates removed. Validates every name."""
@@ -195,6 +212,7 @@ def parse_suite(text: str, origin: str) -> Suite:
         sweeps=tuple(sweeps),
         measurement=_measurement(data.get("measurement", {}), origin),
         repetitions=_repetitions(data, origin),
+        memory_limit_gib=_memory_limit(data, origin),
         source=text,
     )
 
@@ -265,6 +283,15 @@ def _repetitions(table: dict[str, Any], origin: str) -> int:
     if repetitions < 1:
         raise SuiteError(f"{origin}: 'repetitions' must be at least 1, got {repetitions}")
     return repetitions
+
+
+def _memory_limit(table: dict[str, Any], origin: str) -> float | None:
+    if "memory_limit_gib" not in table:
+        return None
+    limit: float = _typed(table, "memory_limit_gib", float, origin, None)
+    if limit <= 0:
+        raise SuiteError(f"{origin}: 'memory_limit_gib' must be positive, got {limit}")
+    return limit
 
 
 def _measurement(table: Any, origin: str) -> Measurement:

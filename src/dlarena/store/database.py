@@ -115,20 +115,27 @@ class Store:
             raise StoreError(f"cannot write to {self.path}: {error}") from None
         try:
             yield self.connection
+        except sqlite3.OperationalError as error:  # a full disk, a read-only or vanished file
+            self._rollback()
+            raise StoreError(f"cannot write to {self.path}: {error}; nothing of this write was kept") from None
         except BaseException:
-            self.connection.execute("ROLLBACK")
+            self._rollback()
             raise
         try:
             self.connection.execute("COMMIT")
         except sqlite3.OperationalError as error:
             raise StoreError(f"cannot write to {self.path}: {error}") from None
 
+    def _rollback(self) -> None:
+        if self.connection.in_transaction:  # SQLite rolls back by itself after some errors (SQLITE_FULL)
+            self.connection.execute("ROLLBACK")
+
     # --- writing ----------------------------------------------------------------------------------
 
     def start_run(
         self, environment: dict[str, Any], suite_name: str, suite_version: int, suite_source: str,
         argv: Sequence[str], code_version: str, cells: Sequence[PlannedCell], repetitions: int = 1,
-        run_id: str | None = None,
+        run_id: str | None = None, memory_limit_bytes: int | None = None,
     ) -> tuple[str, list[int]]:
         """Record a new run with its planned cells; returns the run id and the cells' ids."""
         run_id = run_id or new_run_id()
@@ -136,9 +143,10 @@ class Store:
             environment_id = self._environment_id(db, environment)
             db.execute(
                 "INSERT INTO runs (id, started_at, status, suite_name, suite_version, suite_source, argv,"
-                " code_version, environment_id, repetitions) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
+                " code_version, environment_id, repetitions, memory_limit_bytes)"
+                " VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, now(), suite_name, suite_version, suite_source, json.dumps(list(argv)),
-                 code_version, environment_id, repetitions),
+                 code_version, environment_id, repetitions, memory_limit_bytes),
             )
             cell_ids = []
             for position, planned in enumerate(cells):

@@ -155,5 +155,6 @@ MIGRATIONS: dict[int, str] = {
     """,
     3: """
     ALTER TABLE runs ADD COLUMN resumes TEXT NOT NULL DEFAULT '[]';  -- JSON: when, command, what had changed
+    ALTER TABLE runs ADD COLUMN memory_limit_bytes INTEGER;  -- a worker past it is killed as oom
     """,
 }
