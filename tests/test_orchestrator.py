@@ -108,37 +108,6 @@ def test_worker_is_pinned_to_as_many_cores_as_threads(db_path: Path) -> None:
     assert len(affinity[1]) == 1 and len(affinity[2]) == 2
 
 
-def test_each_result_is_in_the_database_before_the_next_cell_starts(
-    db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """SIGKILL the orchestrator while its second cell runs: the first cell's result is there, intact."""
-    pidfile = tmp_path / "children.txt"
-    monkeypatch.setenv("DLARENA_FAULT_PIDFILE", str(pidfile))
-    suite_path = tmp_path / "s.toml"
-    suite_path.write_text(_suite(["fault-none", "fault-hang"], timeout_s=120))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dlarena.cli", "run", "--suite", str(suite_path), "--db", str(db_path), "--quiet"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not pidfile.exists() and time.monotonic() < deadline:  # the hang cell has started
-            time.sleep(0.1)
-        assert pidfile.exists(), "the second cell never started"
-    finally:
-        process.kill()
-        process.wait()
-    for pid in pidfile.read_text().split():
-        subprocess.run(["kill", "-9", pid], check=False)
-    connection = sqlite3.connect(db_path)
-    assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    rows = connection.execute(
-        "SELECT c.framework, r.status FROM cells c LEFT JOIN results r ON r.cell_id = c.id ORDER BY c.position"
-    ).fetchall()
-    assert rows == [("fault-none", "ok"), ("fault-hang", None)]
-    assert connection.execute("SELECT COUNT(*) FROM samples").fetchone()[0] >= 5
-
-
 def _start_run(suite_path: Path, db_path: Path, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "dlarena.cli", "run", "--suite", str(suite_path), "--db", str(db_path), *extra],
@@ -153,6 +122,43 @@ def _wait_for(path: Path, seconds: float = 60) -> None:
     assert path.exists(), f"{path} never appeared"
 
 
+def _run_until_the_hang_starts(
+    tmp_path: Path, db_path: Path, monkeypatch: pytest.MonkeyPatch, suite_text: str, *extra: str
+) -> tuple[subprocess.Popen[str], Path]:
+    """Start `dlarena run` on a suite with a fault-hang cell; return once that cell's child is running."""
+    pidfile = tmp_path / "children.txt"
+    monkeypatch.setenv("DLARENA_FAULT_PIDFILE", str(pidfile))
+    suite_path = tmp_path / "s.toml"
+    suite_path.write_text(suite_text)
+    process = _start_run(suite_path, db_path, *extra)
+    try:
+        _wait_for(pidfile)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return process, pidfile
+
+
+def test_each_result_is_in_the_database_before_the_next_cell_starts(
+    db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL the orchestrator while its second cell runs: the first cell's result is there, intact."""
+    process, pidfile = _run_until_the_hang_starts(
+        tmp_path, db_path, monkeypatch, _suite(["fault-none", "fault-hang"], timeout_s=120), "--quiet")
+    process.kill()
+    process.wait()
+    for pid in pidfile.read_text().split():
+        subprocess.run(["kill", "-9", pid], check=False)
+    connection = sqlite3.connect(db_path)
+    assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    rows = connection.execute(
+        "SELECT c.framework, r.status FROM cells c LEFT JOIN results r ON r.cell_id = c.id ORDER BY c.position"
+    ).fetchall()
+    assert rows == [("fault-none", "ok"), ("fault-hang", None)]
+    assert connection.execute("SELECT COUNT(*) FROM samples").fetchone()[0] >= 5
+
+
 def _results(db_path: Path) -> list[tuple[str, int, str, int]]:
     with sqlite3.connect(db_path) as connection:
         return connection.execute(
@@ -165,16 +171,11 @@ def test_a_killed_run_resumes_where_it_stopped_without_duplicating_or_changing_r
     db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Cli
 ) -> None:
     """kill -9 the orchestrator in the middle of a cell, then `run --resume`: each process runs exactly once."""
-    pidfile = tmp_path / "children.txt"
-    monkeypatch.setenv("DLARENA_FAULT_PIDFILE", str(pidfile))
-    suite_path = tmp_path / "s.toml"
-    suite_path.write_text("repetitions = 2\n" + _suite(["fault-none", "fault-hang", "fault-wrong"], timeout_s=4))
-    process = _start_run(suite_path, db_path, "--quiet")
-    try:
-        _wait_for(pidfile)  # the hang cell has started: fault-none's first process is stored
-    finally:
-        process.kill()
-        process.wait()
+    suite_text = "repetitions = 2\n" + _suite(["fault-none", "fault-hang", "fault-wrong"], timeout_s=4)
+    # once the hang cell has started, fault-none's first process is stored
+    process, _ = _run_until_the_hang_starts(tmp_path, db_path, monkeypatch, suite_text, "--quiet")
+    process.kill()
+    process.wait()
     before = _results(db_path)
     assert [(framework, repetition, status) for framework, repetition, status, _ in before] == [
         ("fault-none", 0, "ok")]
@@ -202,12 +203,8 @@ def test_a_killed_run_resumes_where_it_stopped_without_duplicating_or_changing_r
 def test_ctrl_c_marks_the_running_cell_interrupted_and_says_how_to_resume(
     db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Cli
 ) -> None:
-    pidfile = tmp_path / "children.txt"
-    monkeypatch.setenv("DLARENA_FAULT_PIDFILE", str(pidfile))
-    suite_path = tmp_path / "s.toml"
-    suite_path.write_text("repetitions = 1\n" + _suite(["fault-none", "fault-hang"], timeout_s=3))
-    process = _start_run(suite_path, db_path)
-    _wait_for(pidfile)
+    suite_text = "repetitions = 1\n" + _suite(["fault-none", "fault-hang"], timeout_s=3)
+    process, pidfile = _run_until_the_hang_starts(tmp_path, db_path, monkeypatch, suite_text)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 130

@@ -131,9 +131,10 @@ def measure_cell(cell: Cell) -> dict[str, Any]:
         sampler = ResourceSampler(interval, _gpu_index(cell.device)) if interval > 0 else None
         timings = run_timed(runner.step, runner.sync, cell.measurement, steady=sampler)
         resources = sampler.report() if sampler else {}
-        device_peak = getattr(runner, "device_memory_peak_bytes", None)
-        if device_peak is not None and device_peak() is not None:
-            resources["device_memory_peak_bytes"] = device_peak()
+        read_device_peak = getattr(runner, "device_memory_peak_bytes", None)
+        device_peak = read_device_peak() if read_device_peak is not None else None
+        if device_peak is not None:
+            resources["device_memory_peak_bytes"] = device_peak
         result.update(
             resources=resources,
             status="ok",

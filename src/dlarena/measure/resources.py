@@ -20,11 +20,11 @@ def peak_rss_bytes() -> int:
     return max(own, children) * _MAXRSS_UNIT
 
 
-def current_rss_bytes() -> int:
-    """Resident set size now, from /proc (0 where /proc is absent)."""
+def current_rss_bytes(pid: int | str = "self") -> int:
+    """Resident set size of a process (this one by default) now, from /proc (0 where it is absent or gone)."""
     try:
-        with open("/proc/self/statm") as statm:
+        with open(f"/proc/{pid}/statm") as statm:
             pages = int(statm.read().split()[1])
-    except OSError:
+    except (OSError, ValueError, IndexError):
         return 0
     return pages * resource.getpagesize()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from dlarena.measure.resources import current_rss_bytes
 from dlarena.plan.cell import Cell
 
 # How much of the worker's output to keep: the end of a traceback, or of a crash report.
@@ -108,17 +109,16 @@ class LocalExecutor:
 
 def family_rss_bytes(pid: int) -> int:
     """Resident memory of a process and all its descendants, from /proc (0 once it is gone)."""
-    total, pending, page = 0, [pid], os.sysconf("SC_PAGE_SIZE")
+    total, pending = 0, [pid]
     while pending:
         current = pending.pop()
+        total += current_rss_bytes(current)
         try:
-            with open(f"/proc/{current}/statm") as statm:
-                total += int(statm.read().split()[1]) * page
             for task in os.listdir(f"/proc/{current}/task"):
                 with open(f"/proc/{current}/task/{task}/children") as children:
                     pending += [int(child) for child in children.read().split()]
         except (OSError, ValueError):  # it ended between two reads
-            continue
+            pass
     return total
 
 

@@ -27,8 +27,6 @@ from dlarena.store.database import PlannedCell, Store, StoredResult
 STATUSES: tuple[str, ...] = (
     "ok", "failed", "timeout", "oom", "unsupported", "unavailable", "mismatch", "interrupted",
 )
-# Every status but these is final: a resumed run does not run that cell again.
-NOT_FINAL = frozenset({"interrupted"})
 # A worker reports these itself; anything else it writes is treated as a failure of ours.
 WORKER_STATUSES = frozenset({"ok", "failed", "oom", "unsupported", "unavailable"})
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dlarena.errors import DlarenaError
-from dlarena.measure.compare import MIN_EFFECT, SIGNIFICANCE_LEVEL, Comparison, compare
+from dlarena.measure.compare import MIN_EFFECT, SIGNIFICANCE_LEVEL, VERDICTS, Comparison, compare
 from dlarena.report.units import format_seconds
 from dlarena.store.database import Store
 
@@ -136,7 +136,7 @@ def render(label_a: str, label_b: str, comparisons: Sequence[CellComparison], di
     if unmatched:
         lines += ["", f"{unmatched} cell(s) had no counterpart with the same configuration and are not shown."]
     counts = {verdict: sum(1 for item in comparisons if item.result and item.result.verdict == verdict)
-              for verdict in ("faster", "slower", "same")}
+              for verdict in VERDICTS}
     lines += ["", f"B is faster in {counts['faster']}, slower in {counts['slower']}, the same in {counts['same']}"
                   " of the compared cells."]
     return "\n".join(lines) + "\n"

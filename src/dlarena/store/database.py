@@ -323,7 +323,10 @@ class Store:
         return [dict(row) for row in rows]
 
     def run_cells(self, run_id: str) -> list[dict[str, Any]]:
-        """A run's cells with how many ok processes each has and its final status, if it has one."""
+        """A run's cells with how many ok processes each has and its final status, if it has one.
+
+        Every status but ok and interrupted is final: a resumed run does not run that cell again.
+        """
         rows = self.connection.execute(
             """
             SELECT c.id AS cell_id, c.config, c.cell_key, c.timeout_s,
