@@ -31,6 +31,8 @@ def select(
     timeout_s: float | None = None,
     repetitions: int | None = None,
     memory_limit_gib: float | None = None,
+    epochs: int | None = None,
+    target_accuracy: float | None = None,
 ) -> Suite:
     """A suite (built-in name or TOML path) with the given axes replaced, validated by planning it."""
     chosen = load_suite(suite).override(
@@ -44,6 +46,8 @@ def select(
         timeout_s=timeout_s,
         repetitions=repetitions,
         memory_limit_gib=memory_limit_gib,
+        epochs=epochs,
+        target_accuracy=target_accuracy,
     )
     chosen.cells()  # every name and count checked before anything is written
     return chosen

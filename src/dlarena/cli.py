@@ -41,7 +41,17 @@ def _positive_int(what: str) -> Any:
 
 
 def _threads(text: str) -> list[int] | str:
-    return "all" if text.strip() == "all" else _positive_ints("thread counts")(text)
+    return text.strip() if text.strip() in ("all", "max") else _positive_ints("thread counts")(text)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"a target accuracy is a fraction in (0, 1], such as 0.97; got {text!r}")
+    return value
 
 
 def _print(text: str, output: Path | None) -> None:
@@ -57,7 +67,7 @@ def _print(text: str, output: Path | None) -> None:
 
 
 _SELECTION = ("frameworks", "workloads", "scenarios", "devices", "precision", "threads", "batch_sizes", "timeout",
-              "repetitions", "memory_limit")
+              "repetitions", "memory_limit", "epochs", "target_accuracy")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -76,6 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.suite or "quick", frameworks=args.frameworks, workloads=args.workloads, scenarios=args.scenarios,
         devices=args.devices, precisions=args.precision, batch_sizes=args.batch_sizes, threads=args.threads,
         timeout_s=args.timeout, repetitions=args.repetitions, memory_limit_gib=args.memory_limit,
+        epochs=args.epochs, target_accuracy=args.target_accuracy,
     )
     summary = api.run(suite, db=args.db, argv=sys.argv, progress=not args.quiet, wait=not args.no_wait)
     return _finished(summary)
@@ -190,6 +201,41 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size(count: int) -> str:
+    size, units = float(count), ("B", "KiB", "MiB", "GiB")
+    for unit in units[:-1]:
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} {units[-1]}"
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from dlarena import data
+
+    if args.action == "list":
+        rows = [["name", "title", "present", "where", "size", "source"]]
+        for status in data.dataset_status():
+            present = "yes" if status.present else (
+                f"no ({status.files_present} of {status.files_total} files)" if status.files_present else "no")
+            rows.append([status.name, status.title, present, str(status.where or ""),
+                         _size(status.size) if status.size else "", status.source])
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines = ["| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) + " |"
+                 for row in rows]
+        lines.insert(1, "| " + " | ".join("-" * width for width in widths) + " |")
+        print("\n".join(lines))
+        print(f"cache folder: {data.data_home()} (set $DLARENA_DATA to move it)", file=sys.stderr)
+    elif args.action == "import":
+        folder = data.import_dataset(args.name, args.path)
+        print(f"imported {args.name} into {folder}")
+    else:
+        folder = data.download_dataset(args.name, mirror=args.mirror,
+                                       report=lambda message: print(message, file=sys.stderr))
+        print(f"downloaded {args.name} into {folder}; every file's SHA-256 matches the published one")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dlarena",
@@ -202,14 +248,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--suite", help="built-in suite name or suite TOML file (default: quick)")
     run.add_argument("--frameworks", type=_names, help="comma-separated frameworks (default: the suite's)")
     run.add_argument("--workloads", type=_names, help="comma-separated workloads (default: the suite's)")
-    run.add_argument("--scenarios", type=_names, help="comma-separated scenarios: train, infer")
+    run.add_argument("--scenarios", type=_names, help="comma-separated scenarios: train, infer, accuracy")
     run.add_argument("--devices", type=_names, help="comma-separated devices: cpu, cuda")
     run.add_argument("--precision", type=_names,
                      help="comma-separated precisions: float32, float16, bfloat16, float64 (default: float32)")
-    run.add_argument("--threads", type=_threads, help="comma-separated thread counts, or 'all' (powers of two)")
+    run.add_argument("--threads", type=_threads,
+                     help="comma-separated thread counts, 'all' (powers of two) or 'max' (every core)")
     run.add_argument("--batch-sizes", type=_positive_ints("batch sizes"), help="comma-separated batch sizes")
     run.add_argument("--repetitions", type=_positive_int("repetitions"),
-                     help="worker processes per cell (default: the suite's, else 3)")
+                     help="worker processes per cell, for accuracy cells one seed each (default: the suite's, else 3)")
+    run.add_argument("--epochs", type=_positive_int("epochs"),
+                     help="accuracy cells: the most epochs (default: the workload's training recipe)")
+    run.add_argument("--target-accuracy", type=_fraction, metavar="FRACTION",
+                     help="accuracy cells: stop at this test accuracy (default: the workload's training recipe)")
     run.add_argument("--memory-limit", type=float, metavar="GIB",
                      help="GiB a cell may use before it is killed as oom (default: the suite's, else 80%% of memory)")
     run.add_argument("--timeout", type=float, help="seconds before a cell is killed (default: the suite's)")
@@ -265,6 +316,21 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", type=Path, help="write to this file instead of standard output")
     export.add_argument("--db", type=Path, help=DB_HELP)
     export.set_defaults(handler=cmd_export)
+
+    data = commands.add_parser("data", help="list, import or download the real data sets of the accuracy scenarios")
+    actions = data.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("list", help="the known data sets: present or not, where, size, source")
+    data_import = actions.add_parser(
+        "import", help="copy a data set's published files from a local file or folder into the cache, after checking"
+    )
+    data_import.add_argument("name", metavar="NAME", help="data set name (see `dlarena data list`)")
+    data_import.add_argument("path", metavar="PATH", type=Path,
+                             help="a published file, or a folder holding the published files or extracted folder")
+    data_download = actions.add_parser("download", help="download a data set into the cache, verifying each SHA-256")
+    data_download.add_argument("name", metavar="NAME", help="data set name (see `dlarena data list`)")
+    data_download.add_argument("--mirror", metavar="URL",
+                               help="base URL of a mirror holding the files under their published names")
+    data.set_defaults(handler=cmd_data)
     return parser
 
 

@@ -13,9 +13,12 @@ import os
 import sys
 import time
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dlarena.plan.cell import Cell
+
+if TYPE_CHECKING:
+    from dlarena.frameworks.base import Backend, StepRequest
 
 RESULT_SCHEMA = 1
 
@@ -117,11 +120,16 @@ def measure_cell(cell: Cell) -> dict[str, Any]:
         result["import_s"] = time.perf_counter() - start
         result["framework_version"] = backend.version()
 
-        start = time.perf_counter()
-        runner = backend.prepare(StepRequest(
+        request = StepRequest(
             workload=workload, scenario=cell.scenario, batch_size=cell.batch_size,
             device=cell.device, threads=cell.threads, precision=cell.precision, seed=cell.seed,
-        ))
+        )
+        if cell.scenario == "accuracy":
+            result.update(train_cell(cell, backend, request))
+            result["peak_rss_bytes"] = peak_rss_bytes()
+            return result
+        start = time.perf_counter()
+        runner = backend.prepare(request)
         result["build_s"] = time.perf_counter() - start
         result["params"] = runner.trainable_params()
         result["flops_per_step"] = workload.flops(cell.scenario, cell.batch_size)
@@ -152,6 +160,69 @@ def measure_cell(cell: Cell) -> dict[str, Any]:
         result.update(_failure(error))
     result["peak_rss_bytes"] = peak_rss_bytes()
     return result
+
+
+def train_cell(cell: Cell, backend: Backend, request: StepRequest) -> dict[str, Any]:
+    """The accuracy scenario: load the real data, train from the shared starting weights, test."""
+    from dlarena.data import load_dataset
+    from dlarena.frameworks.base import Unsupported
+    from dlarena.measure.resources import current_rss_bytes
+    from dlarena.measure.sampler import ResourceSampler
+    from dlarena.measure.training import train_to_accuracy
+    from dlarena.spec.weights import initial_weights
+
+    workload = request.workload
+    plan = workload.training
+    if plan is None:
+        raise Unsupported(f"{workload.name} has no real data set to train on; workloads with one: "
+                          f"{', '.join(_trainable_workloads())}")
+    network = workload.network
+    start = time.perf_counter()
+    dataset = load_dataset(plan.dataset, vocab=network.vocab or None,
+                           steps=network.input_shape[0] if network.input_kind == "tokens" else None)
+    data_load_s = time.perf_counter() - start
+    for split, part in (("training", dataset.train), ("test", dataset.test)):
+        if part.inputs.shape[1:] != network.input_shape:
+            raise Unsupported(f"the {plan.dataset} {split} inputs are {part.inputs.shape[1:]}, but "
+                              f"{workload.name} takes {network.input_shape}")
+    start = time.perf_counter()
+    trainer = backend.trainer(request)
+    trainer.load_weights(initial_weights(network, workload.recipe.init, cell.seed))
+    build_s = time.perf_counter() - start
+
+    rss_before = current_rss_bytes()
+    interval = cell.measurement.sample_interval_s
+    sampler = ResourceSampler(interval, _gpu_index(cell.device)) if interval > 0 else None
+    run = train_to_accuracy(
+        trainer, (dataset.train.inputs, dataset.train.labels), (dataset.test.inputs, dataset.test.labels),
+        cell.batch_size, cell.epochs or plan.epochs, cell.target_accuracy, cell.seed, steady=sampler,
+    )
+    return {
+        "status": "ok",
+        "params": trainer.trainable_params(),
+        "flops_per_step": workload.flops("train", cell.batch_size),
+        "build_s": build_s,
+        "first_step_s": run.first_step_s,
+        "warmup_s": [],
+        "samples_s": run.samples_s,
+        "loop_wall_s": run.loop_wall_s,
+        "loop_cpu_s": run.loop_cpu_s,
+        "cores_used": run.loop_cpu_s / run.loop_wall_s if run.loop_wall_s > 0 else 0.0,
+        "rss_before_bytes": rss_before,
+        "rss_after_bytes": current_rss_bytes(),
+        "resources": sampler.report() if sampler else {},
+        "parity": vars(trainer.parity()),
+        "accuracy": {
+            "dataset": plan.dataset, "train_samples": len(dataset.train), "test_samples": len(dataset.test),
+            "epochs_planned": cell.epochs or plan.epochs, "data_load_s": data_load_s, **run.to_dict(),
+        },
+    }
+
+
+def _trainable_workloads() -> list[str]:
+    from dlarena.spec.catalogue import CATALOGUE
+
+    return [name for name, workload in CATALOGUE.items() if workload.training is not None]
 
 
 def verify_cell(cell: Cell, arrays_path: str) -> dict[str, Any]:

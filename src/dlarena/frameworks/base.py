@@ -2,7 +2,8 @@
 
 A framework module is imported only inside a worker process, after the worker has set the thread
 count and CPU affinity. It exposes one ``Backend`` class; the worker calls ``prepare`` once and then
-``Runner.step`` many times, reading the clock only after ``Runner.sync``.
+``Runner.step`` many times, reading the clock only after ``Runner.sync``. For the ``accuracy``
+scenario it calls ``trainer`` once and feeds the ``Trainer`` real batches.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class StepRequest:
     seed: int
 
 
-# What every framework module runs unless it says otherwise.
+# What ``prepare`` runs unless a framework module says otherwise (``trainer`` runs ``accuracy``).
 SCENARIOS: tuple[str, ...] = ("train", "infer")
 PRECISIONS: tuple[str, ...] = ("float32",)
 # What a Checker computes in: float32, the precision timed, and float64, in which `dlarena verify`
@@ -116,6 +117,35 @@ class Checker(Protocol):
         """The recipe's loss and its gradient with respect to every canonical parameter."""
 
 
+class Trainer(Protocol):
+    """A network with its recipe's optimizer, trained on batches the worker feeds (``accuracy``).
+
+    The worker loads the starting weights (drawn in NumPy by ``spec.weights.initial_weights``, the
+    same for every framework), then alternates ``train_step`` over an epoch's batches with
+    ``predict`` over the test set. Arrays cross in the canonical layouts of ``spec/weights.py``:
+    channels-first float32 images, int64 token ids and labels. Every training batch has the same
+    size (only complete batches are trained) and so has every ``predict`` batch (the worker pads the
+    last one), so that compiled frameworks compile each step once.
+    """
+
+    def load_weights(self, weights: dict[str, np.ndarray]) -> None: ...
+
+    def train_step(self, inputs: np.ndarray, labels: np.ndarray) -> Any:
+        """One step in training mode (dropout on); returns the loss as something ``float()`` reads.
+
+        Reading it may wait for the device, so the worker reads the losses once per epoch.
+        """
+
+    def predict(self, inputs: np.ndarray) -> np.ndarray:
+        """Logits in inference mode (dropout off, batch norm on running statistics), as NumPy."""
+
+    def sync(self) -> None: ...
+
+    def trainable_params(self) -> int: ...
+
+    def parity(self) -> Parity: ...
+
+
 class Backend(Protocol):
     name: str
 
@@ -126,3 +156,6 @@ class Backend(Protocol):
 
     def checker(self, workload: Workload, device: str, precision: str = "float32") -> Checker:
         """Build the network for verification in ``precision``; raise Unsupported or Unavailable."""
+
+    def trainer(self, request: StepRequest) -> Trainer:
+        """Build the network and its optimizer for the accuracy scenario; raise Unsupported or Unavailable."""

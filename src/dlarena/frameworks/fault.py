@@ -29,6 +29,9 @@ WRONG_SCALE = 1.01
 # The size of the matrix product one step of the healthy variant computes: small enough for fast
 # tests, large enough that a step takes a measurable tens of microseconds.
 STEP_MATRIX_SIZE = 64
+# The fault framework's stand-in learner (a softmax regression) takes SGD steps this large: on the
+# digits' [0, 1] pixels it reaches about 95% test accuracy in a few epochs.
+FAULT_TRAINER_LR = 0.5
 
 
 class _Runner:
@@ -63,6 +66,45 @@ class _Runner:
 
     def parity(self) -> Parity:
         return Parity(threads=self.threads, dtype=str(self.matrix.dtype), execution="eager")
+
+
+class _Trainer(_Runner):
+    """A softmax regression on the flattened inputs, trained by plain SGD in NumPy.
+
+    Not the workload's network: a real learner small enough that framework-free tests can run the
+    whole accuracy scenario (data, loop, store, report) in a second. Faults strike at the first step.
+    """
+
+    def __init__(self, request: StepRequest, fault: str) -> None:
+        super().__init__(request, fault)
+        network = request.workload.network
+        features = int(np.prod(network.input_shape))
+        self.weights = np.zeros((features, network.classes))
+        self.bias = np.zeros(network.classes)
+        self.lr = FAULT_TRAINER_LR
+
+    def load_weights(self, weights: dict[str, np.ndarray]) -> None:
+        """Starting weights are the network's; the regression starts from zero whatever they are."""
+
+    def trainable_params(self) -> int:
+        return int(self.weights.size + self.bias.size)
+
+    def train_step(self, inputs: np.ndarray, labels: np.ndarray) -> float:
+        if self.fault != "none":
+            self.step()  # the same faults as a timed step
+        flat = inputs.reshape(len(inputs), -1)
+        logits = flat @ self.weights + self.bias
+        probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        loss = float(-np.mean(np.log(probabilities[np.arange(len(labels)), labels] + 1e-12)))
+        probabilities[np.arange(len(labels)), labels] -= 1.0
+        self.weights -= self.lr * flat.T @ probabilities / len(labels)
+        self.bias -= self.lr * probabilities.mean(axis=0)
+        return loss
+
+    def predict(self, inputs: np.ndarray) -> np.ndarray:
+        result: np.ndarray = inputs.reshape(len(inputs), -1) @ self.weights + self.bias
+        return result
 
 
 def _spawn_child() -> None:
@@ -116,6 +158,10 @@ class Backend:
         if self.fault == "unavailable":
             raise Unavailable("the fault framework has no such device")
         return _Runner(request, self.fault)
+
+    def trainer(self, request: StepRequest) -> _Trainer:
+        self.prepare(request)  # the same faults at build time
+        return _Trainer(request, self.fault)
 
     def checker(self, workload: Workload, device: str, precision: str = "float32") -> _Checker:
         require_check_precision(precision, self.name, ("float32",))

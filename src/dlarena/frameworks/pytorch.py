@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -384,6 +385,39 @@ class InferRunner(_Runner):
             self.output = self.forward(self.inputs)
 
 
+class Trainer(TrainRunner):
+    """The train runner fed real batches (the accuracy scenario); see base.Trainer."""
+
+    def __init__(
+        self, runner: TrainRunner, forward: Callable[[Tensor], Tensor], network: Network,
+    ) -> None:
+        super().__init__(runner.model, runner.inputs, runner.labels, runner.device, runner.compiled,
+                         runner.loss_of, runner.optimizer, runner.clip_norm)
+        self.forward = forward
+        self.bindings = canonical_bindings(self.model, network)
+
+    def load_weights(self, weights: dict[str, np.ndarray]) -> None:
+        load_canonical(self.model, self.bindings, weights)
+
+    def train_step(self, inputs: np.ndarray, labels: np.ndarray) -> Tensor:
+        self.inputs = torch.from_numpy(inputs).to(self.device)
+        self.labels = torch.from_numpy(labels).to(self.device)
+        self.step()
+        assert self.loss is not None
+        return self.loss.detach()
+
+    def predict(self, inputs: np.ndarray) -> np.ndarray:
+        self.model.eval()
+        try:
+            # no_grad rather than inference_mode: tensors made under inference_mode cannot meet
+            # autograd later, and torch.compile guards would recompile for each mode switch.
+            with torch.no_grad():
+                logits: np.ndarray = self.forward(torch.from_numpy(inputs).to(self.device)).cpu().numpy()
+        finally:
+            self.model.train()
+        return logits
+
+
 # --------------------------------------------------------------------------------------------------
 # Verification: canonical weights in and out
 
@@ -411,6 +445,33 @@ def _torch_name(layer: Layer, role: str, sublayer: str) -> str:
     return {"kernel": "weight", "bias": "bias", "gamma": "weight", "beta": "bias", "table": "weight"}[role]
 
 
+Bindings = list[tuple[str, Tensor, bool]]  # canonical name, torch tensor, stored transposed
+
+
+def canonical_bindings(model: nn.Module, network: Network) -> Bindings:
+    """Where each canonical parameter of ``network`` lives in ``model``."""
+    bindings: Bindings = []
+    for path, layer, shape in walk(network.layers, network.input_shape):
+        module = _module_at(model, path)
+        for spec in layer_params(path, layer, shape):
+            sublayer = spec.name[len(path) + 1:].rpartition(".")[0]
+            tensor = getattr(module, _torch_name(layer, spec.role, sublayer))
+            transposed = spec.role in _TRANSPOSED and not isinstance(layer, Conv2D)
+            bindings.append((spec.name, tensor, transposed))
+    return bindings
+
+
+def load_canonical(model: nn.Module, bindings: Bindings, weights: dict[str, np.ndarray]) -> None:
+    """Copy canonical weights in; batch norm's running statistics restart at mean 0, variance 1."""
+    with torch.no_grad():
+        for name, tensor, transposed in bindings:
+            value = weights[name].T if transposed else weights[name]
+            tensor.copy_(torch.from_numpy(np.ascontiguousarray(value)))
+        for module in model.modules():
+            if isinstance(module, _NORMS):
+                module.reset_running_stats()
+
+
 class Checker:
     """The network in inference mode with canonical weights; see base.Checker."""
 
@@ -421,26 +482,13 @@ class Checker:
         self.model.eval()
         # torch-compile is verified through its compiled graph, not the eager module it came from.
         self.run: Callable[[Tensor], Tensor] = torch.compile(self.model) if compile else self.model
-        self.bindings: list[tuple[str, Tensor, bool]] = []  # canonical name, torch tensor, transposed
-        for path, layer, shape in walk(self.network.layers, self.network.input_shape):
-            module = _module_at(self.model, path)
-            for spec in layer_params(path, layer, shape):
-                sublayer = spec.name[len(path) + 1:].rpartition(".")[0]
-                tensor = getattr(module, _torch_name(layer, spec.role, sublayer))
-                transposed = spec.role in _TRANSPOSED and not isinstance(layer, Conv2D)
-                self.bindings.append((spec.name, tensor, transposed))
+        self.bindings = canonical_bindings(self.model, self.network)
 
     def trainable_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
     def load_weights(self, weights: dict[str, np.ndarray]) -> None:
-        with torch.no_grad():
-            for name, tensor, transposed in self.bindings:
-                value = weights[name].T if transposed else weights[name]
-                tensor.copy_(torch.from_numpy(np.ascontiguousarray(value)))
-            for module in self.model.modules():
-                if isinstance(module, _NORMS):
-                    module.reset_running_stats()  # mean 0, variance 1
+        load_canonical(self.model, self.bindings, weights)
 
     def export_weights(self) -> dict[str, np.ndarray]:
         return {name: (tensor.detach().cpu().numpy().T if transposed else tensor.detach().cpu().numpy()).copy()
@@ -526,3 +574,9 @@ class Backend:
         return TrainRunner(
             model, inputs, labels, device, self.compile, compiled_loss, optimizer, recipe.grad_clip_norm
         )
+
+    def trainer(self, request: StepRequest) -> Trainer:
+        runner = self.prepare(replace(request, scenario="train"))
+        assert isinstance(runner, TrainRunner)
+        forward: Callable[[Tensor], Tensor] = torch.compile(runner.model) if self.compile else runner.model
+        return Trainer(runner, forward, request.workload.network)

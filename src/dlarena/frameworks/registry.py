@@ -26,7 +26,7 @@ class FrameworkInfo:
     distributions: tuple[str, ...]  # installed distributions whose versions key its results
     extra: str  # pyproject optional-dependency extra that installs it
     options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of its Backend
-    scenarios: tuple[str, ...] = ("train", "infer")
+    scenarios: tuple[str, ...] = ("train", "infer", "accuracy")
     # The same framework without compilation: the report says after how many steps compiling paid off.
     eager_counterpart: str | None = None
 

@@ -8,8 +8,8 @@ update through TensorFlow's own training ops) is one ``tf.function`` with a fixe
 it is traced once and then runs as one graph (or one XLA executable) per call.
 
 Images are channels-last (NHWC) inside: TensorFlow's CPU convolutions support no other layout. The
-synthetic batch is transposed once at prepare time, and canonical weights are converted with
-``layout.py``.
+synthetic batch is transposed once at prepare time, the accuracy scenario's real batches as they are
+fed, and canonical weights are converted with ``layout.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import contextlib
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -794,6 +794,37 @@ class InferRunner(_Runner):
         self.output = self._infer(self.inputs)
 
 
+class Trainer(_Runner):
+    """The train runner fed real batches (the accuracy scenario), predicting with an infer runner's
+    forward over the same model; see base.Trainer. Both steps are the runners' traced functions,
+    whose input signatures are the fixed batch shape, so new batches do not retrace."""
+
+    def __init__(self, runner: TrainRunner, predictor: InferRunner, network: Network, device: str) -> None:
+        super().__init__(runner.model, runner.inputs, runner.labels, runner.device, runner.xla)
+        self.runner = runner
+        self.predictor = predictor
+        self.network = network
+        self.tf_device = device  # "/CPU:0" or "/GPU:0": where the batches are put
+
+    def load_weights(self, weights: dict[str, np.ndarray]) -> None:
+        load_canonical(self.model, weights)
+
+    def train_step(self, inputs: np.ndarray, labels: np.ndarray) -> Tensor:
+        with tf.device(self.tf_device):
+            self.runner.inputs = tf_inputs(self.network, inputs)
+            self.runner.labels = tf_labels(labels)
+        self.runner.step()
+        assert self.runner.loss is not None
+        return self.runner.loss  # a tensor: float() reads it, waiting for the device only then
+
+    def predict(self, inputs: np.ndarray) -> np.ndarray:
+        with tf.device(self.tf_device):
+            self.predictor.inputs = tf_inputs(self.network, inputs)
+        self.predictor.step()
+        assert self.predictor.output is not None
+        return np.asarray(self.predictor.output.numpy())
+
+
 def synthetic_batch(network: Network, batch_size: int, rng: Any) -> tuple[Tensor, Tensor]:
     """Inputs and labels drawn once on the device; images transposed to NHWC here, not in the step."""
     shape = [batch_size, *network.input_shape]
@@ -808,7 +839,28 @@ def synthetic_batch(network: Network, batch_size: int, rng: Any) -> tuple[Tensor
 
 
 # --------------------------------------------------------------------------------------------------
-# Verification: canonical weights in and out
+# Canonical arrays in (the Checker and the Trainer) and out (verification)
+
+
+def load_canonical(model: Model, weights: dict[str, np.ndarray]) -> None:
+    """Copy canonical weights in, converted to TensorFlow's layouts; batch norm's running
+    statistics restart at mean 0, variance 1."""
+    for binding in model.bindings:
+        binding.variable.assign(np.ascontiguousarray(binding.to_tf(weights[binding.name])))
+    for norm in model.batch_norms():
+        norm.reset_running_stats()
+
+
+def tf_inputs(network: Network, inputs: np.ndarray) -> Tensor:
+    """A canonical batch as the network takes it: images channels-last, token ids int32 (the
+    type the synthetic batch and the traced signatures have)."""
+    if network.input_kind == "image":
+        return tf.constant(layout.images_channels_last(inputs))
+    return tf.constant(inputs.astype(np.int32) if network.input_kind == "tokens" else inputs)
+
+
+def tf_labels(labels: np.ndarray) -> Tensor:
+    return tf.constant(labels.astype(np.int32))
 
 
 # The initial values a Checker's variables get before load_weights replaces them.
@@ -847,32 +899,23 @@ class Checker:
         self._gradients = tf.function(
             loss_and_gradients, input_signature=[input_spec, label_spec], jit_compile=xla, autograph=False
         )
-        self._image = image
 
     def trainable_params(self) -> int:
         return self.model.trainable_params()
 
     def load_weights(self, weights: dict[str, np.ndarray]) -> None:
-        for binding in self.model.bindings:
-            binding.variable.assign(np.ascontiguousarray(binding.to_tf(weights[binding.name])))
-        for norm in self.model.batch_norms():
-            norm.reset_running_stats()
+        load_canonical(self.model, weights)
 
     def export_weights(self) -> dict[str, np.ndarray]:
         return {b.name: np.array(b.from_tf(b.variable.numpy())) for b in self.model.bindings}
 
-    def _inputs(self, inputs: np.ndarray) -> Tensor:
-        if self._image:
-            return tf.constant(layout.images_channels_last(inputs))
-        return tf.constant(inputs.astype(np.int32) if self.network.input_kind == "tokens" else inputs)
-
     def forward(self, inputs: np.ndarray) -> np.ndarray:
         with tf.device(self.device):
-            return np.asarray(self._forward(self._inputs(inputs)).numpy())
+            return np.asarray(self._forward(tf_inputs(self.network, inputs)).numpy())
 
     def loss_and_gradients(self, inputs: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
         with tf.device(self.device):
-            loss, gradients = self._gradients(self._inputs(inputs), tf.constant(labels.astype(np.int32)))
+            loss, gradients = self._gradients(tf_inputs(self.network, inputs), tf_labels(labels))
         grads = {
             binding.name: np.array(binding.from_tf(gradient.numpy()))
             for binding, gradient in zip(self.model.bindings, gradients, strict=True)
@@ -931,3 +974,12 @@ class Backend:
             if request.scenario == "infer":
                 return InferRunner(model, inputs, labels, request.device, self.xla)
             return TrainRunner(model, inputs, labels, request.device, self.xla, recipe, make_loss(network, recipe))
+
+    def trainer(self, request: StepRequest) -> Trainer:
+        runner = self.prepare(replace(request, scenario="train"))
+        assert isinstance(runner, TrainRunner)
+        device = self._device(request.device)
+        with tf.device(device):
+            # The inference-mode forward traced over the train runner's model and batch shape.
+            predictor = InferRunner(runner.model, runner.inputs, runner.labels, request.device, self.xla)
+        return Trainer(runner, predictor, request.workload.network, device)

@@ -30,6 +30,57 @@ class CellFigures:
     peak_gflops: float | None = None
     peak_percent: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # GPU figures where there are any
+    training: dict[str, Any] | None = None  # accuracy cells: see training_figures
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.training["accuracy"] if self.training else None
+
+    @property
+    def time_to_target_s(self) -> float | None:
+        return self.training["time_to_target_s"] if self.training else None
+
+
+# MLPerf Training's scoring rule (training_rules.adoc, "Benchmark Results"): of a benchmark's runs,
+# the fastest and the slowest are dropped and the rest averaged. Below this many runs nothing is dropped.
+TRIM_FROM_RUNS = 3
+
+
+def trimmed_mean(values: Sequence[float]) -> float:
+    """The mean without the smallest and the largest value (with at least TRIM_FROM_RUNS values)."""
+    ordered = sorted(values)
+    if len(ordered) >= TRIM_FROM_RUNS:
+        ordered = ordered[1:-1]
+    return statistics.fmean(ordered)
+
+
+def training_figures(processes: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """An accuracy cell's figures over its seeds (one per process), each by ``trimmed_mean``.
+
+    Time and epochs to the target are over the seeds that reached it; ``reached`` says how many did.
+    """
+    runs = [process["accuracy"] for process in processes if process.get("accuracy")]
+    if not runs:
+        return None
+    finals = [run["final_accuracy"] for run in runs]
+    reached = [run for run in runs if run["epochs_to_target"] is not None]
+    return {
+        "dataset": runs[0]["dataset"],
+        "seeds": len(runs),
+        "target_accuracy": runs[0]["target_accuracy"],
+        "epochs_planned": runs[0]["epochs_planned"],
+        "accuracy": trimmed_mean(finals),
+        "accuracy_min": min(finals),
+        "accuracy_max": max(finals),
+        "reached": len(reached),
+        "epochs_to_target": trimmed_mean([run["epochs_to_target"] for run in reached]) if reached else None,
+        "time_to_target_s": trimmed_mean([run["time_to_target_s"] for run in reached]) if reached else None,
+        "epochs": trimmed_mean([len(run["epochs"]) for run in runs]),
+        "train_s": trimmed_mean([run["train_s"] + run["data_s"] for run in runs]),
+        "data_s": trimmed_mean([run["data_s"] for run in runs]),
+        "eval_s": trimmed_mean([run["eval_s"] for run in runs]),
+        "data_load_s": statistics.median(run["data_load_s"] for run in runs),
+    }
 
 
 def _median(values: Sequence[Any]) -> float | None:
@@ -74,4 +125,5 @@ def aggregate(
         peak_gflops=peak_gflops,
         peak_percent=100.0 * gflops / peak_gflops if gflops and peak_gflops else None,
         extra=extra,
+        training=training_figures(processes),
     )

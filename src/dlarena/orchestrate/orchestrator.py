@@ -41,8 +41,9 @@ class RunSummary:
 def plan(suite: Suite) -> list[PlannedCell]:
     code = code_version()
     return [
-        PlannedCell(cell=cell, timeout_s=timeout, key=cell.key(code, FRAMEWORKS[cell.framework].versions()))
-        for cell, timeout in suite.cells()
+        PlannedCell(cell=cell, timeout_s=timeout, key=cell.key(code, FRAMEWORKS[cell.framework].versions()),
+                    repetitions=repetitions)
+        for cell, timeout, repetitions in suite.planned()
     ]
 
 
@@ -95,7 +96,7 @@ def execute_cell(cell: Cell, timeout_s: float, executor: Executor, repetition: i
     execution = executor.execute(cell, timeout_s)
     status, message = classify(execution, timeout_s)
     data = execution.data or {}
-    if status == "ok" and not data.get("samples_s"):
+    if status == "ok" and not (data.get("samples_s") or data.get("accuracy", {}).get("epochs")):
         status, message = "failed", "the worker reported ok but measured no step"
     return StoredResult(
         status=status, message=message, stderr_tail=execution.output_tail if status != "ok" else "",
@@ -166,9 +167,10 @@ def resume_run(
         key = cell.key(code, FRAMEWORKS[cell.framework].versions()) if cell.framework in FRAMEWORKS else ""
         if key != stored["cell_key"]:
             changed.add(cell.framework)
-        if stored["final_status"] is None and stored["ok"] < run["repetitions"]:
-            pending.append(_Pending(stored["cell_id"], PlannedCell(cell, stored["timeout_s"], stored["cell_key"]),
-                                    stored["ok"]))
+        repetitions = stored["repetitions"] or run["repetitions"]
+        if stored["final_status"] is None and stored["ok"] < repetitions:
+            pending.append(_Pending(stored["cell_id"], PlannedCell(cell, stored["timeout_s"], stored["cell_key"],
+                                                                   repetitions), stored["ok"]))
     changes = _changes(store, run, code, changed)
     if changes and not allow_changes:
         raise ResumeError(f"run {run_id} cannot be resumed as it was: {'; '.join(changes)}; its results would mix"
@@ -209,16 +211,18 @@ def _execute(
     """
     executor = executor or LocalExecutor()
     progress = progress or Progress(enabled=False)
-    progress.begin(run_id, len(pending), repetitions, sum(item.done for item in pending))
+    progress.begin(run_id, len(pending), repetitions, sum(item.done for item in pending),
+                   processes=sum(_repetitions(item, repetitions) for item in pending))
     store.set_run_status(run_id, "running")
     try:
         peaks = probe_peaks(run_id, [item.item for item in pending], store, progress)
-        for repetition in range(repetitions):
+        for repetition in range(max((_repetitions(item, repetitions) for item in pending), default=0)):
             for entry in pending:
-                if entry.status != "ok" or repetition < entry.done:
+                if entry.status != "ok" or repetition < entry.done or repetition >= _repetitions(entry, repetitions):
                     continue
-                cell = entry.item.cell
-                progress.start(cell, repetition)
+                cell = entry.item.cell.for_process(repetition)
+                count = _repetitions(entry, repetitions)
+                progress.start(cell, repetition, count)
                 started = _utc()
                 try:
                     result = execute_cell(cell, entry.item.timeout_s, executor, repetition)
@@ -233,9 +237,9 @@ def _execute(
                     store.record_summary(entry.cell_id, figures)
                     median = figures.summary.median_s
                 else:
-                    progress.skip(repetitions - repetition - 1)
+                    progress.skip(_repetitions(entry, repetitions) - repetition - 1)
                 entry.status = result.status
-                progress.finish(cell, result, median)
+                progress.finish(cell, result, median, count)
     except KeyboardInterrupt:
         store.finish_run(run_id, "interrupted")
         progress.end()
@@ -243,6 +247,10 @@ def _execute(
     store.finish_run(run_id, "finished")
     progress.end()
     return RunSummary(run_id, _counts(pending), interrupted=False)
+
+
+def _repetitions(entry: _Pending, run_repetitions: int) -> int:
+    return entry.item.repetitions or run_repetitions
 
 
 def _interrupted(cell: Cell, repetition: int, started: str, run_id: str) -> StoredResult:

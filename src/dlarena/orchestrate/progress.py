@@ -27,12 +27,18 @@ class Progress:
             self.stream.write(text)
             self.stream.flush()
 
-    def begin(self, run_id: str, cells: int, repetitions: int = 1, already_done: int = 0) -> None:
-        """``already_done``: processes a resumed run had stored before."""
-        self.total, self.done, self.started = cells * repetitions - already_done, 0, time.monotonic()
+    def begin(
+        self, run_id: str, cells: int, repetitions: int = 1, already_done: int = 0, processes: int | None = None,
+    ) -> None:
+        """``already_done``: processes a resumed run had stored before; ``processes``: the planned
+        total where cells differ in their number of processes."""
+        planned = processes if processes is not None else cells * repetitions
+        self.total, self.done, self.started = planned - already_done, 0, time.monotonic()
         self.repetitions = repetitions
         resumed = f", {already_done} processes stored before" if already_done else ""
-        self._write(f"run {run_id}: {cells} cells x {repetitions} processes{resumed}\n")
+        shape = f"{cells} cells x {repetitions} processes" if planned == cells * repetitions else (
+            f"{cells} cells, {planned} processes")
+        self._write(f"run {run_id}: {shape}{resumed}\n")
 
     def note(self, text: str) -> None:
         self._write(f"{text}\n")
@@ -47,22 +53,29 @@ class Progress:
         per_cell = (time.monotonic() - self.started) / self.done
         return f"about {format_duration(per_cell * (self.total - self.done))} left"
 
-    def _label(self, cell: Cell, repetition: int) -> str:
-        which = f" (process {repetition + 1}/{self.repetitions})" if self.repetitions > 1 else ""
+    def _label(self, cell: Cell, repetition: int, of: int | None) -> str:
+        count = of or self.repetitions
+        which = f" (process {repetition + 1}/{count})" if count > 1 else ""
         return f"{cell.label()}{which}"
 
-    def start(self, cell: Cell, repetition: int = 0) -> None:
+    def start(self, cell: Cell, repetition: int = 0, of: int | None = None) -> None:
         if self.live:
-            self._write(f"\r\x1b[K[{self.done + 1}/{self.total}] {self._label(cell, repetition)} ... ({self._eta()})")
+            label = self._label(cell, repetition, of)
+            self._write(f"\r\x1b[K[{self.done + 1}/{self.total}] {label} ... ({self._eta()})")
 
-    def finish(self, cell: Cell, result: StoredResult, median_s: float | None = None) -> None:
+    def finish(self, cell: Cell, result: StoredResult, median_s: float | None = None, of: int | None = None) -> None:
         self.done += 1
-        if result.status == "ok" and median_s is not None:
+        trained = result.data.get("accuracy") if result.status == "ok" else None
+        if trained:
+            reached = trained["epochs_to_target"]
+            outcome = (f"ok, test accuracy {trained['final_accuracy']:.1%} after {len(trained['epochs'])} epochs"
+                       + (f", target reached in {format_seconds(trained['time_to_target_s'])}" if reached else ""))
+        elif result.status == "ok" and median_s is not None:
             outcome = f"ok, median {format_seconds(median_s)} per step"
         else:
             outcome = f"{result.status}: {result.message}"
         prefix = "\r\x1b[K" if self.live else ""
-        label = self._label(cell, result.repetition)
+        label = self._label(cell, result.repetition, of)
         self._write(f"{prefix}[{self.done}/{self.total}] {label}: {outcome} ({self._eta()})\n")
 
     def end(self) -> None:

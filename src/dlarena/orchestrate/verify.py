@@ -38,7 +38,7 @@ from dlarena.orchestrate.executor import Executor, LocalExecutor
 from dlarena.orchestrate.orchestrator import classify
 from dlarena.plan.cell import Cell
 from dlarena.spec import Workload, reference
-from dlarena.spec.catalogue import get_workload
+from dlarena.spec.catalogue import CATALOGUE, get_workload
 from dlarena.spec.weights import canonical_batch, canonical_weights, parameter_specs
 
 # Tolerances, as norm-wise relative errors (layout.max_relative_error) against the float64 oracle or
@@ -101,14 +101,17 @@ class _Oracle:
 
 
 def workload_names(names: Sequence[str], full: bool) -> list[str]:
-    """Published names become their small twins unless ``full``; ``-small`` names stay as they are."""
+    """Published names become their small twins unless ``full``; ``-small`` names, and networks with no
+    twin (dlarena's own, small already), stay as they are."""
     chosen = []
     for name in names:
         workload = get_workload(name)
         if full:
             chosen.append(workload.variant_of or workload.name)
+        elif workload.is_small or f"{name}-small" not in CATALOGUE:
+            chosen.append(workload.name)
         else:
-            chosen.append(workload.name if workload.is_small else get_workload(f"{name}-small").name)
+            chosen.append(f"{name}-small")
     return list(dict.fromkeys(chosen))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 # Defaults of the measurement loop. pyperf takes values of at least 100 ms and asv samples for at
@@ -50,6 +50,17 @@ class Cell:
     precision: str = "float32"
     seed: int = 0
     measurement: Measurement = field(default_factory=Measurement)
+    # The accuracy scenario only: the most epochs, and the test accuracy that ends training early.
+    epochs: int | None = None
+    target_accuracy: float | None = None
+
+    def for_process(self, repetition: int) -> Cell:
+        """What the cell's ``repetition``-th worker process runs.
+
+        Timing processes repeat the same cell; accuracy processes each train from another seed
+        (starting weights, batch order, dropout), since the spread over seeds is what they measure.
+        """
+        return replace(self, seed=self.seed + repetition) if self.scenario == "accuracy" else self
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,7 +87,8 @@ class Cell:
         return hashlib.sha256(material.encode()).hexdigest()[:16]
 
     def label(self) -> str:
+        seed = f" seed {self.seed}" if self.scenario == "accuracy" else ""
         return (
             f"{self.framework} {self.workload} {self.scenario} {self.device} "
-            f"batch {self.batch_size} threads {self.threads}"
+            f"batch {self.batch_size} threads {self.threads}{seed}"
         )

@@ -10,12 +10,19 @@ threads). Without ``[[sweep]]`` tables the top level is the one sweep. Each cell
     description = "Small networks, a few minutes on a laptop"
     workloads = ["fcn5-small", "karmanov-cnn-small"]
     scenarios = ["train", "infer"]
-    threads = "all"          # every power of two up to the core count, or a list such as [1, 2]
+    threads = "all"          # every power of two up to the core count, "max" (every core), or a list
     batch_sizes = [32]       # absent: each workload's default batch size
     repetitions = 3          # worker processes per cell
 
     [measurement]
     min_time_s = 0.5
+
+    [[sweep]]                # training on real data to a test accuracy
+    workloads = ["digits-mlp"]
+    scenarios = ["accuracy"]
+    repetitions = 5          # a sweep may set its own; for accuracy each process is another seed
+    epochs = 40              # absent: the workload's published recipe (and target_accuracy likewise)
+    target_accuracy = 0.97
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from typing import Any
 from dlarena.errors import DlarenaError, UnknownNameError
 from dlarena.frameworks.registry import FRAMEWORKS
 from dlarena.plan.cell import DEFAULT_TIMEOUT_S, Cell, Measurement
-from dlarena.spec import SCENARIOS
+from dlarena.spec import SCENARIOS, TIMING_SCENARIOS
 from dlarena.spec.catalogue import CATALOGUE
 
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
@@ -49,8 +56,9 @@ DEFAULT_MEMORY_FRACTION = 0.8
 _AXES = ("frameworks", "workloads", "scenarios", "devices", "precisions", "batch_sizes", "threads")
 _TOP_KEYS = {
     "name", "version", "description", "timeout_s", "measurement", "repetitions", "memory_limit_gib", "sweep", *_AXES,
+    "epochs", "target_accuracy",
 }
-_SWEEP_KEYS = {*_AXES, "timeout_s"}
+_SWEEP_KEYS = {*_AXES, "timeout_s", "repetitions", "epochs", "target_accuracy"}
 
 
 class SuiteError(DlarenaError):
@@ -63,12 +71,15 @@ class Sweep:
 
     frameworks: tuple[str, ...] | None = None
     workloads: tuple[str, ...] = ()
-    scenarios: tuple[str, ...] = SCENARIOS
+    scenarios: tuple[str, ...] = TIMING_SCENARIOS
     devices: tuple[str, ...] = ("cpu",)
     precisions: tuple[str, ...] = ("float32",)
     batch_sizes: tuple[int, ...] | None = None
     threads: tuple[int, ...] | str = "all"
     timeout_s: float = DEFAULT_TIMEOUT_S
+    repetitions: int | None = None  # None: the suite's
+    epochs: int | None = None  # accuracy cells; None: the workload's training recipe
+    target_accuracy: float | None = None
 
 
 @dataclass(frozen=True)
@@ -85,13 +96,32 @@ class Suite:
     def override(
         self, repetitions: int | None = None, memory_limit_gib: float | None = None, **axes: Any,
     ) -> Suite:
-        """The same suite with some axes replaced in every sweep (from the command line); None keeps one."""
+        """The same suite with some axes replaced in every sweep (from the command line); None keeps one.
+
+        Workloads and scenarios the suite already has select its sweeps rather than replace them, so
+        that ``--workloads karmanov-cnn`` on ``karmanov2017`` runs that network's own sweeps (its
+        timing and its training to accuracy) and not every sweep's settings on it; names the suite
+        lacks replace the axis in every sweep (the suite's settings on other networks).
+        """
         changes = {name: value for name, value in axes.items() if value is not None}
-        sweeps = tuple(replace(sweep, **changes) for sweep in self.sweeps)
+        sweeps = self.sweeps
+        for axis in ("workloads", "scenarios"):
+            chosen = changes.get(axis)
+            if chosen and set(chosen) <= {name for sweep in sweeps for name in getattr(sweep, axis)}:
+                del changes[axis]
+                sweeps = tuple(_select(sweep, axis, chosen) for sweep in sweeps
+                               if set(getattr(sweep, axis)) & set(chosen))
+        sweeps = tuple(replace(sweep, **changes) for sweep in sweeps)
+        if "workloads" in changes and axes.get("scenarios") is None:
+            # Other networks on a suite: its training sweeps only for those that have real data.
+            sweeps = tuple(sweep for sweep in sweeps if set(sweep.scenarios) != {"accuracy"}
+                           or any(CATALOGUE[name].training for name in sweep.workloads if name in CATALOGUE))
         if repetitions is not None and repetitions < 1:
             raise SuiteError(f"repetitions must be at least 1, got {repetitions}")
         if memory_limit_gib is not None and memory_limit_gib <= 0:
             raise SuiteError(f"the memory limit must be a positive number of GiB, got {memory_limit_gib}")
+        if repetitions is not None:  # the command line's count wins over every sweep's own
+            sweeps = tuple(replace(sweep, repetitions=None) for sweep in sweeps)
         return replace(self, sweeps=sweeps, repetitions=repetitions or self.repetitions,
                        memory_limit_gib=memory_limit_gib or self.memory_limit_gib)
 
@@ -102,25 +132,55 @@ class Suite:
 
     def cells(self, cores: int | None = None) -> list[tuple[Cell, float]]:
         """Every cell with its timeout, in a stable order, duplicates removed. Validates every name."""
+        return [(cell, timeout) for cell, timeout, _ in self.planned(cores)]
+
+    def planned(self, cores: int | None = None) -> list[tuple[Cell, float, int]]:
+        """Every cell with its timeout and its number of worker processes (see ``cells``)."""
         cores = cores or available_cores()
-        planned: dict[Cell, float] = {}
+        planned: dict[Cell, tuple[float, int]] = {}
         for sweep in self.sweeps:
             _check_names(sweep)
             threads = _threads(sweep.threads, cores)
+            repetitions = sweep.repetitions or self.repetitions
             for framework in sweep.frameworks or tuple(FRAMEWORKS):
                 for workload in sweep.workloads:
-                    batch_sizes = sweep.batch_sizes or (CATALOGUE[workload].default_batch_size,)
                     for scenario in sweep.scenarios:
                         for device, precision in itertools.product(sweep.devices, sweep.precisions):
-                            for batch_size in batch_sizes:
+                            for batch_size in _batch_sizes(sweep, workload, scenario):
                                 for count in threads:
                                     cell = Cell(
                                         framework=framework, workload=workload, scenario=scenario,
                                         batch_size=batch_size, threads=count, device=device,
                                         precision=precision, measurement=self.measurement,
+                                        **_training(sweep, workload, scenario),
                                     )
-                                    planned.setdefault(cell, sweep.timeout_s)
-        return list(planned.items())
+                                    planned.setdefault(cell, (sweep.timeout_s, repetitions))
+        return [(cell, timeout, repetitions) for cell, (timeout, repetitions) in planned.items()]
+
+
+def _batch_sizes(sweep: Sweep, workload: str, scenario: str) -> tuple[int, ...]:
+    """The sweep's batch sizes, else the workload's recipe (its training recipe's, for accuracy)."""
+    if sweep.batch_sizes:
+        return sweep.batch_sizes
+    training = CATALOGUE[workload].training
+    if scenario == "accuracy" and training is not None:
+        return (training.batch_size,)
+    return (CATALOGUE[workload].default_batch_size,)
+
+
+def _training(sweep: Sweep, workload: str, scenario: str) -> dict[str, Any]:
+    """An accuracy cell's epochs and target: the sweep's, else the workload's training recipe."""
+    training = CATALOGUE[workload].training
+    if scenario != "accuracy" or training is None:
+        return {}  # a workload without real data: the worker stores the cell as unsupported
+    target = sweep.target_accuracy if sweep.target_accuracy is not None else training.target_accuracy
+    return {"epochs": sweep.epochs or training.epochs, "target_accuracy": target}
+
+
+def _select(sweep: Sweep, axis: str, chosen: tuple[str, ...]) -> Sweep:
+    """``sweep`` with only the ``chosen`` names of its workloads or scenarios."""
+    names = tuple(name for name in getattr(sweep, axis) if name in chosen)
+    return replace(sweep, workloads=names) if axis == "workloads" else replace(sweep, scenarios=names)
 
 
 def available_cores() -> int:
@@ -129,6 +189,8 @@ def available_cores() -> int:
 
 
 def _threads(value: tuple[int, ...] | str, cores: int) -> tuple[int, ...]:
+    if value == "max":
+        return (cores,)
     if value == "all":
         counts, count = [], 1
         while count <= cores:
@@ -261,12 +323,23 @@ def _positive_ints(table: dict[str, Any], key: str, origin: str) -> tuple[int, .
 def _sweep(table: dict[str, Any], origin: str) -> Sweep:
     base = Sweep()
     threads: tuple[int, ...] | str = base.threads
-    if table.get("threads") != "all":
+    if table.get("threads") in ("all", "max"):
+        threads = table["threads"]
+    else:
         threads = _positive_ints(table, "threads", origin) or base.threads
     timeout = _typed(table, "timeout_s", float, origin, base.timeout_s)
     if timeout <= 0:
         raise SuiteError(f"{origin}: 'timeout_s' must be positive, got {timeout}")
+    epochs = _typed(table, "epochs", int, origin, None) if "epochs" in table else None
+    if epochs is not None and epochs < 1:
+        raise SuiteError(f"{origin}: 'epochs' must be at least 1, got {epochs}")
+    target = _typed(table, "target_accuracy", float, origin, None) if "target_accuracy" in table else None
+    if target is not None and not 0 < target <= 1:
+        raise SuiteError(f"{origin}: 'target_accuracy' must be a fraction in (0, 1], got {target}")
     return Sweep(
+        repetitions=_repetitions(table, origin) if "repetitions" in table else None,
+        epochs=epochs,
+        target_accuracy=target,
         frameworks=_names(table, "frameworks", origin),
         workloads=_names(table, "workloads", origin) or (),
         scenarios=_names(table, "scenarios", origin) or base.scenarios,

@@ -66,6 +66,58 @@ def _peaks_line(peaks: dict[int, dict[str, Any]]) -> str:
     return f"Peak (float32 matrix product through NumPy's {library}): {figures}."
 
 
+def training(row: Row) -> dict[str, Any]:
+    """An accuracy cell's figures over its seeds (measure/aggregate.training_figures), or nothing."""
+    figures: dict[str, Any] = json.loads(row.get("summary_data") or "{}").get("training") or {}
+    return figures
+
+
+def _accuracy_text(figures: dict[str, Any]) -> str:
+    text = f"{figures['accuracy']:.2%}"
+    if figures["seeds"] > 1:
+        text += f" ({figures['accuracy_min']:.2%} - {figures['accuracy_max']:.2%})"
+    return text
+
+
+def _to_target(figures: dict[str, Any]) -> tuple[str, str]:
+    """Epochs and time to the target, with how many seeds reached it when not all did."""
+    if figures["target_accuracy"] is None:
+        return "", ""
+    if not figures["reached"]:
+        return f"not reached in {figures['epochs_planned']}", ""
+    partial = f" ({figures['reached']} of {figures['seeds']} seeds)" if figures["reached"] < figures["seeds"] else ""
+    return f"{figures['epochs_to_target']:.3g}{partial}", format_seconds(figures["time_to_target_s"])
+
+
+def _accuracy_section(rows: Sequence[Row]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["", "## Training to accuracy", "",
+             "Every framework trains the same real data from the same starting weights (drawn in NumPy), in"
+             " the same seeded batch order; each process is one seed. Figures over seeds drop the best and"
+             " the worst and average the rest (MLPerf's rule); the range shows the spread of the final test"
+             " accuracy. Times are training only (steps and data handling, the first step's compilation"
+             " included); testing after each epoch is timed apart.", ""]
+    body = []
+    for row in rows:
+        figures = training(row)
+        if row["status"] != "ok" or not figures:
+            body.append([*_cell_columns(row)[:2], str(row["threads"]), f"*{row['status']}*", "", "", "", "", "",
+                         "", ""])
+            continue
+        epochs, time_to_target = _to_target(figures)
+        target = "" if figures["target_accuracy"] is None else f"{figures['target_accuracy']:.1%}"
+        body.append([
+            row["framework"], row["workload"], str(row["threads"]), _accuracy_text(figures), target, epochs,
+            time_to_target, f"{format_seconds(figures['train_s'])} / {figures['epochs']:.3g} epochs",
+            format_seconds(figures["eval_s"]), format_bytes(row["peak_rss_bytes"] or 0),
+            _optional(None if row.get("cpu_utilisation") is None else 100 * row["cpu_utilisation"], ".0f"),
+        ])
+    lines += _table(["framework", "workload", "threads", "test accuracy", "target", "epochs to target",
+                     "time to target", "training time", "testing time", "peak RSS", "% of allowed cores"], body)
+    return lines
+
+
 def render(run: Row, environment: Row, rows: Sequence[Row]) -> str:
     lines = [
         f"# dlarena run {run['id']}",
@@ -80,7 +132,8 @@ def render(run: Row, environment: Row, rows: Sequence[Row]) -> str:
         f" Python {environment.get('python', '?')}, NumPy BLAS {environment.get('numpy_blas', '?')}.",
         "Frameworks: " + ", ".join(f"{k} {v}" for k, v in sorted(environment.get("frameworks", {}).items())) + ".",
         _peaks_line(run.get("peaks", {})),
-        f"Each cell was measured by {run.get('repetitions', 1)} worker process(es), run interleaved.",
+        f"Each cell was measured by {run.get('repetitions', 1)} worker process(es), run interleaved, unless its"
+        " sweep said otherwise; an accuracy cell trains one seed per process.",
         "",
         "## Seconds per mini-batch (median of steady-state steps)",
         "",
@@ -90,8 +143,9 @@ def render(run: Row, environment: Row, rows: Sequence[Row]) -> str:
         " whose framework kept more cores busy than its thread count allowed; *(unstable)* one whose spread"
         " exceeded a threshold (see the warnings below).",
     ]
+    timing = [row for row in rows if row["scenario"] != "accuracy"]
     groups: dict[tuple[str, str, str, int], list[Row]] = defaultdict(list)
-    for row in rows:
+    for row in timing:
         groups[(row["workload"], row["scenario"], row["device"], row["batch_size"])].append(row)
     for (workload, scenario, device, batch), group in groups.items():
         threads = sorted({row["threads"] for row in group})
@@ -104,8 +158,10 @@ def render(run: Row, environment: Row, rows: Sequence[Row]) -> str:
         lines += ["", f"### {workload}, {scenario}, {device}, batch {batch}", ""]
         lines += _table(["framework"] + [f"{t} thread{'s' if t > 1 else ''}" for t in threads], body)
 
+    lines += _accuracy_section([row for row in rows if row["scenario"] == "accuracy"])
     ok = [row for row in rows if row["status"] == "ok"]
-    if ok:
+    timed = [row for row in timing if row["status"] == "ok"]
+    if timed:
         lines += ["", "## Step times", "",
                   "Pooled over the cell's processes. The 95% interval of the median resamples processes, then"
                   " steps within them. p90 and p99 are the latencies of a batch for inference.", ""]
@@ -121,10 +177,11 @@ def render(run: Row, environment: Row, rows: Sequence[Row]) -> str:
                 f"{row['throughput']:.4g}", _optional(row["gflops"], ".3g"), _optional(row.get("peak_percent"), ".1f"),
                 row.get("verification", ""),
             ]
-            for row in ok
+            for row in timed
         ]
         lines += _table([*_CELL_HEADER, "processes x steps", "median", "95% CI", "IQR", "p90", "p99", "samples/s",
                          "GFLOP/s", "% of peak", "verify"], body)
+    if ok:
         lines += ["", "## Costs and resources", "",
                   "One-off costs are medians over processes: importing the framework, building the network,"
                   " and the first step (compilation, tracing). Memory is the worst process: its peak resident"

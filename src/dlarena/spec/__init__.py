@@ -21,10 +21,32 @@ from dlarena.spec.layers import (
 )
 from dlarena.spec.network import Network
 from dlarena.spec.recipe import Init, Optimizer, Recipe
-from dlarena.spec.workload import SCENARIOS, Workload
+from dlarena.spec.workload import SCENARIOS, TIMING_SCENARIOS, Training, Workload
 
 __all__ = [
-    "GRU", "LSTM", "SCENARIOS", "Activation", "AvgPool2D", "BatchNorm", "Concat", "Conv2D", "Dense",
-    "Dropout", "Embedding", "Flatten", "GlobalAvgPool2D", "Init", "Layer", "MaxPool2D", "Network",
-    "Optimizer", "Recipe", "Residual", "Shape", "SpecError", "Workload",
+    "GRU",
+    "LSTM",
+    "SCENARIOS",
+    "TIMING_SCENARIOS",
+    "Activation",
+    "AvgPool2D",
+    "BatchNorm",
+    "Concat",
+    "Conv2D",
+    "Dense",
+    "Dropout",
+    "Embedding",
+    "Flatten",
+    "GlobalAvgPool2D",
+    "Init",
+    "Layer",
+    "MaxPool2D",
+    "Network",
+    "Optimizer",
+    "Recipe",
+    "Residual",
+    "Shape",
+    "SpecError",
+    "Training",
+    "Workload",
 ]

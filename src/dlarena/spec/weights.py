@@ -41,6 +41,7 @@ from dlarena.spec.layers import (
     pair,
 )
 from dlarena.spec.network import Network
+from dlarena.spec.recipe import Init
 
 # Canonical test weights: biases and batch-norm shifts small but non-zero so that a framework that
 # drops or misplaces one is caught; batch-norm scales around one; kernels with variance 1/fan_in
@@ -146,3 +147,45 @@ def canonical_batch(network: Network, batch_size: int, seed: int = 0) -> tuple[n
         inputs = rng.standard_normal(shape).astype(np.float32)
     labels = rng.randint(0, network.classes, size=(batch_size, *network.label_shape)).astype(np.int64)
     return inputs, labels
+
+
+def _fans(spec: ParamSpec) -> tuple[int, int]:
+    """Fan-in and fan-out of a kernel as PyTorch and Keras count them for its canonical layout."""
+    shape = spec.shape
+    if len(shape) == 4:  # conv (out, in, kh, kw): each output unit sees in * kh * kw inputs
+        receptive = shape[2] * shape[3]
+        return shape[1] * receptive, shape[0] * receptive
+    if spec.role == "table":  # (vocab, dim), as torch's Embedding.weight
+        return shape[1], shape[0]
+    return shape[0], shape[1]  # dense and recurrent kernels (in, out)
+
+
+def initial_weights(network: Network, init: Init, seed: int) -> dict[str, np.ndarray]:
+    """Float32 starting weights drawn in NumPy by the recipe's rule, the same for every framework.
+
+    The accuracy scenario starts every framework from these, so that a difference in accuracy
+    comes from the framework's training and not from its random number generator. The rules are
+    the frameworks' own: ``glorot_uniform`` (uniform within sqrt(6 / (fan_in + fan_out))) and
+    ``he_normal`` (normal with standard deviation sqrt(2 / fan_in)) for kernels, embedding tables
+    included, and zero biases; ``uniform(-s, s)`` for every parameter; batch norm starts at gamma 1,
+    beta 0. ``framework_default`` has no single rule across frameworks, so it takes glorot_uniform.
+    """
+    rng = np.random.RandomState(seed)
+    weights = {}
+    for spec in parameter_specs(network):
+        if spec.role == "gamma":
+            value = np.ones(spec.shape)
+        elif spec.role == "beta":
+            value = np.zeros(spec.shape)
+        elif init.name == "uniform":
+            value = rng.uniform(-init.scale, init.scale, size=spec.shape)
+        elif spec.role in ("bias", "input_bias", "recurrent_bias"):
+            value = np.zeros(spec.shape)
+        elif init.name == "he_normal":
+            value = rng.normal(0.0, math.sqrt(2.0 / _fans(spec)[0]), size=spec.shape)
+        else:
+            fan_in, fan_out = _fans(spec)
+            limit = math.sqrt(6.0 / (fan_in + fan_out))
+            value = rng.uniform(-limit, limit, size=spec.shape)
+        weights[spec.name] = value.astype(np.float32)
+    return weights

@@ -7,7 +7,30 @@ from dataclasses import dataclass
 from dlarena.spec.network import Network
 from dlarena.spec.recipe import Recipe
 
-SCENARIOS: tuple[str, ...] = ("train", "infer")
+# What a cell can measure: the speed of a training step or an inference step on synthetic tensors,
+# or training on real data to a test accuracy (the workload's ``training`` says how).
+SCENARIOS: tuple[str, ...] = ("train", "infer", "accuracy")
+TIMING_SCENARIOS: tuple[str, ...] = ("train", "infer")
+
+
+@dataclass(frozen=True)
+class Training:
+    """How the ``accuracy`` scenario trains a workload on real data, as its study did.
+
+    ``epochs`` is the most epochs trained; with a ``target_accuracy`` training stops at the first
+    epoch whose test accuracy reaches it (time to accuracy), without one it runs every epoch (the
+    study's fixed budget). Only complete batches are trained, in a seeded order every framework shares.
+    """
+
+    dataset: str  # a data set of dlarena.data
+    epochs: int
+    batch_size: int
+    target_accuracy: float | None = None
+    source: str = ""  # where the epochs and the target come from
+
+    def describe(self) -> str:
+        target = f" or until {self.target_accuracy:.1%} test accuracy" if self.target_accuracy else ""
+        return f"{self.dataset}, batch {self.batch_size}, {self.epochs} epochs{target}"
 
 
 @dataclass(frozen=True)
@@ -31,6 +54,7 @@ class Workload:
     variant_of: str | None = None
     notes: str = ""
     quirks_not_copied: tuple[str, ...] = ()
+    training: Training | None = None  # None: no real data set, so no accuracy scenario
 
     @property
     def params(self) -> int:
@@ -43,7 +67,7 @@ class Workload:
     def flops(self, scenario: str, batch_size: int) -> int:
         """FLOPs of one step: a forward pass for ``infer``; forward, backward and update for ``train``."""
         forward = self.network.forward_flops(batch_size)
-        if scenario == "infer":
+        if scenario == "infer":  # an accuracy step is a training step
             return forward
         update = self.recipe.optimizer.update_flops_per_param * self.params
         return forward + self.network.backward_flops(batch_size) + update

@@ -50,6 +50,7 @@ class PlannedCell:
     cell: Cell
     timeout_s: float
     key: str
+    repetitions: int | None = None  # worker processes for this cell; None: the run's
 
 
 @dataclass(frozen=True)
@@ -153,11 +154,11 @@ class Store:
                 cell = planned.cell
                 cursor = db.execute(
                     "INSERT INTO cells (run_id, position, cell_key, framework, workload, scenario, device,"
-                    " batch_size, threads, precision, timeout_s, config)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " batch_size, threads, precision, timeout_s, config, repetitions)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (run_id, position, planned.key, cell.framework, cell.workload, cell.scenario,
                      cell.device, cell.batch_size, cell.threads, cell.precision, planned.timeout_s,
-                     cell.to_json()),
+                     cell.to_json(), planned.repetitions or repetitions),
                 )
                 cell_ids.append(int(cursor.lastrowid or 0))
         return run_id, cell_ids
@@ -201,6 +202,12 @@ class Store:
                 [(result_id, phase, step, seconds)
                  for phase, values in phases for step, seconds in enumerate(values)],
             )
+            db.executemany(
+                "INSERT INTO epochs (result_id, epoch, train_s, data_s, eval_s, loss, test_accuracy)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(result_id, e["epoch"], e["train_s"], e["data_s"], e["eval_s"], e["loss"], e["test_accuracy"])
+                 for e in data.get("accuracy", {}).get("epochs", [])],
+            )
 
     def record_summary(self, cell_id: int, figures: CellFigures) -> None:
         """Replace a cell's summary, recomputed from all its ok processes so far."""
@@ -210,15 +217,17 @@ class Store:
                 "INSERT OR REPLACE INTO summaries (cell_id, n, median_s, mean_s, stdev_s, min_s, max_s, q1_s, q3_s,"
                 " throughput, gflops, processes, ci_low_s, ci_high_s, p50_s, p90_s, p99_s, process_spread,"
                 " import_s, build_s, first_step_s, cores_used, cpu_utilisation, peak_rss_bytes,"
-                " memory_growth_bytes, peak_gflops, peak_percent, warnings, data)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " memory_growth_bytes, peak_gflops, peak_percent, warnings, data, accuracy, time_to_target_s)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (cell_id, summary.n, summary.median_s, summary.mean_s, summary.stdev_s, summary.min_s,
                  summary.max_s, summary.q1_s, summary.q3_s, figures.throughput, figures.gflops, summary.processes,
                  summary.ci_low_s, summary.ci_high_s, summary.p50_s, summary.p90_s, summary.p99_s,
                  summary.process_spread, figures.import_s, figures.build_s, figures.first_step_s,
                  figures.cores_used, figures.cpu_utilisation, figures.peak_rss_bytes, figures.memory_growth_bytes,
                  figures.peak_gflops, figures.peak_percent, json.dumps(list(summary.warnings)),
-                 json.dumps(figures.extra, sort_keys=True)),
+                 json.dumps({**figures.extra, **({"training": figures.training} if figures.training else {})},
+                            sort_keys=True),
+                 figures.accuracy, figures.time_to_target_s),
             )
 
     def record_peak(self, run_id: str, peak: Peak) -> None:
@@ -309,7 +318,7 @@ class Store:
                    COALESCE(s.cores_used, r.cores_used) AS cores_used, s.cpu_utilisation,
                    COALESCE(s.peak_rss_bytes, r.peak_rss_bytes) AS peak_rss_bytes,
                    s.memory_growth_bytes, COALESCE(s.warnings, '[]') AS warnings,
-                   COALESCE(s.data, '{}') AS summary_data
+                   COALESCE(s.data, '{}') AS summary_data, s.accuracy, s.time_to_target_s
             FROM cells c
             LEFT JOIN results r ON r.id = (
                 SELECT id FROM results WHERE cell_id = c.id
@@ -329,7 +338,7 @@ class Store:
         """
         rows = self.connection.execute(
             """
-            SELECT c.id AS cell_id, c.config, c.cell_key, c.timeout_s,
+            SELECT c.id AS cell_id, c.config, c.cell_key, c.timeout_s, c.repetitions,
                    (SELECT COUNT(*) FROM results WHERE cell_id = c.id AND status = 'ok') AS ok,
                    (SELECT status FROM results WHERE cell_id = c.id AND status NOT IN ('ok', 'interrupted')
                     ORDER BY id LIMIT 1) AS final_status

@@ -6,7 +6,7 @@ migrations in one transaction; opening a newer one is refused (its meaning is un
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # MIGRATIONS[n] turns a database of version n into version n + 1; version 0 is an empty file.
 MIGRATIONS: dict[int, str] = {
@@ -156,5 +156,20 @@ MIGRATIONS: dict[int, str] = {
     3: """
     ALTER TABLE runs ADD COLUMN resumes TEXT NOT NULL DEFAULT '[]';  -- JSON: when, command, what had changed
     ALTER TABLE runs ADD COLUMN memory_limit_bytes INTEGER;  -- a worker past it is killed as oom
+    """,
+    4: """
+    ALTER TABLE cells ADD COLUMN repetitions INTEGER;  -- worker processes of this cell (NULL: the run's)
+    CREATE TABLE epochs (                  -- the accuracy scenario, one row per trained epoch
+        result_id INTEGER NOT NULL REFERENCES results(id),
+        epoch INTEGER NOT NULL,            -- from 1
+        train_s REAL NOT NULL,             -- training steps, each ended by a device sync
+        data_s REAL NOT NULL,              -- drawing the epoch's batches
+        eval_s REAL NOT NULL,              -- predicting the test set
+        loss REAL NOT NULL,                -- mean training loss of the epoch
+        test_accuracy REAL NOT NULL,
+        PRIMARY KEY (result_id, epoch)
+    ) WITHOUT ROWID;
+    ALTER TABLE summaries ADD COLUMN accuracy REAL;          -- accuracy cells: trimmed mean over seeds
+    ALTER TABLE summaries ADD COLUMN time_to_target_s REAL;  -- trimmed mean over the seeds that reached it
     """,
 }
