@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import flax
@@ -80,6 +80,11 @@ _ELEMENTWISE = (Activation, Dropout)
 # jax_default_matmul_precision values that keep float32 matmuls and convolutions in full float32 on
 # a GPU; anything else (None included, the default) lets XLA use TF32 on Ampere and newer.
 _FULL_FLOAT32_PRECISIONS = ("highest", "float32")
+
+
+def _modes(train: bool) -> dict[str, bool]:
+    """Dropout and batch norm switched for training or inference, as ``nnx.view`` arguments."""
+    return {"deterministic": not train, "use_running_average": not train}
 
 
 def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
@@ -532,8 +537,7 @@ def initialise(
         builder = Builder(make_inits(recipe), nnx.Rngs(params=params_key, dropout=dropout_key), dtype)
         model = builder.sequence(network.layers, network.input_shape, "")
         # Modes as Flax's docs set them now: a view with Dropout and BatchNorm switched.
-        mode = {"deterministic": not train, "use_running_average": not train}
-        model = nnx.view(model, raise_if_not_found=False, **mode)
+        model = nnx.view(model, raise_if_not_found=False, **_modes(train))
         node: Any = (model, nnx.Optimizer(model, make_optimizer(recipe), wrt=nnx.Param)) if train else model
         graphdef, state = nnx.split(node)
         dtypes = sorted({str(leaf.dtype) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param))})
@@ -549,6 +553,34 @@ def initialise(
 
 def variables_by_path(model: nnx.Module) -> dict[Path, nnx.Variable[Array]]:
     return {path: node for path, node in nnx.iter_graph(model) if isinstance(node, nnx.Variable)}
+
+
+def load_canonical(
+    model: nnx.Module, bindings: dict[str, Binding], weights: dict[str, np.ndarray], dtype: np.dtype[Any],
+    device: jax.Device,
+) -> None:
+    """Copy canonical weights into ``model``; batch norm's running statistics restart at mean 0, variance 1."""
+    layout.same_keys(list(bindings), weights)
+    variables = variables_by_path(model)
+    for name, binding in bindings.items():
+        value = np.ascontiguousarray(binding.to_flax(weights[name]), dtype=dtype)
+        variables[binding.path][...] = jax.device_put(value, device)
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.BatchNorm):
+            # Replaced rather than assigned into (which keeps the old dtype): nnx.BatchNorm builds
+            # its statistics in float32 whatever its param_dtype.
+            node.mean.set_value(jnp.zeros(node.mean.shape, dtype, device=device))
+            node.var.set_value(jnp.ones(node.var.shape, dtype, device=device))
+
+
+def device_inputs(network: Network, inputs: np.ndarray, dtype: np.dtype[Any], device: jax.Device) -> Array:
+    """A canonical batch (channels-first images, int64 token ids) as the model takes it, on ``device``."""
+    if network.input_kind == "tokens":
+        host = inputs.astype(np.int32)  # JAX's default integer without x64; ids are far below 2**31
+    else:
+        host = layout.images_channels_last(inputs.astype(dtype))
+    on_device: Array = jax.device_put(host, device)
+    return on_device
 
 
 # --------------------------------------------------------------------------------------------------
@@ -691,6 +723,7 @@ class TrainRunner(_Runner):
         graphdef = setup.graphdef
         leaves, treedef = jax.tree.flatten(setup.state)
         structure: Any = treedef  # jaxlib's PyTreeDef is opaque to mypy
+        self.graphdef, self.structure = graphdef, structure
 
         def step(leaves: list[Array], inputs: Array, labels: Array) -> tuple[Array, list[Array]]:
             model, optimizer = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
@@ -713,6 +746,21 @@ class TrainRunner(_Runner):
         self.pending, self.leaves = self._step(self.leaves, self.inputs, self.labels)
 
 
+def inference_forward(graphdef: nnx.GraphDef[Any], treedef: Any) -> Callable[[list[Array], Array], Array]:
+    """The pure forward pass in inference mode over the flat state of a model, or of the
+    ``(model, optimizer)`` pair a train runner steps, whose model is then viewed in inference mode
+    inside the traced function (a view shares the arrays: nothing is copied)."""
+
+    def forward(leaves: list[Array], inputs: Array) -> Array:
+        node = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+        if isinstance(node, tuple):
+            node = nnx.view(node[0], raise_if_not_found=False, **_modes(train=False))
+        model: Chain = node
+        return model(inputs)
+
+    return forward
+
+
 class InferRunner(_Runner):
     """One step is one call of the compiled forward pass in inference mode."""
 
@@ -724,15 +772,46 @@ class InferRunner(_Runner):
         graphdef = setup.graphdef
         leaves, treedef = jax.tree.flatten(setup.state)
 
-        def forward(leaves: list[Array], inputs: Array) -> Array:
-            model: Chain = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
-            return model(inputs)
-
-        self._forward = jax.jit(forward)
+        self._forward = jax.jit(inference_forward(graphdef, treedef))
         self.leaves: list[Array] = _placed(leaves, device)
 
     def step(self) -> None:
         self.pending = self._forward(self.leaves, self.inputs)
+
+
+class Trainer(TrainRunner):
+    """The train runner fed real batches (the accuracy scenario); see base.Trainer.
+
+    Batches are arguments of the compiled step, never constants of it, so a new batch of the same
+    shape reuses the compiled code; ``predict`` is a second compiled function over the same state.
+    """
+
+    # Built in float32, the precision timed: the accuracy scenario has no float64 form.
+    FLOAT = np.dtype(np.float32)
+
+    def __init__(self, setup: Initialised, loss_fn: LossFn, device: jax.Device, network: Network) -> None:
+        super().__init__(setup, loss_fn, device)
+        self.network = network
+        self.bindings = setup.bindings
+        self._predict = jax.jit(inference_forward(self.graphdef, self.structure))
+
+    def load_weights(self, weights: dict[str, np.ndarray]) -> None:
+        # Merged outside the compiled code, as the Checker's model, then flattened again in the order
+        # the compiled step expects; the optimizer's slots are untouched (zero before any step).
+        model, optimizer = nnx.merge(self.graphdef, jax.tree.unflatten(self.structure, self.leaves))
+        load_canonical(model, self.bindings, weights, self.FLOAT, self.device)
+        self.leaves = _placed(self.structure.flatten_up_to(nnx.state((model, optimizer))), self.device)
+
+    def train_step(self, inputs: np.ndarray, labels: np.ndarray) -> Array:
+        self.inputs = device_inputs(self.network, inputs, self.FLOAT, self.device)
+        self.labels = jax.device_put(labels.astype(np.int32), self.device)
+        self.step()
+        assert self.pending is not None
+        return self.pending  # the loss, still on the device: float() waits for it
+
+    def predict(self, inputs: np.ndarray) -> np.ndarray:
+        logits = self._predict(self.leaves, device_inputs(self.network, inputs, self.FLOAT, self.device))
+        return np.asarray(logits)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -774,28 +853,14 @@ class Checker:
         return self.params
 
     def load_weights(self, weights: dict[str, np.ndarray]) -> None:
-        layout.same_keys(list(self.bindings), weights)
-        for name, binding in self.bindings.items():
-            value = np.ascontiguousarray(binding.to_flax(weights[name]), dtype=self.dtype)
-            self.variables[binding.path][...] = jax.device_put(value, self.device)
-        for _, node in nnx.iter_graph(self.model):
-            if isinstance(node, nnx.BatchNorm):
-                # Replaced rather than assigned into (which keeps the old dtype): nnx.BatchNorm builds
-                # its statistics in float32 whatever its param_dtype.
-                node.mean.set_value(jnp.zeros(node.mean.shape, self.dtype, device=self.device))
-                node.var.set_value(jnp.ones(node.var.shape, self.dtype, device=self.device))
+        load_canonical(self.model, self.bindings, weights, self.dtype, self.device)
 
     def export_weights(self) -> dict[str, np.ndarray]:
         return {name: np.array(binding.to_canonical(np.asarray(self.variables[binding.path][...])))
                 for name, binding in self.bindings.items()}
 
     def _inputs(self, inputs: np.ndarray) -> Array:
-        if self.network.input_kind == "tokens":
-            host = inputs.astype(np.int32)  # JAX's default integer without x64; ids are far below 2**31
-        else:
-            host = layout.images_channels_last(inputs.astype(self.dtype))
-        on_device: Array = jax.device_put(host, self.device)
-        return on_device
+        return device_inputs(self.network, inputs, self.dtype, self.device)
 
     def _states(self) -> tuple[State, State]:
         return nnx.state(self.model, nnx.Param), nnx.state(self.model, nnx.Not(nnx.Param))
@@ -851,13 +916,25 @@ class Backend:
             jax.config.update("jax_enable_x64", True)  # type: ignore[no-untyped-call]  # jax leaves it unannotated
         return Checker(workload, self._device(device), precision)
 
-    def prepare(self, request: StepRequest) -> TrainRunner | InferRunner:
+    def _initialise(self, request: StepRequest) -> tuple[Initialised, jax.Device]:
         require(request, "JAX")
         device = self._device(request.device)
         network, recipe = request.workload.network, request.workload.recipe
         train = request.scenario == "train"
         with jax.default_device(device):
             setup = initialise(network, recipe, jax.random.key(request.seed), train, request.batch_size)
-        if not train:
+        return setup, device
+
+    def prepare(self, request: StepRequest) -> TrainRunner | InferRunner:
+        setup, device = self._initialise(request)
+        if request.scenario != "train":
             return InferRunner(setup, device)
+        network, recipe = request.workload.network, request.workload.recipe
         return TrainRunner(setup, make_loss(network, recipe, request.batch_size), device)
+
+    def trainer(self, request: StepRequest) -> Trainer:
+        # The train runner's set-up (its synthetic batch is made, but only real batches are stepped);
+        # the dropout key comes from request.seed, as the parameter key does.
+        setup, device = self._initialise(replace(request, scenario="train"))
+        network, recipe = request.workload.network, request.workload.recipe
+        return Trainer(setup, make_loss(network, recipe, request.batch_size), device, network)

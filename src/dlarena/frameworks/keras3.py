@@ -32,7 +32,7 @@ The custom step is faster on every backend (train_on_batch adds per call a metri
 tracker, the structure checks and a NumPy copy of the logs; under JAX also the copy of the whole
 state back into the Keras variables), and so is the compiled forward, or it ties (torch). Both are
 kept: ``TRAIN_LOOP`` and ``INFER_PATH`` hold the choice, ``Backend(train_loop=, infer_path=)``
-re-measures it.
+re-measures it. The accuracy scenario's ``Trainer`` runs the same two steps on real batches.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ import math
 import os
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -399,11 +399,50 @@ def _count(variables: list[Any]) -> int:
 
 @dataclass
 class _Step:
-    """A prepared step: ``run`` does the work, ``sync`` waits for it, ``execution`` names how it runs."""
+    """A prepared step: ``run`` does the work on the batch it is given and returns the loss (train)
+    or the logits (infer) without waiting for them, ``sync`` waits for the last one, ``execution``
+    names how it runs. ``state`` is the JAX state the step keeps outside the Keras variables (see
+    _JaxState), None where the Keras variables hold the model's state."""
 
-    run: Callable[[], None]
+    run: Callable[..., Any]
     sync: Callable[[], None]
     execution: str
+    state: _JaxState | None = None
+
+
+class _JaxState:
+    """The values of a model's variables (and its optimizer's) as JAX arrays, held outside them.
+
+    A jitted custom step takes the state as arguments and returns the new state; the train step
+    donates it, so that XLA updates it in place, and the arrays the Keras variables held are gone
+    after the first step. Keras' own trainer assigns the returned state back to the variables after
+    every call (part of what makes train_on_batch slower); here it stays in this holder, and the
+    Keras variables are read (``read``) or written (``write``) only where something else uses them.
+    """
+
+    def __init__(self, model: Any, optimizer: Any = None) -> None:
+        self._model = model
+        self._optimizer = optimizer
+        self.trainable: list[Any] = []
+        self.non_trainable: list[Any] = []
+        self.slots: list[Any] = []
+        self.read()
+
+    def _variables(self) -> tuple[list[Any], list[Any], list[Any]]:
+        return (self._model.trainable_variables, self._model.non_trainable_variables,
+                self._optimizer.variables if self._optimizer is not None else [])
+
+    def read(self) -> None:
+        """Take the state from the Keras variables."""
+        self.trainable, self.non_trainable, self.slots = (
+            [v.value for v in variables] for variables in self._variables())
+
+    def write(self) -> None:
+        """Put the state into the Keras variables, which hold it until the next train step donates it."""
+        for variables, values in zip(self._variables(), (self.trainable, self.non_trainable, self.slots),
+                                     strict=True):
+            for variable, value in zip(variables, values, strict=True):
+                variable.assign(value)
 
 
 def _no_sync() -> None:
@@ -423,18 +462,17 @@ def _device_sync(backend: str, on_gpu: bool) -> Callable[[], None]:
     return tf.test.experimental.sync_devices  # type: ignore[no-any-return]
 
 
-def _keras_train_step(model: Any, inputs: Any, labels: Any, sync: Callable[[], None]) -> _Step:
-    def run() -> None:
-        model.train_on_batch(inputs, labels)  # returns the loss as NumPy: the step has finished
+def _keras_train_step(model: Any, sync: Callable[[], None]) -> _Step:
+    def run(x: Any, y: Any) -> Any:
+        return model.train_on_batch(x, y, return_dict=False)  # the loss as NumPy: the step has finished
 
     return _Step(run, sync, "train_on_batch")
 
 
-def _custom_train_step(
-    model: Any, optimizer: Any, loss_fn: Any, inputs: Any, labels: Any, sync: Callable[[], None]
-) -> _Step:
+def _custom_train_step(model: Any, optimizer: Any, loss_fn: Any, sync: Callable[[], None]) -> _Step:
     """The train step of Keras' guides "Writing a training loop from scratch in JAX / TensorFlow /
-    PyTorch": forward and loss, the backend's gradients, ``optimizer.apply``."""
+    PyTorch": forward and loss, the backend's gradients, ``optimizer.apply``. Compiled once for the
+    first batch's shapes and dtypes; later batches of the same ones reuse it."""
     keras = _keras()
     backend = keras.backend.backend()
     if backend == "jax":
@@ -461,24 +499,21 @@ def _custom_train_step(
             trainable, slots = optimizer.stateless_apply(slots, grads, trainable)
             return loss, (trainable, non_trainable, slots)
 
-        holder: dict[str, Any] = {
-            "state": (
-                [v.value for v in model.trainable_variables],
-                [v.value for v in model.non_trainable_variables],
-                [v.value for v in optimizer.variables],
-            ),
-            "loss": None,
-        }
+        state = _JaxState(model, optimizer)
+        last: list[Any] = [None]  # the last loss
 
-        def run_jax() -> None:
-            holder["loss"], holder["state"] = train_step(holder["state"], inputs, labels)
+        def run_jax(x: Any, y: Any) -> Any:
+            loss, (state.trainable, state.non_trainable, state.slots) = train_step(
+                (state.trainable, state.non_trainable, state.slots), x, y)
+            last[0] = loss
+            return loss
 
         def sync_jax() -> None:
             # One XLA executable: its outputs, the loss among them, become ready together.
-            if holder["loss"] is not None:
-                holder["loss"].block_until_ready()
+            if last[0] is not None:
+                last[0].block_until_ready()
 
-        return _Step(run_jax, sync_jax, "jax.jit")
+        return _Step(run_jax, sync_jax, "jax.jit", state)
     if backend == "tensorflow":
         import tensorflow as tf
 
@@ -493,56 +528,57 @@ def _custom_train_step(
             optimizer.apply(tape.gradient(loss, variables), variables)
             return loss
 
-        def run_tf() -> None:
-            tf_step(inputs, labels)
-
-        return _Step(run_tf, sync, "tf.function+xla" if model.jit_compile else "tf.function")
+        return _Step(tf_step, sync, "tf.function+xla" if model.jit_compile else "tf.function")
     import torch
 
     weights = model.trainable_weights
 
-    def run_torch() -> None:
-        loss = loss_fn(labels, model(inputs, training=True))
+    def run_torch(x: Any, y: Any) -> Any:
+        loss = loss_fn(y, model(x, training=True))
         for penalty in model.losses:
             loss = loss + penalty
         model.zero_grad()
         loss.backward()
         with torch.no_grad():
             optimizer.apply([w.value.grad for w in weights], weights)
+        return loss.detach()  # not the autograd graph, which would live as long as the loss
 
     return _Step(run_torch, sync, "eager")
 
 
-def _keras_infer_step(model: Any, inputs: Any, sync: Callable[[], None]) -> _Step:
-    def run() -> None:
-        model.predict_on_batch(inputs)  # returns NumPy: the step has finished
+def _keras_infer_step(model: Any, sync: Callable[[], None]) -> _Step:
+    def run(x: Any) -> Any:
+        return model.predict_on_batch(x)  # NumPy: the step has finished
 
     return _Step(run, sync, "predict_on_batch")
 
 
-def _custom_infer_step(model: Any, inputs: Any, sync: Callable[[], None]) -> _Step:
-    """A forward pass in inference mode, compiled the way the backend compiles Keras' predict step."""
+def _custom_infer_step(model: Any, sync: Callable[[], None], state: _JaxState | None = None) -> _Step:
+    """A forward pass in inference mode, compiled the way the backend compiles Keras' predict step.
+
+    Under JAX it reads the model's state from ``state``: that of a custom train step, which keeps
+    it outside the Keras variables, or by default its own, read from them now."""
     keras = _keras()
     backend = keras.backend.backend()
-    holder: dict[str, Any] = {"output": None}
     if backend == "jax":
         import jax
 
-        trainable = [v.value for v in model.trainable_variables]
-        non_trainable = [v.value for v in model.non_trainable_variables]
+        held = state if state is not None else _JaxState(model)
+        last: list[Any] = [None]  # the last logits
 
         @jax.jit
         def forward(trainable: list[Any], non_trainable: list[Any], x: Any) -> Any:
             return model.stateless_call(trainable, non_trainable, x, training=False)[0]
 
-        def run_jax() -> None:
-            holder["output"] = forward(trainable, non_trainable, inputs)
+        def run_jax(x: Any) -> Any:
+            last[0] = forward(held.trainable, held.non_trainable, x)
+            return last[0]
 
         def sync_jax() -> None:
-            if holder["output"] is not None:
-                holder["output"].block_until_ready()
+            if last[0] is not None:
+                last[0].block_until_ready()
 
-        return _Step(run_jax, sync_jax, "jax.jit")
+        return _Step(run_jax, sync_jax, "jax.jit", held)
     if backend == "tensorflow":
         import tensorflow as tf
 
@@ -550,15 +586,12 @@ def _custom_infer_step(model: Any, inputs: Any, sync: Callable[[], None]) -> _St
         def tf_forward(x: Any) -> Any:
             return model(x, training=False)
 
-        def run_tf() -> None:
-            holder["output"] = tf_forward(inputs)
-
-        return _Step(run_tf, sync, "tf.function+xla" if model.jit_compile else "tf.function")
+        return _Step(tf_forward, sync, "tf.function+xla" if model.jit_compile else "tf.function")
     import torch
 
-    def run_torch() -> None:
+    def run_torch(x: Any) -> Any:
         with torch.no_grad():
-            holder["output"] = model(inputs, training=False)
+            return model(x, training=False)
 
     return _Step(run_torch, sync, "eager")
 
@@ -570,15 +603,19 @@ def _custom_infer_step(model: Any, inputs: Any, sync: Callable[[], None]) -> _St
 class Runner:
     """A prepared model, its batch and its step; see base.Runner."""
 
-    def __init__(self, model: Any, step: _Step, image: bool, on_gpu: bool, scope: contextlib.ExitStack) -> None:
+    def __init__(
+        self, model: Any, step: _Step, batch: tuple[Any, ...], image: bool, on_gpu: bool,
+        scope: contextlib.ExitStack,
+    ) -> None:
         self.model = model
         self._step = step
+        self._batch = batch  # what the step runs on: (inputs, labels) to train, (inputs,) to infer
         self._image = image
         self._on_gpu = on_gpu
         self._scope = scope  # the device scope stays entered for the runner's life
 
     def step(self) -> None:
-        self._step.run()
+        self._step.run(*self._batch)
 
     def sync(self) -> None:
         self._step.sync()
@@ -709,6 +746,34 @@ def _bindings(network: Network, builder: _Builder) -> list[_Binding]:
     return bindings
 
 
+def _norms(builder: _Builder) -> list[Any]:
+    """The model's batch norm layers, whose running statistics restart with every load."""
+    keras = _keras()
+    return [held[0] for held in builder.layers.values() if isinstance(held[0], keras.layers.BatchNormalization)]
+
+
+def _load_canonical(bindings: list[_Binding], norms: list[Any], weights: dict[str, np.ndarray], device: str) -> None:
+    """Assign canonical weights to the Keras variables; batch norm's running statistics restart at
+    mean 0, variance 1. A GRU's stacked bias takes two canonical rows: the variable is read first."""
+    keras = _keras()
+    values: dict[int, np.ndarray] = {}
+    for binding in bindings:
+        key = id(binding.variable)
+        if key not in values:
+            values[key] = np.array(keras.ops.convert_to_numpy(binding.variable))
+        converted = binding.to_keras(weights[binding.name])
+        if binding.row is None:
+            values[key] = converted
+        else:
+            values[key][binding.row] = converted
+    with keras.device(device):
+        for binding in bindings:
+            binding.variable.assign(values[id(binding.variable)])
+        for norm in norms:
+            norm.moving_mean.assign(np.zeros(norm.moving_mean.shape, norm.moving_mean.dtype))
+            norm.moving_variance.assign(np.ones(norm.moving_variance.shape, norm.moving_variance.dtype))
+
+
 class Checker:
     """The network in inference mode with canonical weights; see base.Checker."""
 
@@ -721,31 +786,14 @@ class Checker:
             builder = _Builder(init=None, weight_decay=0.0, dtype=precision)
             self.model = builder.model(self.network)
         self.bindings = _bindings(self.network, builder)
-        self.norms = [held[0] for held in builder.layers.values()
-                      if isinstance(held[0], keras.layers.BatchNormalization)]
+        self.norms = _norms(builder)
         self.loss_fn = make_loss(self.network, self.recipe)
 
     def trainable_params(self) -> int:
         return _count(self.model.trainable_weights)
 
     def load_weights(self, weights: dict[str, np.ndarray]) -> None:
-        keras = _keras()
-        values: dict[int, np.ndarray] = {}
-        for binding in self.bindings:
-            key = id(binding.variable)
-            if key not in values:
-                values[key] = np.array(keras.ops.convert_to_numpy(binding.variable))
-            converted = binding.to_keras(weights[binding.name])
-            if binding.row is None:
-                values[key] = converted
-            else:
-                values[key][binding.row] = converted
-        with keras.device(self._device):
-            for binding in self.bindings:
-                binding.variable.assign(values[id(binding.variable)])
-            for norm in self.norms:
-                norm.moving_mean.assign(np.zeros(norm.moving_mean.shape, norm.moving_mean.dtype))
-                norm.moving_variance.assign(np.ones(norm.moving_variance.shape, norm.moving_variance.dtype))
+        _load_canonical(self.bindings, self.norms, weights, self._device)
 
     def _canonical(self, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
         """Canonical values from arrays aligned with ``model.trainable_variables``."""
@@ -812,6 +860,69 @@ class Checker:
         arrays = [np.zeros(v.shape, v.dtype) if g is None else keras.ops.convert_to_numpy(g)
                   for v, g in zip(variables, grads, strict=True)]
         return float(keras.ops.convert_to_numpy(loss)), self._canonical(arrays)
+
+
+# --------------------------------------------------------------------------------------------------
+# Accuracy: the train step fed real batches
+
+
+class Trainer(Runner):
+    """The train runner's step fed real batches, and an inference step to test with; see base.Trainer.
+
+    Both steps are the ones the train and infer scenarios time (``TRAIN_LOOP``, ``INFER_PATH``),
+    each compiled once for the fixed batch size. Keras passes ``training`` to every call, so there
+    is no mode to switch back after ``predict``.
+    """
+
+    def __init__(
+        self, runner: Runner, infer: _Step, network: Network, bindings: list[_Binding], norms: list[Any],
+        device: str,
+    ) -> None:
+        super().__init__(runner.model, runner._step, runner._batch, runner._image, runner._on_gpu, runner._scope)
+        self._infer = infer
+        self._network = network
+        self._bindings = bindings
+        self._norms = norms
+        self._device = device
+
+    def _tensors(self, inputs: np.ndarray, labels: np.ndarray | None = None) -> tuple[Any, ...]:
+        """Canonical arrays as tensors on the device, in the dtypes of the synthetic batch the steps
+        were built for (int32 labels and token ids)."""
+        convert = _keras().ops.convert_to_tensor
+        x = convert(_to_keras_inputs(self._network, inputs, "float32"))
+        return (x,) if labels is None else (x, convert(labels.astype(np.int32)))
+
+    def load_weights(self, weights: dict[str, np.ndarray]) -> None:
+        state = self._step.state
+        if state is not None:
+            state.write()  # the Keras variables may hold arrays a step has donated since
+        _load_canonical(self._bindings, self._norms, weights, self._device)
+        if state is not None:
+            state.read()
+
+    def train_step(self, inputs: np.ndarray, labels: np.ndarray) -> Any:
+        return self._step.run(*self._tensors(inputs, labels))
+
+    def predict(self, inputs: np.ndarray) -> np.ndarray:
+        # Under JAX a custom step keeps the state outside the Keras variables (a custom forward
+        # shares the custom train step's); where only one step does, the state crosses over.
+        trained, read = self._step.state, self._infer.state
+        if read is not None and trained is None:
+            read.read()  # train_on_batch keeps the trained state in the variables
+        if trained is not None and read is None:
+            # predict_on_batch takes the state from the variables, donates it to its jitted step
+            # and puts the new arrays back: the custom train step must take those.
+            trained.write()
+            logits = self._infer.run(*self._tensors(inputs))
+            trained.read()
+        else:
+            logits = self._infer.run(*self._tensors(inputs))
+        return np.asarray(_keras().ops.convert_to_numpy(logits))
+
+    def parity(self) -> Parity:
+        parity = super().parity()
+        parity.details["predict"] = self._infer.execution
+        return parity
 
 
 # --------------------------------------------------------------------------------------------------
@@ -929,13 +1040,32 @@ class Backend:
         return Checker(workload, self._device(device), precision)
 
     def prepare(self, request: StepRequest) -> Runner:
+        return self._prepare(request)[0]
+
+    def trainer(self, request: StepRequest) -> Trainer:
+        """The train runner, fed real batches, with the infer scenario's step to test with."""
+        runner, builder = self._prepare(replace(request, scenario="train"))
+        sync = _device_sync(self.backend, request.device == "cuda")
+        # Under JAX a custom forward reads the state the custom train step holds, not a copy of it.
+        infer = self._infer_step(runner.model, sync, runner._step.state)
+        network = request.workload.network
+        return Trainer(runner, infer, network, _bindings(network, builder), _norms(builder),
+                       self._device(request.device))
+
+    def _prepare(self, request: StepRequest) -> tuple[Runner, _Builder]:
+        """The runner, and the builder that knows where each canonical parameter lives in its model."""
         require(request, "Keras")
         device = self._device(request.device)
         keras = _keras()
         network, recipe = request.workload.network, request.workload.recipe
         # Not keras.utils.set_random_seed: it imports TensorFlow whatever the backend. Every Keras
-        # initializer and dropout layer built without a seed draws one from Python's random module.
+        # initializer and dropout layer built without a seed draws one from Python's random module,
+        # except that the torch backend's dropout without a seed draws its masks from torch's own.
         random.seed(request.seed)
+        if self.backend == "torch":
+            import torch
+
+            torch.manual_seed(request.seed)
         # A worker runs one cell: the device scope stays entered while its steps run, and is left
         # at exit, before the interpreter tears down the modules its context manager needs.
         scope = contextlib.ExitStack()
@@ -949,13 +1079,16 @@ class Backend:
         inputs, labels = synthetic_batch(network, request.batch_size, request.seed)
         on_gpu = request.device == "cuda"
         sync = _device_sync(self.backend, on_gpu)
+        batch: tuple[Any, ...] = (inputs, labels) if train else (inputs,)
         if not train:
-            if self.infer_path == "predict_on_batch":
-                step = _keras_infer_step(model, inputs, sync)
-            else:
-                step = _custom_infer_step(model, inputs, sync)
+            step = self._infer_step(model, sync)
         elif self.train_loop == "train_on_batch":
-            step = _keras_train_step(model, inputs, labels, sync)
+            step = _keras_train_step(model, sync)
         else:
-            step = _custom_train_step(model, optimizer, loss_fn, inputs, labels, sync)
-        return Runner(model, step, network.input_kind == "image", on_gpu, scope)
+            step = _custom_train_step(model, optimizer, loss_fn, sync)
+        return Runner(model, step, batch, network.input_kind == "image", on_gpu, scope), builder
+
+    def _infer_step(self, model: Any, sync: Callable[[], None], state: _JaxState | None = None) -> _Step:
+        if self.infer_path == "predict_on_batch":
+            return _keras_infer_step(model, sync)
+        return _custom_infer_step(model, sync, state)
