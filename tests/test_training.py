@@ -263,3 +263,15 @@ def test_naming_a_suites_own_workload_selects_its_sweeps_and_other_names_replace
     assert {(cell.workload, cell.scenario) for cell, _ in other} == {("fcn5", "train"), ("fcn5", "infer")}
     asked = load_suite("quick").override(frameworks=("torch",), workloads=("fcn5",), scenarios=("accuracy",))
     assert [(cell.workload, cell.scenario) for cell, _ in asked.cells(cores=2)] == [("fcn5", "accuracy")]
+
+
+def test_the_export_carries_the_accuracy_figures(db_path: Path) -> None:
+    from dlarena.report.export import tidy
+
+    store = Store.open(db_path)
+    run_id = run_suite(parse_suite(SUITE.replace("repetitions = 3", "repetitions = 1"), "test"), store, ["t"]).run_id
+    rows = {row["workload"]: row for row in tidy(store.cell_rows(run_id))}
+    trained, timed = rows["digits-mlp"], rows["fcn5-small"]
+    assert trained["dataset"] == "digits" and trained["seeds"] == 1 and 0.85 < trained["accuracy"] <= 1
+    assert trained["target_accuracy"] == DIGITS_TARGET_ACCURACY and 1 <= trained["epochs_trained"] <= 6
+    assert timed["accuracy"] is None and timed["dataset"] is None and timed["median_s"] > 0

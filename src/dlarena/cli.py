@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -144,12 +145,15 @@ def cmd_list(args: argparse.Namespace) -> int:
              "published_params": w.published_params, "variant_of": w.variant_of,
              "default_batch_size": w.default_batch_size,
              "forward_flops_per_sample": w.flops("infer", 1), "train_flops_per_sample": w.flops("train", 1),
-             "recipe": w.recipe.describe(), "citation": w.citation}
+             "recipe": w.recipe.describe(), "citation": w.citation, "notes": w.notes,
+             "quirks_not_copied": list(w.quirks_not_copied),
+             "training": dataclasses.asdict(w.training) if w.training else None}
             for w in CATALOGUE.values()
         ]
-        lines = [f"{'name':<22} {'study':<13} {'params':>13} {'GFLOP fwd/sample':>17}  title"] + [
+        lines = [f"{'name':<22} {'study':<13} {'params':>13} {'GFLOP fwd/sample':>17}  {'trains on':<9}  title"] + [
             f"{item['name']:<22} {item['study']:<13} {item['params']:>13,} "
-            f"{item['forward_flops_per_sample'] / 1e9:>17.4g}  {item['title']}"
+            f"{item['forward_flops_per_sample'] / 1e9:>17.4g}  "
+            f"{item['training']['dataset'] if item['training'] else '':<9}  {item['title']}"
             for item in items
         ]
     else:

@@ -74,12 +74,15 @@ def limit_threads(threads: int) -> list[int]:
 
 def _failure(error: BaseException) -> dict[str, str]:
     """The status and message of an exception raised while building or stepping a cell."""
+    from dlarena.data.dataset import DataError, DataMissing
     from dlarena.frameworks.base import Unavailable, Unsupported
 
     if isinstance(error, Unsupported):
         return {"status": "unsupported", "message": str(error)}
-    if isinstance(error, Unavailable):
+    if isinstance(error, Unavailable | DataMissing):
         return {"status": "unavailable", "message": str(error)}
+    if isinstance(error, DataError):  # a damaged data set: its one sentence names the file
+        return {"status": "failed", "message": str(error)}
     if isinstance(error, MemoryError):
         return {"status": "oom", "message": "the framework ran out of memory (MemoryError)"}
     text = f"{type(error).__name__}: {error}"

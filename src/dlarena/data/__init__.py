@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dlarena.data.cache import data_home, dataset_folder
 from dlarena.data.catalogue import DATASETS, DataFile, DataSetInfo
-from dlarena.data.dataset import DataError, Dataset, Split
+from dlarena.data.dataset import DataError, DataMissing, Dataset, Split
 from dlarena.data.registry import (
     DataSetStatus,
     dataset_info,
@@ -23,6 +23,7 @@ __all__ = [
     "DATASETS",
     "DataError",
     "DataFile",
+    "DataMissing",
     "DataSetInfo",
     "DataSetStatus",
     "Dataset",

@@ -13,6 +13,11 @@ class DataError(DlarenaError):
     """A data set that is missing, corrupted, truncated or of the wrong shape; the message names the file."""
 
 
+class DataMissing(DataError):
+    """A data set that is not on this machine: a cell that needs it is ``unavailable``, as a framework
+    that is not installed."""
+
+
 @dataclass(frozen=True)
 class Split:
     """Inputs (float32 channels-first images, or int64 token ids) and their int64 labels."""

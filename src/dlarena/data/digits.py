@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlarena.data.dataset import DataError, Dataset, Split
+from dlarena.data.dataset import DataError, DataMissing, Dataset, Split
 
 SAMPLES = 1797
 PIXELS = 64  # 8 x 8
@@ -31,7 +31,7 @@ SPLIT_SEED = 0
 def digits_file() -> Path:
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError(
+        raise DataMissing(
             "the digits data set comes with scikit-learn, which is not installed (pip install scikit-learn)"
         )
     return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"

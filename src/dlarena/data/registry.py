@@ -23,7 +23,7 @@ from pathlib import Path
 from dlarena.data import cifar, imdb, mnist, ptb
 from dlarena.data.cache import data_home, dataset_folder, sha256_of, size_on_disk
 from dlarena.data.catalogue import DATASETS, DataFile, DataSetInfo
-from dlarena.data.dataset import DataError, Dataset
+from dlarena.data.dataset import DataError, DataMissing, Dataset
 from dlarena.data.digits import digits_file, load_digits
 from dlarena.data.download import RETRIES, RETRY_WAIT_S, TIMEOUT_S, Report, download, mirror_url
 from dlarena.errors import UnknownNameError
@@ -95,7 +95,7 @@ def load_dataset(name: str, *, vocab: int | None = None, steps: int | None = Non
         return load_digits()
     folder = dataset_folder(name, home)
     if info.resolve(folder) is None:
-        raise DataError(f"the {name} data set is not in {data_home(home)}; run `dlarena data download {name}` "
+        raise DataMissing(f"the {name} data set is not in {data_home(home)}; run `dlarena data download {name}` "
                         f"or `dlarena data import {name} PATH`")
     return READERS[name](folder, vocab, steps)
 

@@ -18,7 +18,17 @@ COLUMNS: tuple[str, ...] = (
     "gflops", "peak_gflops", "peak_percent", "params", "flops_per_step", "import_s", "build_s", "first_step_s",
     "break_even_steps", "eager_counterpart", "cores_used", "cpu_utilisation", "over_threads", "verification",
     "peak_rss_bytes", "memory_growth_bytes", "framework_version", "cell_key",
+    "dataset", "seeds", "accuracy", "accuracy_min", "accuracy_max", "target_accuracy", "reached",
+    "epochs_to_target", "time_to_target_s", "epochs_trained", "training_s", "testing_s",
 )
+# Accuracy cells' columns and where they come from in the summary's training figures
+# (measure/aggregate.training_figures); empty for timing cells.
+TRAINING_COLUMNS: dict[str, str] = {
+    "dataset": "dataset", "seeds": "seeds", "accuracy": "accuracy", "accuracy_min": "accuracy_min",
+    "accuracy_max": "accuracy_max", "target_accuracy": "target_accuracy", "reached": "reached",
+    "epochs_to_target": "epochs_to_target", "time_to_target_s": "time_to_target_s", "epochs_trained": "epochs",
+    "training_s": "train_s", "testing_s": "eval_s",
+}
 
 
 def _value(row: dict[str, Any], column: str) -> Any:
@@ -31,7 +41,12 @@ def _value(row: dict[str, Any], column: str) -> Any:
 
 
 def tidy(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{column: _value(row, column) for column in COLUMNS} for row in rows]
+    tidied = []
+    for row in rows:
+        training = json.loads(row.get("summary_data") or "{}").get("training") or {}
+        tidied.append({column: training.get(TRAINING_COLUMNS[column]) if column in TRAINING_COLUMNS
+                       else _value(row, column) for column in COLUMNS})
+    return tidied
 
 
 def to_csv(rows: Sequence[dict[str, Any]]) -> str:
