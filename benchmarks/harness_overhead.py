@@ -50,7 +50,7 @@ from dlarena.plan.cell import (
     DEFAULT_TIMEOUT_S,
     DEFAULT_WARMUP_STEPS,
 )
-from dlarena.worker import limit_threads
+from dlarena.worker import fix_malloc_thresholds, limit_threads
 
 # The most dlarena's harness may add to a hand-written loop's median step time (issue 4: the harness
 # adds no overhead; 2% is the tolerance within which "none" is claimed).
@@ -396,6 +396,7 @@ def _cpu_seconds() -> float:
 def run_hand(framework: str, workload: str, batch: int, threads: int, min_time_s: float) -> dict[str, Any]:
     """Build one hand-written loop and time it as dlarena's worker times a cell with the default
     ``Measurement`` and ``min_time_s`` (the same stopping rule; no resource sampler thread)."""
+    fix_malloc_thresholds()  # the same allocator rules as a dlarena worker: not part of the harness overhead
     affinity = limit_threads(threads)  # before the framework is imported
     params, step, sync, framework_threads = HAND_LOOPS[framework](HAND_NETS[workload], batch, threads)
     clock = time.perf_counter

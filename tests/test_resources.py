@@ -38,3 +38,19 @@ def test_a_gpu_that_cannot_be_sampled_is_said_so_and_the_cell_goes_on() -> None:
     report = sampler.report()
     # No NVML on this machine (or, on a GPU machine, real figures): either way, never an exception.
     assert "gpu_message" in report or "gpu_utilisation_percent" in report
+
+
+def test_every_worker_fixes_the_allocator_thresholds_and_says_so() -> None:
+    import json
+    import subprocess
+    import sys
+
+    from dlarena.worker import MALLOC_MMAP_THRESHOLD_BYTES, MALLOC_TRIM_THRESHOLD_BYTES
+
+    cell = '{"framework": "fault-none", "workload": "fcn5-small", "scenario": "infer", "batch_size": 2, "threads": 1}'
+    output = subprocess.run([sys.executable, "-m", "dlarena.worker", "--cell", cell], capture_output=True, text=True,
+                            check=True).stdout
+    result = json.loads(output)
+    assert result["status"] == "ok"
+    assert result["malloc"] == {"mmap_threshold_bytes": MALLOC_MMAP_THRESHOLD_BYTES,
+                                "trim_threshold_bytes": MALLOC_TRIM_THRESHOLD_BYTES}
