@@ -14,13 +14,13 @@ worker's wall time) and the budgets against their targets:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from dlarena import api
+from dlarena.report.markdown import training
 from dlarena.spec.catalogue import DIGITS_TARGET_ACCURACY
 from dlarena.store.database import Store
 
@@ -50,7 +50,7 @@ def main() -> int:
     trained = [row for row in rows if row["scenario"] == "accuracy"]
     reached = 0
     for row in trained:
-        figures = json.loads(row["summary_data"] or "{}").get("training") or {}
+        figures = training(row)
         if row["status"] != "ok" or not figures:
             print(f"| {row['framework']} | {row['workload']} | {row['status']} | | | | |")
             continue

@@ -19,6 +19,7 @@ from dlarena.plan.cell import Cell
 
 if TYPE_CHECKING:
     from dlarena.frameworks.base import Backend, StepRequest
+    from dlarena.measure.sampler import ResourceSampler
 
 RESULT_SCHEMA = 1
 
@@ -131,12 +132,10 @@ def _gpu_index(device: str) -> int | None:
 
 
 def measure_cell(cell: Cell) -> dict[str, Any]:
-    """Build and time one cell; every outcome becomes a result dictionary, never an exception."""
+    """Build and measure one cell; every outcome becomes a result dictionary, never an exception."""
     from dlarena.frameworks.base import StepRequest, Unavailable, Unsupported
     from dlarena.frameworks.registry import framework_info, load_backend
-    from dlarena.measure.resources import current_rss_bytes, peak_rss_bytes
-    from dlarena.measure.sampler import ResourceSampler
-    from dlarena.measure.timing import run_timed
+    from dlarena.measure.resources import peak_rss_bytes
     from dlarena.spec.catalogue import get_workload
 
     result: dict[str, Any] = {"schema": RESULT_SCHEMA, "cell": cell.to_dict(), "status": "failed"}
@@ -156,50 +155,62 @@ def measure_cell(cell: Cell) -> dict[str, Any]:
             workload=workload, scenario=cell.scenario, batch_size=cell.batch_size,
             device=cell.device, threads=cell.threads, precision=cell.precision, seed=cell.seed,
         )
-        if cell.scenario == "accuracy":
-            result.update(train_cell(cell, backend, request))
-            result["peak_rss_bytes"] = peak_rss_bytes()
-            return result
-        start = time.perf_counter()
-        runner = backend.prepare(request)
-        result["build_s"] = time.perf_counter() - start
-        result["params"] = runner.trainable_params()
-        result["flops_per_step"] = workload.flops(cell.scenario, cell.batch_size)
-
-        rss_before = current_rss_bytes()
-        interval = cell.measurement.sample_interval_s
-        sampler = ResourceSampler(interval, _gpu_index(cell.device)) if interval > 0 else None
-        timings = run_timed(runner.step, runner.sync, cell.measurement, steady=sampler)
-        resources = sampler.report() if sampler else {}
-        read_device_peak = getattr(runner, "device_memory_peak_bytes", None)
-        device_peak = read_device_peak() if read_device_peak is not None else None
-        if device_peak is not None:
-            resources["device_memory_peak_bytes"] = device_peak
-        result.update(
-            resources=resources,
-            status="ok",
-            first_step_s=timings.first_step_s,
-            warmup_s=timings.warmup_s,
-            samples_s=timings.samples_s,
-            loop_wall_s=timings.loop_wall_s,
-            loop_cpu_s=timings.loop_cpu_s,
-            cores_used=timings.cores_used,
-            rss_before_bytes=rss_before,
-            rss_after_bytes=current_rss_bytes(),
-            parity=vars(runner.parity()),
-        )
+        measure = train_cell if cell.scenario == "accuracy" else time_cell
+        measure(cell, backend, request, result)
     except Exception as error:  # a framework's failure is data, with its traceback on stderr
         result.update(_failure(error))
     result["peak_rss_bytes"] = peak_rss_bytes()
     return result
 
 
-def train_cell(cell: Cell, backend: Backend, request: StepRequest) -> dict[str, Any]:
+def _sampler(cell: Cell) -> ResourceSampler | None:
+    """The resource sampler the cell asks for, or None when its interval is 0 (sampling off)."""
+    from dlarena.measure.sampler import ResourceSampler
+
+    interval = cell.measurement.sample_interval_s
+    return ResourceSampler(interval, _gpu_index(cell.device)) if interval > 0 else None
+
+
+def time_cell(cell: Cell, backend: Backend, request: StepRequest, result: dict[str, Any]) -> None:
+    """The train and infer scenarios: build, warm up and time steps on a synthetic batch.
+
+    ``result`` is filled as the cell goes, so that a failure while stepping keeps its build figures."""
+    from dlarena.measure.resources import current_rss_bytes
+    from dlarena.measure.timing import run_timed
+
+    start = time.perf_counter()
+    runner = backend.prepare(request)
+    result["build_s"] = time.perf_counter() - start
+    result["params"] = runner.trainable_params()
+    result["flops_per_step"] = request.workload.flops(cell.scenario, cell.batch_size)
+    rss_before = current_rss_bytes()
+    sampler = _sampler(cell)
+    timings = run_timed(runner.step, runner.sync, cell.measurement, steady=sampler)
+    resources = sampler.report() if sampler else {}
+    read_device_peak = getattr(runner, "device_memory_peak_bytes", None)
+    device_peak = read_device_peak() if read_device_peak is not None else None
+    if device_peak is not None:
+        resources["device_memory_peak_bytes"] = device_peak
+    result.update({
+        "resources": resources,
+        "status": "ok",
+        "first_step_s": timings.first_step_s,
+        "warmup_s": timings.warmup_s,
+        "samples_s": timings.samples_s,
+        "loop_wall_s": timings.loop_wall_s,
+        "loop_cpu_s": timings.loop_cpu_s,
+        "cores_used": timings.cores_used,
+        "rss_before_bytes": rss_before,
+        "rss_after_bytes": current_rss_bytes(),
+        "parity": vars(runner.parity()),
+    })
+
+
+def train_cell(cell: Cell, backend: Backend, request: StepRequest, result: dict[str, Any]) -> None:
     """The accuracy scenario: load the real data, train from the shared starting weights, test."""
     from dlarena.data import load_dataset
     from dlarena.frameworks.base import Unsupported
     from dlarena.measure.resources import current_rss_bytes
-    from dlarena.measure.sampler import ResourceSampler
     from dlarena.measure.training import train_to_accuracy
     from dlarena.spec.weights import initial_weights
 
@@ -223,13 +234,12 @@ def train_cell(cell: Cell, backend: Backend, request: StepRequest) -> dict[str, 
     build_s = time.perf_counter() - start
 
     rss_before = current_rss_bytes()
-    interval = cell.measurement.sample_interval_s
-    sampler = ResourceSampler(interval, _gpu_index(cell.device)) if interval > 0 else None
+    sampler = _sampler(cell)
     run = train_to_accuracy(
         trainer, (dataset.train.inputs, dataset.train.labels), (dataset.test.inputs, dataset.test.labels),
         cell.batch_size, cell.epochs or plan.epochs, cell.target_accuracy, cell.seed, steady=sampler,
     )
-    return {
+    result.update({
         "status": "ok",
         "params": trainer.trainable_params(),
         "flops_per_step": workload.flops("train", cell.batch_size),
@@ -248,7 +258,7 @@ def train_cell(cell: Cell, backend: Backend, request: StepRequest) -> dict[str, 
             "dataset": plan.dataset, "train_samples": len(dataset.train), "test_samples": len(dataset.test),
             "epochs_planned": cell.epochs or plan.epochs, "data_load_s": data_load_s, **run.to_dict(),
         },
-    }
+    })
 
 
 def _trainable_workloads() -> list[str]:

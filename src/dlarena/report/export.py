@@ -9,6 +9,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from dlarena.report.markdown import training
+
 FORMATS: tuple[str, ...] = ("csv", "json")
 
 COLUMNS: tuple[str, ...] = (
@@ -43,8 +45,8 @@ def _value(row: dict[str, Any], column: str) -> Any:
 def tidy(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     tidied = []
     for row in rows:
-        training = json.loads(row.get("summary_data") or "{}").get("training") or {}
-        tidied.append({column: training.get(TRAINING_COLUMNS[column]) if column in TRAINING_COLUMNS
+        figures = training(row)
+        tidied.append({column: figures.get(TRAINING_COLUMNS[column]) if column in TRAINING_COLUMNS
                        else _value(row, column) for column in COLUMNS})
     return tidied
 
