@@ -66,6 +66,8 @@ def test_orchestrator_store_and_reports_import_no_framework() -> None:
         (["run", "--db", "/proc/forbidden/results.db"], "cannot create the database folder"),
         (["report"], "there is no results database"),
         (["export", "--format", "xlsx"], "invalid choice: 'xlsx'"),
+        (["run", "--compile-cache", "warm"], "invalid choice: 'warm' (choose from 'cold', 'shared')"),
+        (["run", "--resume", "--compile-cache", "cold"], "it takes no --compile-cache"),
         (["list", "gpus"], "invalid choice: 'gpus'"),
     ],
 )

@@ -53,6 +53,18 @@ def test_measurement_table_reaches_every_cell() -> None:
     assert cell.measurement.min_steps == 5 and cell.measurement.min_time_s == 0.25
 
 
+def test_compile_cache_is_cold_unless_a_suite_or_the_command_line_shares_it() -> None:
+    text = 'workloads = ["fcn5-small"]\nframeworks = ["torch-compile"]\nscenarios = ["infer"]\n'
+    (cell, _), = parse_suite(text, "t").cells(cores=1)
+    assert cell.measurement.compile_cache == "cold"
+    shared = parse_suite(text + '[measurement]\ncompile_cache = "shared"\n', "t")
+    (cell, _), = shared.cells(cores=1)
+    assert cell.measurement.compile_cache == "shared"
+    (cell, _), = shared.override(compile_cache="cold").cells(cores=1)
+    assert cell.measurement.compile_cache == "cold"
+    assert load_suite("quick").measurement.compile_cache == "shared"  # stated in quick.toml
+
+
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
@@ -64,6 +76,8 @@ def test_measurement_table_reaches_every_cell() -> None:
         ('workloads = ["fcn5-small"]\nversion = "one"\n', "'version' must be an integer"),
         ('workloads = ["fcn5-small"]\n[measurement]\nmin_steps = 1.5\n', "'min_steps' must be an integer"),
         ('workloads = ["fcn5-small"]\n[measurement]\nspeed = 1\n', "unknown key 'speed'"),
+        ('workloads = ["fcn5-small"]\n[measurement]\ncompile_cache = "warm"\n',
+         "'compile_cache' must be one of cold, shared, got 'warm'"),
         ('workloads = ["fcn5-small"]\n[[sweep]]\nthreds = [1]\n', "sweep 1: unknown key 'threds'"),
     ],
 )

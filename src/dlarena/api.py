@@ -33,6 +33,7 @@ def select(
     memory_limit_gib: float | None = None,
     epochs: int | None = None,
     target_accuracy: float | None = None,
+    compile_cache: str | None = None,
 ) -> Suite:
     """A suite (built-in name or TOML path) with the given axes replaced, validated by planning it."""
     chosen = load_suite(suite).override(
@@ -48,6 +49,7 @@ def select(
         memory_limit_gib=memory_limit_gib,
         epochs=epochs,
         target_accuracy=target_accuracy,
+        compile_cache=compile_cache,
     )
     chosen.cells()  # every name and count checked before anything is written
     return chosen

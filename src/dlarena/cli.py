@@ -12,6 +12,7 @@ from typing import Any
 
 from dlarena import __version__
 from dlarena.errors import DlarenaError
+from dlarena.plan.cell import COMPILE_CACHES
 
 DB_HELP = "results database (default: $DLARENA_DB, else results/dlarena.db under the current folder)"
 
@@ -68,7 +69,7 @@ def _print(text: str, output: Path | None) -> None:
 
 
 _SELECTION = ("frameworks", "workloads", "scenarios", "devices", "precision", "threads", "batch_sizes", "timeout",
-              "repetitions", "memory_limit", "epochs", "target_accuracy")
+              "repetitions", "memory_limit", "epochs", "target_accuracy", "compile_cache")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -87,7 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.suite or "quick", frameworks=args.frameworks, workloads=args.workloads, scenarios=args.scenarios,
         devices=args.devices, precisions=args.precision, batch_sizes=args.batch_sizes, threads=args.threads,
         timeout_s=args.timeout, repetitions=args.repetitions, memory_limit_gib=args.memory_limit,
-        epochs=args.epochs, target_accuracy=args.target_accuracy,
+        epochs=args.epochs, target_accuracy=args.target_accuracy, compile_cache=args.compile_cache,
     )
     summary = api.run(suite, db=args.db, argv=sys.argv, progress=not args.quiet, wait=not args.no_wait)
     return _finished(summary)
@@ -267,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="accuracy cells: stop at this test accuracy (default: the workload's training recipe)")
     run.add_argument("--memory-limit", type=float, metavar="GIB",
                      help="GiB a cell may use before it is killed as oom (default: the suite's, else 80%% of memory)")
+    run.add_argument("--compile-cache", choices=COMPILE_CACHES,
+                     help="cold: every process compiles from an empty cache; shared: the framework's own"
+                          " persistent cache as this machine has it (default: the suite's, else cold)")
     run.add_argument("--timeout", type=float, help="seconds before a cell is killed (default: the suite's)")
     run.add_argument("--db", type=Path, help=DB_HELP)
     run.add_argument("--quiet", action="store_true", help="no progress display")

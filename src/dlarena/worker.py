@@ -72,6 +72,47 @@ def fix_malloc_thresholds() -> dict[str, int] | None:
     return {"mmap_threshold_bytes": MALLOC_MMAP_THRESHOLD_BYTES, "trim_threshold_bytes": MALLOC_TRIM_THRESHOLD_BYTES}
 
 
+# Where frameworks keep compiled code between processes, and the variable that moves each cache. In
+# a cold cell (Measurement.compile_cache) they point into an empty folder of the process's own, so
+# nothing compiled by an earlier process is found: torch.compile's Inductor cache (FX graphs,
+# AOTAutograd, compiled C++ kernels; /tmp/torchinductor_$USER by default), Triton's GPU kernels
+# (~/.triton/cache) and CUDA's PTX JIT cache (~/.nv/ComputeCache).
+COMPILE_CACHE_VARIABLES = {
+    "TORCHINDUCTOR_CACHE_DIR": "inductor",
+    "TRITON_CACHE_DIR": "triton",
+    "CUDA_CACHE_PATH": "cuda",
+}
+# Caches that stay off unless a user's variable turns them on (JAX's persistent compilation cache):
+# removed in a cold cell.
+OPT_IN_CACHE_VARIABLES = ("JAX_COMPILATION_CACHE_DIR",)
+# TensorFlow's persistent XLA cache is turned on by this flag inside TF_XLA_FLAGS; a cold cell drops it.
+TF_XLA_FLAGS_VARIABLE = "TF_XLA_FLAGS"
+TF_XLA_CACHE_FLAG = "--tf_xla_persistent_cache_directory"
+
+
+def isolate_compile_caches(mode: str, parent: str | None = None) -> tuple[dict[str, Any], str | None]:
+    """Apply a cell's compile-cache mode before any framework is imported.
+
+    Returns the record stored with the result, and the private cache folder to remove afterwards
+    (None in shared mode). ``parent`` is where to make it: the orchestrator's folder for the cell,
+    which it removes even when it has to kill the worker.
+    """
+    if mode == "shared":
+        return {"mode": "shared"}, None
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="dlarena-compile-cache-", dir=parent)
+    for variable, name in COMPILE_CACHE_VARIABLES.items():
+        os.environ[variable] = os.path.join(folder, name)
+    removed = [variable for variable in OPT_IN_CACHE_VARIABLES if os.environ.pop(variable, None) is not None]
+    flags = os.environ.get(TF_XLA_FLAGS_VARIABLE, "").split()
+    kept = [flag for flag in flags if not flag.startswith(TF_XLA_CACHE_FLAG)]
+    if len(kept) < len(flags):
+        os.environ[TF_XLA_FLAGS_VARIABLE] = " ".join(kept)
+        removed.append(f"{TF_XLA_FLAGS_VARIABLE} {TF_XLA_CACHE_FLAG}")
+    return {"mode": "cold", "emptied": sorted(COMPILE_CACHE_VARIABLES), "removed": removed}, folder
+
+
 # prctl(2): ask the kernel to send us a signal when the process that started us dies.
 _PR_SET_PDEATHSIG = 1
 
@@ -333,9 +374,18 @@ def main(argv: list[str] | None = None) -> int:
         die_with_parent()
     malloc = fix_malloc_thresholds()  # before anything allocates much: NumPy, a framework
     affinity = limit_threads(cell.threads)
-    result = verify_cell(cell, args.verify) if args.verify else measure_cell(cell)
+    compile_cache, cache_folder = isolate_compile_caches(
+        cell.measurement.compile_cache, os.path.dirname(os.path.abspath(args.out)) if args.out else None)
+    try:
+        result = verify_cell(cell, args.verify) if args.verify else measure_cell(cell)
+    finally:
+        if cache_folder is not None:
+            import shutil
+
+            shutil.rmtree(cache_folder, ignore_errors=True)
     result["affinity"] = affinity
     result["malloc"] = malloc
+    result["compile_cache"] = compile_cache
     text = json.dumps(result)
     if args.out:
         partial = args.out + ".partial"

@@ -284,6 +284,19 @@ def _no_sync() -> None:
     return None
 
 
+# Dynamo's counters of this process's lookups in Inductor's FX-graph cache and AOTAutograd's cache:
+# hits mean compiled code came from an earlier process (a warm cache; the worker's compile_cache
+# record says whether the cache could be warm at all).
+_CACHE_COUNTERS = (("inductor", "fxgraph_cache_hit"), ("inductor", "fxgraph_cache_miss"),
+                   ("aot_autograd", "autograd_cache_hit"), ("aot_autograd", "autograd_cache_miss"))
+
+
+def _compile_cache_counters() -> dict[str, int]:
+    from torch._dynamo.utils import counters
+
+    return {name: int(counters[group][name]) for group, name in _CACHE_COUNTERS}
+
+
 class _Runner:
     """What train and infer runners share: the model, its batch, the device and the parity record."""
 
@@ -316,6 +329,8 @@ class _Runner:
             "mkldnn": torch.backends.mkldnn.is_available(),  # type: ignore[no-untyped-call]
             "blas": _blas(),
         }
+        if self.compiled:
+            details["compile_cache"] = _compile_cache_counters()
         if on_cuda:
             # cuDNN convolutions use TF32 by default (torch.backends.cudnn.allow_tf32), matmuls do not.
             details["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32

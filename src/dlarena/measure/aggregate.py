@@ -93,6 +93,22 @@ def _largest(values: Sequence[Any]) -> int | None:
     return max(numbers) if numbers else None
 
 
+def compile_cache_figures(processes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """How the cell's processes found the compile cache: its mode (worker.isolate_compile_caches) and,
+    where the framework reports them, how many compiled graphs came from an earlier process's cache."""
+    figures: dict[str, Any] = {}
+    modes = sorted({str(process["compile_cache"]["mode"]) for process in processes
+                    if isinstance(process.get("compile_cache"), Mapping)})
+    if modes:
+        figures["compile_cache"] = ",".join(modes)
+    hits = [process.get("parity", {}).get("details", {}).get("compile_cache", {}).get("fxgraph_cache_hit")
+            for process in processes]
+    counted = [int(value) for value in hits if isinstance(value, int)]
+    if counted:
+        figures["compile_cache_hits"] = sum(counted)
+    return figures
+
+
 def aggregate(
     processes: Sequence[Mapping[str, Any]], batch_size: int, threads: int, peak_gflops: float | None,
 ) -> CellFigures:
@@ -110,6 +126,7 @@ def aggregate(
         value = _largest([process.get("resources", {}).get(key) for process in processes])
         if value is not None:
             extra[key] = value
+    extra.update(compile_cache_figures(processes))
     return CellFigures(
         summary=summary,
         throughput=summary.throughput(batch_size),

@@ -36,7 +36,7 @@ from dlarena.frameworks.layout import max_relative_error
 from dlarena.frameworks.registry import FRAMEWORKS
 from dlarena.orchestrate.executor import Executor, LocalExecutor
 from dlarena.orchestrate.orchestrator import classify
-from dlarena.plan.cell import Cell
+from dlarena.plan.cell import Cell, Measurement
 from dlarena.spec import Workload, reference
 from dlarena.spec.catalogue import CATALOGUE, get_workload
 from dlarena.spec.weights import canonical_batch, canonical_weights, parameter_specs
@@ -120,8 +120,10 @@ def _run_worker(
 ) -> tuple[str, str, dict[str, Any], Path | None]:
     """One verification worker: its status, message, result data and arrays (None unless ok)."""
     arrays = folder / f"{check.framework}-{precision}.npz"
+    # A verification times nothing, so it may reuse compiled code: the cache is keyed by the graph and
+    # the compiler's settings, so what it returns computes what a fresh compilation would.
     cell = Cell(framework=check.framework, workload=check.workload, scenario="infer", batch_size=batch_size,
-                threads=threads, precision=precision, seed=SEED)
+                threads=threads, precision=precision, seed=SEED, measurement=Measurement(compile_cache="shared"))
     execution = executor.execute(cell, VERIFY_TIMEOUT_S, ["--verify", str(arrays)])
     status, message = classify(execution, VERIFY_TIMEOUT_S)
     data = execution.data or {}

@@ -25,6 +25,15 @@ DEFAULT_TIMEOUT_S = 600.0
 # 0 turns sampling off. 10 Hz: NVML averages GPU utilisation over 1/6 s to 1 s depending on the
 # product (nvmlDeviceGetUtilizationRates), so sampling faster adds cost without adding information.
 DEFAULT_SAMPLE_INTERVAL_S = 0.1
+# Persistent compilation caches (torch.compile's Inductor cache, and JAX's or TensorFlow's where a
+# user turned them on) survive between processes, so without control a compiled framework's first
+# step depends on what ran on the machine before: torch-compile fcn5-small's first training step took
+# 29.7 s with an empty Inductor cache and 2.8 s with a warm one, here. "cold" gives every worker
+# process an empty private cache (the cost a user pays the first time, and the same for every
+# framework: JAX and TensorFlow-XLA keep no cache by default); "shared" leaves the framework's own
+# cache as the machine has it (what a user re-running a script sees), and each result says so.
+COMPILE_CACHES = ("cold", "shared")
+DEFAULT_COMPILE_CACHE = "cold"
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,7 @@ class Measurement:
     max_steps: int = DEFAULT_MAX_STEPS
     max_time_s: float = DEFAULT_MAX_TIME_S
     sample_interval_s: float = DEFAULT_SAMPLE_INTERVAL_S
+    compile_cache: str = DEFAULT_COMPILE_CACHE  # one of COMPILE_CACHES
 
 
 @dataclass(frozen=True)

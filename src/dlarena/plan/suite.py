@@ -16,6 +16,7 @@ threads). Without ``[[sweep]]`` tables the top level is the one sweep. Each cell
 
     [measurement]
     min_time_s = 0.5
+    compile_cache = "cold"   # or "shared": the framework's own persistent cache (plan/cell.py)
 
     [[sweep]]                # training on real data to a test accuracy
     workloads = ["digits-mlp"]
@@ -37,7 +38,7 @@ from typing import Any
 
 from dlarena.errors import DlarenaError, UnknownNameError
 from dlarena.frameworks.registry import FRAMEWORKS
-from dlarena.plan.cell import DEFAULT_TIMEOUT_S, Cell, Measurement
+from dlarena.plan.cell import COMPILE_CACHES, DEFAULT_TIMEOUT_S, Cell, Measurement
 from dlarena.spec import SCENARIOS, TIMING_SCENARIOS
 from dlarena.spec.catalogue import CATALOGUE
 
@@ -94,7 +95,8 @@ class Suite:
     source: str = ""  # the TOML text it was read from, stored with each run
 
     def override(
-        self, repetitions: int | None = None, memory_limit_gib: float | None = None, **axes: Any,
+        self, repetitions: int | None = None, memory_limit_gib: float | None = None,
+        compile_cache: str | None = None, **axes: Any,
     ) -> Suite:
         """The same suite with some axes replaced in every sweep (from the command line); None keeps one.
 
@@ -122,8 +124,11 @@ class Suite:
             raise SuiteError(f"the memory limit must be a positive number of GiB, got {memory_limit_gib}")
         if repetitions is not None:  # the command line's count wins over every sweep's own
             sweeps = tuple(replace(sweep, repetitions=None) for sweep in sweeps)
+        measurement = self.measurement
+        if compile_cache is not None:
+            measurement = replace(measurement, compile_cache=_compile_cache(compile_cache, "--compile-cache"))
         return replace(self, sweeps=sweeps, repetitions=repetitions or self.repetitions,
-                       memory_limit_gib=memory_limit_gib or self.memory_limit_gib)
+                       memory_limit_gib=memory_limit_gib or self.memory_limit_gib, measurement=measurement)
 
     def memory_limit_bytes(self) -> int:
         if self.memory_limit_gib is not None:
@@ -372,10 +377,19 @@ def _measurement(table: Any, origin: str) -> Measurement:
         raise SuiteError(f"{origin}: 'measurement' must be a table, written [measurement]")
     valid = {item.name: item.type for item in fields(Measurement)}
     _reject_unknown(table, set(valid), f"{origin}, [measurement]")
-    values = {}
+    values: dict[str, Any] = {}
     for key in table:
+        if key == "compile_cache":
+            values[key] = _compile_cache(table[key], f"{origin}, [measurement]")
+            continue
         kind = int if "steps" in key else float
         values[key] = _typed(table, key, kind, f"{origin}, [measurement]", None)
         if values[key] < (0 if key in ("warmup_steps", "sample_interval_s") else 1e-9):
             raise SuiteError(f"{origin}, [measurement]: {key!r} must be positive, got {values[key]}")
     return Measurement(**values)
+
+
+def _compile_cache(value: Any, origin: str) -> str:
+    if value not in COMPILE_CACHES:
+        raise SuiteError(f"{origin}: 'compile_cache' must be one of {', '.join(COMPILE_CACHES)}, got {value!r}")
+    return str(value)

@@ -18,7 +18,8 @@ COLUMNS: tuple[str, ...] = (
     "status", "message", "processes", "n", "median_s", "ci_low_s", "ci_high_s", "mean_s", "stdev_s", "min_s",
     "max_s", "q1_s", "q3_s", "iqr_s", "p50_s", "p90_s", "p99_s", "process_spread", "warnings", "throughput",
     "gflops", "peak_gflops", "peak_percent", "params", "flops_per_step", "import_s", "build_s", "first_step_s",
-    "break_even_steps", "eager_counterpart", "cores_used", "cpu_utilisation", "over_threads", "verification",
+    "compile_cache", "compile_cache_hits", "break_even_steps", "eager_counterpart", "cores_used", "cpu_utilisation",
+    "over_threads", "verification",
     "peak_rss_bytes", "memory_growth_bytes", "framework_version", "cell_key",
     "dataset", "seeds", "accuracy", "accuracy_min", "accuracy_max", "target_accuracy", "reached",
     "epochs_to_target", "time_to_target_s", "epochs_trained", "training_s", "testing_s",
@@ -33,7 +34,13 @@ TRAINING_COLUMNS: dict[str, str] = {
 }
 
 
+# Columns read from the summary's JSON figures (measure/aggregate.compile_cache_figures).
+SUMMARY_DATA_COLUMNS = ("compile_cache", "compile_cache_hits")
+
+
 def _value(row: dict[str, Any], column: str) -> Any:
+    if column in SUMMARY_DATA_COLUMNS:
+        return json.loads(row.get("summary_data") or "{}").get(column)
     value = row.get(column)
     if column == "warnings":
         return " ".join(json.loads(value or "[]"))

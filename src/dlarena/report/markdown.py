@@ -41,13 +41,24 @@ def _seconds(value: float | None) -> str:
     return "" if value is None else format_seconds(value)
 
 
+def _cached(row: Row) -> bool:
+    """Whether some of the cell's compiled code came from an earlier process's compile cache."""
+    return bool(json.loads(row.get("summary_data") or "{}").get("compile_cache_hits"))
+
+
+def _first_step(row: Row) -> str:
+    text = _seconds(row["first_step_s"])
+    return f"{text} (cached)" if text and _cached(row) else text
+
+
 def _break_even(row: Row) -> str:
     steps = row.get("break_even_steps")
     if steps is None:
         return ""
+    cached = " (cached)" if _cached(row) else ""
     if math.isinf(steps):
-        return f"never (vs {row['eager_counterpart']})"
-    return f"{steps:.0f} steps (vs {row['eager_counterpart']})"
+        return f"never (vs {row['eager_counterpart']}){cached}"
+    return f"{steps:.0f} steps (vs {row['eager_counterpart']}){cached}"
 
 
 def _cell_columns(row: Row) -> list[str]:
@@ -184,12 +195,15 @@ def render(run: Row, environment: Row, rows: Sequence[Row]) -> str:
     if ok:
         lines += ["", "## Costs and resources", "",
                   "One-off costs are medians over processes: importing the framework, building the network,"
-                  " and the first step (compilation, tracing). Memory is the worst process: its peak resident"
+                  " and the first step (compilation, tracing). Unless a cell says otherwise (`compile_cache ="
+                  " \"shared\"`), every process compiled from an empty cache, as on first use; *(cached)* marks"
+                  " a first step whose compiled code came from an earlier process's cache, and the break-even"
+                  " that rests on it. Memory is the worst process: its peak resident"
                   " set, and how much it grew during the steady state (a leak shows here).", ""]
         body = [
             [
                 *_cell_columns(row),
-                _seconds(row["import_s"]), _seconds(row["build_s"]), _seconds(row["first_step_s"]),
+                _seconds(row["import_s"]), _seconds(row["build_s"]), _first_step(row),
                 _break_even(row), _optional(row["cores_used"], ".2f"),
                 _optional(None if row.get("cpu_utilisation") is None else 100 * row["cpu_utilisation"], ".0f"),
                 format_bytes(row["peak_rss_bytes"] or 0),
