@@ -7,7 +7,9 @@ their difference and the medians of each run's processes; then what fraction of 
 within 5% (target: at least 90%), beside what the spread between processes *within* each run
 predicts for that fraction. If the observed share is near the prediction, the runs differ by no
 more than processes of one run differ from each other (the machine's and the processes' noise, see
-``benchmarks/machine_noise.py``); far below it, something changed between the runs.
+``benchmarks/machine_noise.py``); far below it, something changed between the runs. A line per run
+shows how much slower each round of processes ran than its cells' medians: a round slow across all
+cells and frameworks is a slow spell of the machine, not of a framework.
 """
 
 from __future__ import annotations
@@ -50,6 +52,15 @@ def predicted_agreement(process_medians: list[tuple[list[float], list[float]]]) 
         sd = spread * math.sqrt(1 / len(first) + 1 / len(second))
         shares.append(math.erf(math.log1p(AGREEMENT) / (sd * math.sqrt(2))) if sd > 0 else 1.0)
     return spread, statistics.fmean(shares)
+
+
+def round_slowdowns(cells: list[list[float]]) -> list[float]:
+    """Per round of processes (the first of every cell, then the second, ...), the median over cells of
+    that process's median against its cell's median, minus one. A whole round well above 0 was a slow
+    spell of the machine: every framework measured in it was slowed alike."""
+    rounds = max((len(medians) for medians in cells), default=0)
+    return [statistics.median(medians[index] / statistics.median(medians) - 1
+                              for medians in cells if len(medians) > index) for index in range(rounds)]
 
 
 def _milliseconds(values: list[float]) -> str:
@@ -95,6 +106,9 @@ def main() -> int:
     met = fraction >= TARGET_FRACTION
     print(f"\n{agreeing} of {compared} ok cells ({fraction:.0%}) agree within {AGREEMENT:.0%};"
           f" target {TARGET_FRACTION:.0%}: {'met' if met else 'NOT met'}.")
+    for number, run_cells in enumerate(zip(*pairs, strict=True), start=1) if pairs else ():
+        slowdowns = ", ".join(f"{value:+.0%}" for value in round_slowdowns(list(run_cells)))
+        print(f"Run {number}, each round of processes against its cells' medians (median over cells): {slowdowns}.")
     prediction = predicted_agreement(pairs)
     if prediction is not None:
         spread, share = prediction
