@@ -23,9 +23,9 @@ from dlarena.store.database import StoredResult
 
 REAL = [name for name in FRAMEWORKS if not name.startswith("fault-")]
 INSTALLED = [name for name in REAL if FRAMEWORKS[name].is_installed()]
-# Long enough that CPU accounting (10 ms ticks) and start-up threads average out in cores_used.
 # These check what a step computes and which cores it uses, not what compiling costs: compiled code
 # may come from the machine's cache (tests/test_compile_cache.py checks the cold mode).
+# Long enough that CPU accounting (10 ms ticks) and start-up threads average out in cores_used.
 THREAD_CHECK = Measurement(warmup_steps=2, min_steps=5, min_time_s=0.5, compile_cache="shared")
 STEPS = Measurement(warmup_steps=1, min_steps=3, min_time_s=0.05, compile_cache="shared")
 CELL_TIMEOUT_S = 300.0
@@ -83,7 +83,7 @@ def test_one_thread_keeps_to_one_core(framework: str) -> None:
 
 @pytest.fixture(scope="module")
 def verdicts() -> dict[tuple[str, str], PairCheck]:
-    """`dlarena verify` over the quick suite's workloads, every installed framework at once."""
+    """`dlarena verify` over the quick suite's timed workloads, every installed framework at once."""
     checks = verify(INSTALLED, VERIFIED_WORKLOADS, VERIFY_BATCH_SIZE, threads=1)
     return {(check.framework, check.workload): check for check in checks}
 

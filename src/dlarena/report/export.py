@@ -9,7 +9,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from dlarena.report.markdown import training
+from dlarena.report.markdown import summary_figures, training
 
 FORMATS: tuple[str, ...] = ("csv", "json")
 
@@ -40,7 +40,7 @@ SUMMARY_DATA_COLUMNS = ("compile_cache", "compile_cache_hits")
 
 def _value(row: dict[str, Any], column: str) -> Any:
     if column in SUMMARY_DATA_COLUMNS:
-        return json.loads(row.get("summary_data") or "{}").get(column)
+        return summary_figures(row).get(column)
     value = row.get(column)
     if column == "warnings":
         return " ".join(json.loads(value or "[]"))

@@ -41,9 +41,15 @@ def _seconds(value: float | None) -> str:
     return "" if value is None else format_seconds(value)
 
 
+def summary_figures(row: Row) -> dict[str, Any]:
+    """The figures a cell's summary keeps as JSON (measure/aggregate: GPU, compile cache, training)."""
+    figures: dict[str, Any] = json.loads(row.get("summary_data") or "{}")
+    return figures
+
+
 def _cached(row: Row) -> bool:
     """Whether some of the cell's compiled code came from an earlier process's compile cache."""
-    return bool(json.loads(row.get("summary_data") or "{}").get("compile_cache_hits"))
+    return bool(summary_figures(row).get("compile_cache_hits"))
 
 
 def _first_step(row: Row) -> str:
@@ -79,7 +85,7 @@ def _peaks_line(peaks: dict[int, dict[str, Any]]) -> str:
 
 def training(row: Row) -> dict[str, Any]:
     """An accuracy cell's figures over its seeds (measure/aggregate.training_figures), or nothing."""
-    figures: dict[str, Any] = json.loads(row.get("summary_data") or "{}").get("training") or {}
+    figures: dict[str, Any] = summary_figures(row).get("training") or {}
     return figures
 
 
