@@ -19,7 +19,9 @@ $(VENV)/.test-installed: $(BIN)/python pyproject.toml $(CONSTRAINTS)
 	$(PIP) install -q -c $(CONSTRAINTS) -e '.[default,test]'
 	touch $@
 
+# verify first, into the same database: every timed row of the report shows its verdict.
 demo: $(VENV)/.demo-installed
+	$(BIN)/dlarena verify
 	$(BIN)/dlarena run --suite quick
 	$(BIN)/dlarena report --output results/report.md
 	$(BIN)/dlarena export --format csv --output results/quick.csv

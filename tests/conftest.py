@@ -14,9 +14,13 @@ os.environ["DLARENA_FAULT_FRAMEWORKS"] = "1"
 
 
 @pytest.fixture(autouse=True)
-def private_machine_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test its own measuring lock: tests must not wait for a run elsewhere on this machine."""
-    monkeypatch.setenv("DLARENA_LOCK", str(tmp_path / "measuring.lock"))
+def private_machine_lock(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
+                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own measuring lock: tests must not wait for a run elsewhere on this machine.
+    And its own record of verify's verdicts: a test must not see (or leave) verdicts of another."""
+    # The lock beside tmp_path, not in it: a test may check that a command wrote nothing there.
+    monkeypatch.setenv("DLARENA_LOCK", str(tmp_path_factory.mktemp("lock") / "measuring.lock"))
+    monkeypatch.setenv("DLARENA_VERDICTS", str(tmp_path / "verdicts" / "verifications.db"))
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 

@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import http.server
 import io
+import json
 import os
 import pickle
 import socket
@@ -29,6 +30,7 @@ import pytest
 from dlarena import cli
 from dlarena.data import (
     DATASETS,
+    Content,
     DataError,
     DataFile,
     cache,
@@ -41,7 +43,9 @@ from dlarena.data import (
     mnist,
     ptb,
 )
+from dlarena.data.cache import sha256_of
 from dlarena.data.download import download
+from dlarena.data.verify import check_file
 from dlarena.errors import UnknownNameError
 
 # ---------------------------------------------------------------------------------------------------
@@ -459,6 +463,18 @@ def test_catalogue_entries_are_complete() -> None:
             assert data_file.urls and all(url.endswith("/" + data_file.name) for url in data_file.urls)
     assert not DATASETS["digits"].downloadable
     assert all(info.downloadable for name, info in DATASETS.items() if name != "digits")
+    # The idx files' decompressed content: what an import checks (their containers differ by compressor).
+    for name in ("mnist", "fashion-mnist"):
+        sizes = []
+        for data_file in DATASETS[name].files:
+            content = data_file.content
+            assert content is not None and data_file.name.endswith(".gz")
+            assert len(content.sha256) == 64 and content.md5 is not None and len(content.md5) == 32
+            int(content.sha256, 16), int(content.md5, 16)
+            sizes.append(content.size)
+        # 16 header bytes and 784 pixels per image, 8 header bytes and 1 byte per label (LeCun's page).
+        assert sizes == [16 + 60000 * 784, 8 + 60000, 16 + 10000 * 784, 8 + 10000]
+    assert all(f.content is None for name in ("cifar10", "imdb", "aclimdb", "ptb") for f in DATASETS[name].files)
 
 
 def test_cache_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -479,7 +495,8 @@ def test_load_dataset_missing_and_unknown(tmp_path: Path) -> None:
         load_dataset("cifar10", home=tmp_path)
     assert str(error.value) == (f"the cifar10 data set is not in {tmp_path}; run `dlarena data download cifar10` "
                                 "or `dlarena data import cifar10 PATH`")
-    with pytest.raises(UnknownNameError, match="unknown data set 'cifar'; valid data sets: aclimdb, cifar10"):
+    with pytest.raises(UnknownNameError,
+                       match=r"unknown data set 'cifar' \(did you mean 'cifar10'\?\); valid data sets: aclimdb,"):
         load_dataset("cifar")
 
 
@@ -524,22 +541,149 @@ def test_import_mnist_gz_and_raw(tmp_path: Path) -> None:
     assert leftovers(home) == ["mnist"]
 
 
-def test_strict_import_refuses_a_file_with_a_published_name_and_another_checksum(tmp_path: Path) -> None:
+def gzip_again(data: bytes, level: int, mtime: int, name: str) -> bytes:
+    """``data`` gzipped as another program would: another level, time stamp and file name in the header."""
+    buffer = io.BytesIO()
+    with gzip.GzipFile(filename=name, mode="wb", fileobj=buffer, compresslevel=level, mtime=mtime) as file:
+        file.write(data)
+    return buffer.getvalue()
+
+
+def small_mnist_catalogue(monkeypatch: pytest.MonkeyPatch, folder: Path) -> dict[str, bytes]:
+    """The mnist entry with the checksums and counts of hand-made files in ``folder``, as if published.
+
+    Returns each file's decompressed content by its un-gzipped name.
+    """
+    contents = {stem: gzip.decompress((folder / f"{stem}.gz").read_bytes()) for stem in IDX_STEMS}
+    files = tuple(
+        dataclasses.replace(
+            f, sha256=hashlib.sha256((folder / f.name).read_bytes()).hexdigest(), size=(folder / f.name).stat().st_size,
+            content=Content(hashlib.sha256(data).hexdigest(), len(data), hashlib.md5(data).hexdigest()))
+        for f in DATASETS["mnist"].files for data in [contents[f.also[0]]]
+    )
+    info = dataclasses.replace(DATASETS["mnist"], files=files, train_size=5, test_size=3)
+    monkeypatch.setitem(DATASETS, "mnist", info)
+    return contents
+
+
+IDX_STEMS = (mnist.TRAIN_IMAGES, mnist.TRAIN_LABELS, mnist.TEST_IMAGES, mnist.TEST_LABELS)
+# Flipping one bit of a byte: the smallest change to a file.
+FLIP = 0x01
+
+
+def test_strict_import_accepts_the_published_data_gzipped_again(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    arrays = write_mnist(tmp_path / "published")
+    contents = small_mnist_catalogue(monkeypatch, tmp_path / "published")
+    again = tmp_path / "recompressed"
+    again.mkdir()
+    for stem, data in contents.items():  # level 1 instead of 9, another time stamp, a file name in the header
+        (again / f"{stem}.gz").write_bytes(gzip_again(data, level=1, mtime=1_234_567_890, name=stem))
+        assert (again / f"{stem}.gz").read_bytes() != (tmp_path / "published" / f"{stem}.gz").read_bytes()
     home = tmp_path / "cache"
-    write_mnist(tmp_path / "downloads")
-    wrong = tmp_path / "downloads" / "train-images-idx3-ubyte.gz"
-    with pytest.raises(DataError, match=rf"{wrong} is corrupted or not the published train-images-idx3-ubyte.gz: "
-                                        r"its SHA-256 is [0-9a-f]{64}, the published one 440fcabf"):
-        import_dataset("mnist", tmp_path / "downloads", home)
+    assert import_dataset("mnist", again, home) == home / "mnist"
+    np.testing.assert_array_equal(load_dataset("mnist", home=home).train.labels, arrays[mnist.TRAIN_LABELS])
+    plain = tmp_path / "plain"  # un-gzipped, as many users keep the files
+    plain.mkdir()
+    for stem, data in contents.items():
+        (plain / stem).write_bytes(data)
+    import_dataset("mnist", plain, home)
+    assert sorted(p.name for p in (home / "mnist").iterdir()) == sorted(IDX_STEMS)
+
+
+def _damaged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> Path:
+    """A folder of the small published MNIST in which the train images are damaged ``how``."""
+    folder = tmp_path / how
+    write_mnist(folder)
+    contents = small_mnist_catalogue(monkeypatch, folder)
+    damaged = folder / f"{mnist.TRAIN_IMAGES}.gz"
+    published = damaged.read_bytes()
+    data = bytearray(contents[mnist.TRAIN_IMAGES])
+    if how == "pixel":  # one changed byte of the data, gzipped again with a valid CRC: only the content shows it
+        data[len(data) // 2] ^= FLIP
+        damaged.write_bytes(gzip_again(bytes(data), level=6, mtime=0, name=mnist.TRAIN_IMAGES))
+    elif how == "crc":  # one changed byte of the gzip trailer's CRC-32 (RFC 1952: CRC32, then ISIZE, last)
+        damaged.write_bytes(published[:-8] + bytes([published[-8] ^ FLIP]) + published[-7:])
+    elif how == "stream":  # one changed byte in the middle of the compressed data
+        changed = bytearray(published)
+        changed[len(changed) // 2] ^= FLIP
+        damaged.write_bytes(bytes(changed))
+    elif how == "truncated":
+        damaged.write_bytes(published[:-20])
+    elif how == "plain":  # un-gzipped, one changed byte
+        damaged.unlink()
+        data[-1] ^= FLIP
+        (folder / mnist.TRAIN_IMAGES).write_bytes(bytes(data))
+        return folder / mnist.TRAIN_IMAGES
+    elif how == "short":  # gzipped again, without its last image
+        damaged.write_bytes(gzip_again(bytes(data[:-28 * 28]), level=9, mtime=0, name=mnist.TRAIN_IMAGES))
+    return damaged
+
+
+@pytest.mark.parametrize(("how", "problem"), [
+    ("pixel", r"is altered or not the published train-images-idx3-ubyte.gz: its decompressed content has SHA-256 "
+              r"[0-9a-f]{64}, the published data [0-9a-f]{64}"),
+    ("plain", r"is altered or not the published train-images-idx3-ubyte.gz: its content has SHA-256"),
+    ("crc", r"is corrupted: CRC check failed"),
+    ("stream", r"is (corrupted|truncated)"),
+    ("truncated", r"is truncated: its gzip stream ends before its end marker"),
+    ("short", r"is not the published train-images-idx3-ubyte.gz: decompressed, it holds 3152 bytes, shorter than "
+              r"the published 3936"),
+])
+def test_strict_import_refuses_a_damaged_file_naming_it_and_what_is_wrong(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str, problem: str) -> None:
+    damaged = _damaged(tmp_path, monkeypatch, how)
+    home = tmp_path / "cache"
+    with pytest.raises(DataError, match=rf"^{damaged} {problem}"):
+        import_dataset("mnist", damaged.parent, home)
+    assert leftovers(home) == []
+
+
+def test_strict_import_still_checks_a_file_without_a_known_content_by_its_sha256(tmp_path: Path) -> None:
+    home = tmp_path / "cache"
+    npz = write_imdb_npz(tmp_path / "imdb.npz")
+    with pytest.raises(DataError, match=rf"{npz} is corrupted or not the published imdb.npz: its SHA-256 is "
+                                        r"[0-9a-f]{64}, the published one 69664113"):
+        import_dataset("imdb", npz, home)
     assert leftovers(home) == []
 
 
 def test_strict_import_checks_the_published_counts(tmp_path: Path) -> None:
     home = tmp_path / "cache"
-    write_mnist(tmp_path / "raw", gz=False)
-    with pytest.raises(DataError, match="holds 5 training and 3 test samples, not the published 60000 and 10000"):
-        import_dataset("mnist", tmp_path / "raw", home)
+    write_aclimdb(tmp_path / "aclImdb")  # an extracted folder: no checksum, so its counts are checked
+    with pytest.raises(DataError, match="holds 2 training and 2 test samples, not the published 25000 and 25000"):
+        import_dataset("aclimdb", tmp_path / "aclImdb", home)
     assert leftovers(home) == []
+
+
+# Debian's dataset-fashion-mnist: the four published idx files, gzipped again by Debian (README,
+# "Real data sets"); CI installs it (.ci/run).
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+# Xiao et al. (2017): 7,000 images per class, 6,000 of them in the training set.
+FASHION_PER_CLASS = (6000, 1000)
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(),
+                    reason="Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+def test_debian_fashion_mnist_imports_from_the_command_line(tmp_path: Path) -> None:
+    info = DATASETS["fashion-mnist"]
+    # Not one of Debian's files has the published SHA-256, and every one holds the published data.
+    assert all(sha256_of(DEBIAN_FASHION_MNIST / f.name) != f.sha256 for f in info.files)
+    result = run_cli(tmp_path, "import", "fashion-mnist", str(DEBIAN_FASHION_MNIST))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"imported fashion-mnist into {tmp_path / 'cache' / 'fashion-mnist'}\n"
+    data = load_dataset("fashion-mnist", home=tmp_path / "cache")
+    assert data.train.inputs.shape == (60000, 1, 28, 28) and data.test.inputs.shape == (10000, 1, 28, 28)
+    for split, per_class in zip((data.train, data.test), FASHION_PER_CLASS, strict=True):
+        assert np.bincount(split.labels).tolist() == [per_class] * 10
+    # The same labels with one changed, gzipped as Debian's are: refused, by name.
+    labels = info.files[3]
+    altered = bytearray(gzip.decompress((DEBIAN_FASHION_MNIST / labels.name).read_bytes()))
+    altered[-1] = (altered[-1] + 1) % 10
+    path = tmp_path / labels.name
+    path.write_bytes(gzip_again(bytes(altered), level=9, mtime=0, name=labels.also[0]))
+    with pytest.raises(DataError, match=rf"^{path} is altered or not the published {labels.name}"):
+        check_file(labels, path)
 
 
 def test_a_failed_import_leaves_the_cache_as_it_was(tmp_path: Path) -> None:
@@ -767,6 +911,38 @@ def test_download_dataset_from_a_mirror(server: Server, tmp_path: Path, monkeypa
         download_dataset("digits", home)
 
 
+def test_a_download_gzipped_anew_is_kept_when_its_content_is_the_published_one(
+        server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_mnist(tmp_path / "published")
+    contents = small_mnist_catalogue(monkeypatch, tmp_path / "published")
+    for stem, data in contents.items():  # a mirror that gzipped the same data again
+        server.files[f"/mirror/{stem}.gz"] = gzip_again(data, level=1, mtime=42, name=stem)
+    home, messages = tmp_path / "cache", []
+    download_dataset("mnist", home, mirror=f"{base_url(server)}/mirror", report=messages.append)
+    assert sum("is compressed differently from the published file; its decompressed content is the published one"
+               in message for message in messages) == len(IDX_STEMS)
+    np.testing.assert_array_equal(load_dataset("mnist", home=home).train.inputs.ravel()[:5],
+                                  np.frombuffer(contents[mnist.TRAIN_IMAGES], np.uint8, 5, 16) / np.float32(255))
+    before = len(server.requests)
+    download_dataset("mnist", home, mirror=f"{base_url(server)}/mirror")  # verified by content: not fetched again
+    assert len(server.requests) == before
+
+
+def test_a_download_with_altered_content_is_deleted(server: Server, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    write_mnist(tmp_path / "published")
+    contents = small_mnist_catalogue(monkeypatch, tmp_path / "published")
+    altered = bytearray(contents[mnist.TRAIN_IMAGES])
+    altered[-1] ^= FLIP
+    server.files[f"/{mnist.TRAIN_IMAGES}.gz"] = gzip_again(bytes(altered), level=9, mtime=0, name=mnist.TRAIN_IMAGES)
+    with pytest.raises(DataError, match=r"^train-images-idx3-ubyte.gz from http://\S+ has SHA-256 [0-9a-f]{64}, "
+                                        r"not the published [0-9a-f]{64}, and is altered or not the published "
+                                        r"train-images-idx3-ubyte.gz: its decompressed content has SHA-256 "
+                                        r"[0-9a-f]{64}, the published data [0-9a-f]{64}; so it was deleted$"):
+        download_dataset("mnist", tmp_path / "cache", mirror=base_url(server))
+    assert leftovers(tmp_path / "cache") == []
+
+
 def test_download_dataset_without_a_checksum_refuses(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     info = DATASETS["imdb"]
     monkeypatch.setitem(DATASETS, "imdb", dataclasses.replace(info, files=(DataFile("imdb.npz", None),)))
@@ -791,11 +967,29 @@ def test_cli_data_list(tmp_path: Path) -> None:
     lines = result.stdout.splitlines()
     assert [cell.strip() for cell in lines[0].split("|")[1:-1]] == ["name", "title", "present", "where", "size",
                                                                     "source"]
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]] for line in lines[2:]}
+    table = lines[:len(DATASETS) + 2]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]] for line in table[2:]}
     assert set(rows) == set(DATASETS)
     assert rows["ptb"][2] == "yes" and rows["ptb"][3] == str(tmp_path / "cache" / "ptb")
     assert rows["ptb"][5] == "raw.githubusercontent.com"
     assert rows["mnist"][2] == "no"
+    # The cache folder on a line of its own, after the table (it was glued to the last row).
+    assert lines[len(table):] == ["", f"cache folder: {tmp_path / 'cache'} (set $DLARENA_DATA to move it)"]
+
+
+def test_cli_data_list_json(tmp_path: Path) -> None:
+    write_ptb(tmp_path / "cache" / "ptb")
+    result = run_cli(tmp_path, "list", "--json")
+    assert result.returncode == 0, result.stderr
+    listing = json.loads(result.stdout)
+    assert listing["cache_folder"] == str(tmp_path / "cache")
+    entries = {entry["name"]: entry for entry in listing["data_sets"]}
+    assert list(entries) == list(DATASETS)
+    assert entries["ptb"] == {
+        "name": "ptb", "title": DATASETS["ptb"].title, "present": True, "where": str(tmp_path / "cache" / "ptb"),
+        "size_bytes": sum(len((tmp_path / "cache" / "ptb" / f.name).read_bytes()) for f in DATASETS["ptb"].files),
+        "source": "raw.githubusercontent.com", "downloadable": True, "files_present": 3, "files_total": 3}
+    assert entries["mnist"]["present"] is False and entries["mnist"]["where"] is None
 
 
 def test_cli_data_import_of_a_bad_file_fails_in_one_line_and_writes_nothing(tmp_path: Path) -> None:
@@ -803,7 +997,8 @@ def test_cli_data_import_of_a_bad_file_fails_in_one_line_and_writes_nothing(tmp_
     result = run_cli(tmp_path, "import", "mnist", str(tmp_path / "downloads"))
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("dlarena: error: ")
-    assert "train-images-idx3-ubyte.gz is corrupted or not the published" in result.stderr
+    assert ("train-images-idx3-ubyte.gz is not the published train-images-idx3-ubyte.gz: decompressed, it holds "
+            "3936 bytes, shorter than the published 47040016") in result.stderr
     assert leftovers(tmp_path / "cache") == []
     result = run_cli(tmp_path, "import", "mnist", str(tmp_path / "downloads" / "train-images-idx3-ubyte.gz"))
     assert result.returncode == 2 and "give the folder that holds them" in result.stderr
@@ -828,6 +1023,6 @@ def test_cli_data_download_from_a_mirror(server: Server, tmp_path: Path, monkeyp
     assert cli.main(["data", "download", "ptb", "--mirror", f"{base_url(server)}/"]) == 0
     out = capsys.readouterr()
     assert out.out.strip() == (f"downloaded ptb into {tmp_path / 'cache' / 'ptb'}; "
-                               "every file's SHA-256 matches the published one")
+                               "every file holds the published data (checksums verified)")
     assert "downloading ptb.train.txt from http://127.0.0.1" in out.err
     assert sorted(p.name for p in (tmp_path / "cache" / "ptb").iterdir()) == [ptb.TEST, ptb.TRAIN, ptb.VALID]

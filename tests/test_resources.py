@@ -9,6 +9,8 @@ from dlarena.measure.resources import peak_rss_bytes
 from dlarena.measure.sampler import ResourceSampler
 
 MIB = 1 << 20
+# Bound on waiting for the sampler thread's first sample: only reached if the thread never samples.
+SAMPLE_WAIT_S = 60.0
 
 
 def test_the_peak_probe_runs_in_its_own_limited_process() -> None:
@@ -23,6 +25,11 @@ def test_the_sampler_sees_memory_grow_during_the_steady_state() -> None:
         for _ in range(8):
             held.append(bytearray(8 * MIB))  # touched pages: bytearray zero-fills
             time.sleep(0.02)
+        # at least one sample of the thread's own (the first and last are taken on entry and exit):
+        # waited for, not assumed from the sleeps, which a busy machine may outlast the thread by
+        deadline = time.monotonic() + SAMPLE_WAIT_S
+        while len(sampler.rss) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
     report = sampler.report()
     assert report["samples"] >= 3
     assert report["memory_growth_bytes"] >= 48 * MIB

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from dlarena.measure.compare import MIN_EFFECT, compare
+from dlarena.measure.compare import MIN_EFFECT, MIN_PROCESSES, compare, rank
 from dlarena.measure.stats import UNSTABLE_IQR_FRACTION, UNSTABLE_PROCESS_SPREAD, summarise
 from dlarena.report.costs import break_even_steps
 
@@ -85,6 +85,39 @@ def test_identical_distributions_are_the_same() -> None:
     a = [_steps(1.0, 0.05, 100, seed) for seed in range(3)]
     b = [_steps(1.0, 0.05, 100, seed + 10) for seed in range(3)]
     assert compare(a, b).verdict == "same"
+
+
+def test_one_process_a_side_withholds_the_verdict_however_small_the_p_value() -> None:
+    """Issue 12: `--repetitions 1` printed `p-value 3.9e-63 ... faster (-21.9%)`: one process cannot show
+    how far another process of the same cell would land."""
+    a = [_steps(1.0, 0.03, 1000, 0)]
+    b = [_steps(0.78, 0.03, 1000, 1)]
+    one = compare(a, b)
+    assert one.p_value < 1e-60 and one.ratio == pytest.approx(0.78, rel=0.01)
+    assert one.verdict == "withheld" and not one.real and one.describe() == "withheld: 1 process"
+    assert MIN_PROCESSES == 2
+    two = compare([*a, _steps(1.0, 0.03, 1000, 2)], [*b, _steps(0.78, 0.03, 1000, 3)])
+    assert two.verdict == "faster" and two.describe().startswith("faster (-2")
+    # one side with enough processes is not enough: the other side's single process still hides its spread
+    assert compare([*a, _steps(1.0, 0.03, 1000, 2)], b).verdict == "withheld"
+
+
+def test_rank_sets_every_side_against_the_fastest_or_a_named_baseline() -> None:
+    sides = {name: [_steps(median, 0.02, 200, seed + 10 * index) for seed in range(3)]
+             for index, (name, median) in enumerate((("slow", 1.5), ("fast", 1.0), ("wrong", 0.5), ("tie", 1.01)))}
+    ranked = rank(sides, excluded={"wrong"})
+    assert [item.name for item in ranked] == ["wrong", "fast", "tie", "slow"]
+    by_name = {item.name: item for item in ranked}
+    assert by_name["fast"].comparison is None  # the baseline: the fastest not excluded
+    assert by_name["slow"].comparison is not None and by_name["slow"].comparison.verdict == "slower"
+    assert by_name["slow"].comparison.ratio == pytest.approx(1.5, rel=0.02)
+    assert by_name["tie"].comparison is not None and by_name["tie"].comparison.verdict == "same"
+    assert by_name["wrong"].comparison is not None and by_name["wrong"].comparison.verdict == "faster"
+    against_slow = {item.name: item.comparison for item in rank(sides, baseline="slow")}
+    assert against_slow["slow"] is None and against_slow["fast"] is not None
+    assert against_slow["fast"].verdict == "faster" and against_slow["fast"].ratio == pytest.approx(1 / 1.5, rel=0.02)
+    # a side's interval does not depend on which other sides were asked for, nor in which order
+    assert rank({"slow": sides["slow"], "fast": sides["fast"]})[1].comparison == by_name["slow"].comparison
 
 
 def test_compiling_pays_off_when_its_steps_have_made_up_for_its_head_start() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from dlarena.measure.aggregate import aggregate
 from dlarena.plan.cell import Cell
-from dlarena.store.database import PlannedCell, Store, StoredResult, StoreError
+from dlarena.store.database import PlannedCell, Store, StoredResult, StoreError, cell_state, check_location
 from dlarena.store.schema import SCHEMA_VERSION
 
 ENVIRONMENT = {"cpu_model": "test cpu", "cores": 2, "memory_bytes": 1 << 30, "os": "Linux", "python": "3.11"}
@@ -123,6 +123,40 @@ def test_reading_a_missing_database_does_not_create_it(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="there is no results database"):
         Store.open(path, create=False)
     assert not path.exists()
+
+
+def test_a_database_location_is_checked_without_writing_anything(tmp_path: Path) -> None:
+    check_location(tmp_path / "not" / "yet" / "there.db")  # a run creates the folders once it starts
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StoreError, match=r"cannot create the database folder .*file/sub: .*file is not a folder"):
+        check_location(tmp_path / "file" / "sub" / "r.db")
+    with pytest.raises(StoreError, match="is a folder; give a file path with --db"):
+        check_location(tmp_path)
+    assert [path.name for path in tmp_path.iterdir()] == ["file"]
+
+
+def test_each_cell_has_one_state_and_runs_lists_them_by_state(db_path: Path) -> None:
+    """Final status, ok once every process is, interrupted, pending: counted apart (issue 12: a cell
+    with processes still to run was counted ok)."""
+    store = Store.open(db_path)
+    cells = [Cell("torch", "fcn5-small", "train", 32, threads) for threads in (1, 2, 3, 4)]
+    planned = [PlannedCell(cell, 60.0, f"key{index}", repetitions=2) for index, cell in enumerate(cells)]
+    run_id, ids = store.start_run(ENVIRONMENT, "quick", 3, "", ["dlarena", "run"], "0.1.0", planned, 2)
+    store.record_result(ids[0], _result("ok", [0.1]))
+    store.record_result(ids[0], _result("ok", [0.1], repetition=1))
+    store.record_result(ids[1], _result("failed"))
+    store.record_result(ids[2], _result("ok", [0.1]))
+    store.record_result(ids[2], _result("interrupted", repetition=1))
+    store.record_result(ids[3], _result("ok", [0.1]))
+    assert [cell_state(cell) for cell in store.run_cells(run_id)] == ["ok", "failed", "interrupted", "pending"]
+    assert store.cell_counts(run_id) == {"ok": 1, "failed": 1, "interrupted": 1, "pending": 1}
+    # finished: 2 + 1 + 1 + 1 (an interrupted process is not); planned: 2 + 1 (failed: no more) + 2 + 2
+    assert store.process_counts(run_id) == (5, 7)
+    (listed,) = store.runs()
+    assert listed["id"] == run_id and listed["status"] == "running" and listed["suite_version"] == 3
+    assert (listed["processes_finished"], listed["processes_planned"]) == (5, 7)
+    assert listed["cells"] == store.cell_counts(run_id) and listed["command"] == ["dlarena", "run"]
 
 
 def test_unknown_run_lists_recent_ones(db_path: Path) -> None:

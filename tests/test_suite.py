@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from dlarena.errors import DlarenaError, UnknownNameError
+from dlarena.plan.cell import Cell
 from dlarena.plan.suite import SuiteError, builtin_suites, load_suite, parse_suite
 
 
@@ -65,6 +66,22 @@ def test_compile_cache_is_cold_unless_a_suite_or_the_command_line_shares_it() ->
     assert load_suite("quick").measurement.compile_cache == "shared"  # stated in quick.toml
 
 
+def test_denormals_are_left_alone_unless_a_suite_or_the_command_line_flushes_them() -> None:
+    text = 'workloads = ["fcn5-small"]\nframeworks = ["torch"]\nscenarios = ["infer"]\n'
+    (default, _), = parse_suite(text, "t").cells(cores=1)
+    assert default.measurement.denormals == "default"
+    flushing = parse_suite(text + '[measurement]\ndenormals = "flush"\n', "t")
+    (flushed, _), = flushing.cells(cores=1)
+    assert flushed.measurement.denormals == "flush"
+    (back, _), = flushing.override(denormals="default").cells(cores=1)
+    assert back == default
+    # Part of the cell's identity: results of the two modes are never mixed under one key.
+    assert flushed.key("v", {}) != default.key("v", {})
+    assert Cell.from_json(flushed.to_json()) == flushed
+    with pytest.raises(SuiteError, match="--denormals: 'denormals' must be one of default, flush, got 'on'"):
+        flushing.override(denormals="on")
+
+
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
@@ -78,6 +95,8 @@ def test_compile_cache_is_cold_unless_a_suite_or_the_command_line_shares_it() ->
         ('workloads = ["fcn5-small"]\n[measurement]\nspeed = 1\n', "unknown key 'speed'"),
         ('workloads = ["fcn5-small"]\n[measurement]\ncompile_cache = "warm"\n',
          "'compile_cache' must be one of cold, shared, got 'warm'"),
+        ('workloads = ["fcn5-small"]\n[measurement]\ndenormals = true\n',
+         "[measurement]: 'denormals' must be one of default, flush, got True"),
         ('workloads = ["fcn5-small"]\n[[sweep]]\nthreds = [1]\n', "sweep 1: unknown key 'threds'"),
     ],
 )

@@ -1,4 +1,20 @@
-"""dlarena's public Python API; the command line is a thin layer over it."""
+"""dlarena's public Python API; the command line is a thin layer over it.
+
+Measure, then read the results as rows or a pandas DataFrame::
+
+    from dlarena import api
+
+    suite = api.select("quick", frameworks="torch,jax", workloads="fcn5-small", scenarios="train")
+    summary = api.run(suite, db="results/dlarena.db")        # measures; RunSummary with the run's id
+    rows = api.results(db="results/dlarena.db")               # one dict per cell of the latest run
+    frame = api.dataframe(db="results/dlarena.db")            # the same rows as a DataFrame (dlarena[pandas])
+    print(api.report(db="results/dlarena.db"))                # the Markdown report
+    print(api.compare("latest", frameworks="torch,jax", db="results/dlarena.db"))
+
+Every axis of `select` takes a comma-separated string or a sequence. A mistake (an unknown name, a
+missing run or database) raises ``DlarenaError`` with one sentence that names the valid choices.
+The rows' columns are those of `dlarena export` (report/export.COLUMNS, described in the README).
+"""
 
 from __future__ import annotations
 
@@ -6,154 +22,278 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dlarena.errors import DlarenaError
 from dlarena.orchestrate.lock import machine_lock
-from dlarena.orchestrate.orchestrator import RunSummary, resume_run, run_suite
+from dlarena.orchestrate.orchestrator import RunSummary, nothing_to_resume, resume_run, run_suite
 from dlarena.orchestrate.progress import Progress
 from dlarena.plan.suite import DEFAULT_SUITE, Suite, load_suite
 from dlarena.report import export, markdown
 from dlarena.report.annotate import annotate
 from dlarena.report.costs import annotate_break_even
-from dlarena.store.database import Store, default_db_path, new_run_id
+from dlarena.store import verdicts
+from dlarena.store.database import Store, check_location, default_db_path, new_run_id
 
 if TYPE_CHECKING:
     from dlarena.orchestrate.verify import PairCheck
 
 
+Names = str | Sequence[str]
+Counts = str | int | Sequence[int]
+
+
+def _names(value: Names | None) -> tuple[str, ...] | None:
+    """An axis given as `"torch,jax"` or `["torch", "jax"]`; None (or empty) keeps the suite's."""
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    names = tuple(str(item).strip() for item in items if str(item).strip())
+    return names or None
+
+
+def _counts(what: str, value: Counts | None) -> tuple[int, ...] | None:
+    """Positive integers given as `"1,2"`, `2` or `[1, 2]`; None (or empty) keeps the suite's."""
+    items: Sequence[Any] = [value] if isinstance(value, int) else (
+        value.split(",") if isinstance(value, str) else list(value or ()))
+    counts = []
+    for item in items:
+        text = str(item).strip()
+        if not text:
+            continue
+        if isinstance(item, bool) or not text.isdigit() or int(text) < 1:
+            raise DlarenaError(f"{what} must be positive integers separated by commas, got {text!r}")
+        counts.append(int(text))
+    return tuple(counts) or None
+
+
+def _database(db: str | Path | None) -> Path:
+    return Path(db) if db is not None else default_db_path()
+
+
 def select(
     suite: str = DEFAULT_SUITE,
-    frameworks: Sequence[str] | None = None,
-    workloads: Sequence[str] | None = None,
-    scenarios: Sequence[str] | None = None,
-    devices: Sequence[str] | None = None,
-    precisions: Sequence[str] | None = None,
-    batch_sizes: Sequence[int] | None = None,
-    threads: Sequence[int] | str | None = None,
+    frameworks: Names | None = None,
+    workloads: Names | None = None,
+    scenarios: Names | None = None,
+    devices: Names | None = None,
+    precisions: Names | None = None,
+    batch_sizes: Counts | None = None,
+    threads: Counts | None = None,
     timeout_s: float | None = None,
     repetitions: int | None = None,
     memory_limit_gib: float | None = None,
     epochs: int | None = None,
     target_accuracy: float | None = None,
     compile_cache: str | None = None,
+    denormals: str | None = None,
 ) -> Suite:
-    """A suite (built-in name or TOML path) with the given axes replaced, validated by planning it."""
+    """A suite (built-in name or TOML path) with the given axes replaced, validated by planning it.
+
+    Each axis takes a comma-separated string (`frameworks="torch,jax"`, `threads="1,2"`) or a
+    sequence; `threads` also takes `"all"` (powers of two) or `"max"` (every core). None keeps the
+    suite's own. Raises DlarenaError on an unknown name or a bad count, before anything is written.
+    """
+    every = threads.strip() if isinstance(threads, str) and threads.strip() in ("all", "max") else None
     chosen = load_suite(suite).override(
-        frameworks=tuple(frameworks) if frameworks else None,
-        workloads=tuple(workloads) if workloads else None,
-        scenarios=tuple(scenarios) if scenarios else None,
-        devices=tuple(devices) if devices else None,
-        precisions=tuple(precisions) if precisions else None,
-        batch_sizes=tuple(batch_sizes) if batch_sizes else None,
-        threads=threads if isinstance(threads, str) else (tuple(threads) if threads else None),
+        frameworks=_names(frameworks),
+        workloads=_names(workloads),
+        scenarios=_names(scenarios),
+        devices=_names(devices),
+        precisions=_names(precisions),
+        batch_sizes=_counts("batch sizes", batch_sizes),
+        threads=every or _counts("thread counts", threads),
         timeout_s=timeout_s,
         repetitions=repetitions,
         memory_limit_gib=memory_limit_gib,
         epochs=epochs,
         target_accuracy=target_accuracy,
         compile_cache=compile_cache,
+        denormals=denormals,
     )
     chosen.cells()  # every name and count checked before anything is written
     return chosen
 
 
 def run(
-    suite: Suite, db: Path | None = None, argv: Sequence[str] = (), progress: bool = False, wait: bool = True,
+    suite: Suite, db: str | Path | None = None, argv: Sequence[str] = (), progress: bool = False, wait: bool = True,
 ) -> RunSummary:
-    """Measure a suite, holding the machine's measuring lock (waiting for it, or BusyError)."""
-    path = db or default_db_path()
-    store = Store.open(path)
+    """Measure a suite, holding the machine's measuring lock (waiting for it, or BusyError).
+
+    A new database is created only once the lock is held: a run refused (``wait=False``) or given up
+    while waiting leaves nothing behind, not even a mistyped --db folder. Its location is checked
+    first, so that a bad one is refused at once rather than after the wait. The run's id and start
+    time are taken when it starts measuring, not when it was queued.
+    """
+    path = _database(db)
+    store = Store.open(path) if path.exists() else None  # a foreign or newer file is refused at once
+    if store is None:
+        check_location(path)
     display = Progress(enabled=progress)
-    run_id = new_run_id()
     try:
-        with machine_lock(run_id, path, wait=wait, on_wait=display.note):
-            return run_suite(suite, store, argv, progress=display, run_id=run_id)
+        with machine_lock(path, wait=wait, on_wait=display.waiting) as held:
+            run_id = new_run_id()
+            held.announce(run_id)
+            store = store or Store.open(path)
+            summary = run_suite(suite, store, argv, progress=display, run_id=run_id)
+            # The verdicts of what it measured, from the machine's record: the database stands alone.
+            verdicts.copy_into(store, str(store.run(run_id)["code_version"]),
+                               {cell.framework for cell, _ in suite.cells()})
+            return summary
     finally:
-        store.close()
+        if store is not None:
+            store.close()
 
 
 def resume(
-    run_id: str | None = None, db: Path | None = None, argv: Sequence[str] = (), progress: bool = False,
+    run_id: str | None = None, db: str | Path | None = None, argv: Sequence[str] = (), progress: bool = False,
     wait: bool = True, allow_changes: bool = False,
 ) -> RunSummary:
-    """Run the processes a run still lacks (the latest run by default); see orchestrator.resume_run."""
-    path = db or default_db_path()
+    """Run the processes a run still lacks (the latest run by default); see orchestrator.resume_run.
+
+    A run with nothing left to run is answered at once (``RunSummary.nothing_to_resume``), without
+    waiting for the machine.
+    """
+    path = _database(db)
     store = Store.open(path, create=False)
     display = Progress(enabled=progress)
     try:
         chosen = str(store.run(run_id)["id"])
-        with machine_lock(chosen, path, wait=wait, on_wait=display.note):
+        done = nothing_to_resume(store, chosen)
+        if done is not None:
+            return done
+        with machine_lock(path, wait=wait, on_wait=display.waiting) as held:
+            held.announce(chosen)
             return resume_run(store, chosen, argv, allow_changes, progress=display)
     finally:
         store.close()
 
 
-def _read(db: Path | None, run_id: str | None) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
-    store = Store.open(db or default_db_path(), create=False)
+def runs(db: str | Path | None = None) -> list[dict[str, Any]]:
+    """Every run of a database, oldest first: id, suite, start and end, status, cells by state, processes."""
+    store = Store.open(_database(db), create=False)
+    try:
+        return store.runs()
+    finally:
+        store.close()
+
+
+def _read(db: str | Path | None, run_id: str | None) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    store = Store.open(_database(db), create=False)
     try:
         run_row = dict(store.run(run_id))
         run_row["peaks"] = store.peaks(run_row["id"])
         rows = store.cell_rows(run_row["id"])
-        annotate(rows, store.verification_statuses())
+        annotate(rows, verdicts.statuses(store, str(run_row["code_version"])))
         annotate_break_even(rows)
         return run_row, store.environment(run_row["environment_id"]), rows
     finally:
         store.close()
 
 
-def report(db: Path | None = None, run_id: str | None = None) -> str:
-    """The Markdown report of a run (the latest by default)."""
-    return markdown.render(*_read(db, run_id))
+def report(db: str | Path | None = None, run_id: str | None = None) -> str:
+    """The Markdown report of a run (the latest by default), opening with which framework is fastest."""
+    from dlarena.report.ranking import rank_rows
+
+    run_row, environment, rows = _read(db, run_id)
+    store = Store.open(_database(db), create=False)
+    try:
+        rankings = rank_rows(store, rows)
+    finally:
+        store.close()
+    return markdown.render(run_row, environment, rows, rankings)
 
 
-def compare(run_a: str, run_b: str | None = None, frameworks: Sequence[str] | None = None,
-            db: Path | None = None) -> str:
-    """Markdown verdicts of run B against run A, or of framework B against framework A within one run."""
+def compare(run_a: str, run_b: str | None = None, frameworks: Names | None = None,
+            db: str | Path | None = None, baseline: str | None = None) -> str:
+    """Markdown verdicts: run B against run A, framework B against A, or several frameworks ranked.
+
+    ``frameworks`` (`"torch,jax,tensorflow"` or a sequence): with two and no ``baseline``, B against
+    A; with more, or a named ``baseline``, every configuration of run A ranked against its fastest
+    framework or against ``baseline``.
+    """
     from dlarena.report.comparison import compare_runs
 
-    store = Store.open(db or default_db_path(), create=False)
+    store = Store.open(_database(db), create=False)
     try:
-        return compare_runs(store, run_a, run_b, frameworks)
+        return compare_runs(store, run_a, run_b, _names(frameworks), baseline)
     finally:
         store.close()
 
 
-def export_rows(db: Path | None = None, run_id: str | None = None, fmt: str = "csv") -> str:
+def export_rows(db: str | Path | None = None, run_id: str | None = None, fmt: str = "csv") -> str:
+    """`dlarena export`: the rows of `results` as CSV or JSON text."""
     rows = _read(db, run_id)[2]
-    for row in rows:
-        row.pop("config", None)
     return export.to_csv(rows) if fmt == "csv" else export.to_json(rows)
+
+
+def results(db: str | Path | None = None, run_id: str | None = None) -> list[dict[str, Any]]:
+    """One dict per cell of a run (the latest by default), keyed by `dlarena export`'s columns.
+
+    Values are Python numbers, strings, booleans or None (a figure the cell does not have); times are
+    in seconds, memory in bytes. See the README's "Python API" for the columns that need a word.
+    """
+    return export.tidy(_read(db, run_id)[2])
+
+
+def dataframe(db: str | Path | None = None, run_id: str | None = None) -> Any:
+    """`results` as a pandas DataFrame, one row per cell; needs pandas (`pip install 'dlarena[pandas]'`)."""
+    try:
+        import pandas
+    except ImportError:
+        raise DlarenaError("dlarena.api.dataframe needs pandas, which is not installed: pip install"
+                           " 'dlarena[pandas]' (or use dlarena.api.results for plain rows)") from None
+    return pandas.DataFrame(results(db, run_id), columns=list(export.COLUMNS))
 
 
 def verify(
     frameworks: Sequence[str] | None = None, workloads: Sequence[str] | None = None, full: bool = False,
     db: Path | None = None, on_check: Callable[[PairCheck], None] | None = None,
+    on_progress: Callable[[str], None] | None = None, wait: bool = True, progress: bool = False,
 ) -> list[PairCheck]:
-    """Run `dlarena verify` and store every pair's verdict; see orchestrate/verify.py."""
+    """Run `dlarena verify` and store every pair's verdict; see orchestrate/verify.py.
+
+    It holds the machine's measuring lock, as a run does: its workers would take cores from a
+    measurement in progress. Each verdict goes to ``db`` and to the machine's record
+    (store/verdicts.py), where runs in every database find it.
+    """
     from dlarena.environment import code_version
     from dlarena.frameworks.registry import FRAMEWORKS, framework_info
     from dlarena.orchestrate import verify as checks
     from dlarena.plan.suite import available_cores
     from dlarena.spec.catalogue import CATALOGUE
+    from dlarena.store import verdicts
 
     for name in frameworks or ():
         framework_info(name)
-    if workloads == ["all"]:
+    if workloads is not None and list(workloads) == ["all"]:
         workloads = [name for name, workload in CATALOGUE.items() if not workload.is_small]
     names = checks.workload_names(workloads or _quick_workloads(), full)
-    store = Store.open(db or default_db_path())
+    path = _database(db)
+    check_location(path)
+    display = Progress(enabled=progress)
     version = code_version()
-    try:
-        def record(check: PairCheck) -> None:
-            store.record_verification(check.as_dict(), version)
-            if on_check:
-                on_check(check)
+    with machine_lock(path, wait=wait, on_wait=display.waiting) as held:
+        held.announce("verify")
+        store = Store.open(path)
+        record = verdicts.open_record(create=True)
+        if record is not None and record.path.resolve() == path.resolve():  # --db is the record itself
+            record.close()
+            record = None
+        stores = [store] if record is None else [store, record]
+        try:
+            def keep(check: PairCheck) -> None:
+                verdicts.record(stores, check.as_dict(), version)
+                if on_check:
+                    on_check(check)
 
-        return checks.verify(
-            frameworks or list(FRAMEWORKS), names,
-            checks.VERIFY_FULL_BATCH_SIZE if full else checks.VERIFY_BATCH_SIZE,
-            threads=available_cores(), on_check=record,
-        )
-    finally:
-        store.close()
+            return checks.verify(
+                frameworks or list(FRAMEWORKS), names,
+                checks.VERIFY_FULL_BATCH_SIZE if full else checks.VERIFY_BATCH_SIZE,
+                threads=available_cores(), on_check=keep, on_progress=on_progress,
+                networks_per_worker=checks.FULL_NETWORKS_PER_WORKER if full else None,
+                # Side by side on small twins; one at a time at the published sizes (gigabytes each).
+                jobs=1 if full else available_cores(),
+            )
+        finally:
+            for opened in stores:
+                opened.close()
 
 
 def _quick_workloads() -> list[str]:
@@ -161,31 +301,45 @@ def _quick_workloads() -> list[str]:
 
 
 def verify_table(checks: Sequence[PairCheck]) -> str:
-    """Maximum relative errors per framework and workload, as Markdown."""
+    """Maximum relative errors per framework and workload, as Markdown, then what went wrong: the
+    pairs whose timings are struck out, and the framework bugs found in a precision not timed."""
+    from dlarena.orchestrate import verify as tolerances
+
     def error(value: float | None) -> str:
         return "" if value is None else f"{value:.1e}"
 
-    lines = ["| workload | framework | status | params | forward f32 | loss f32 | forward f64 | gradients f64 | vs |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| workload | framework | version | status | params | forward f32 | loss f32 | gradients f32 |"
+             " forward f64 | gradients f64 | vs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for check in checks:
         lines.append(
-            f"| {check.workload} | {check.framework} | {check.status} | {check.params or ''} |"
-            f" {error(check.forward_error)} | {error(check.loss_error)} | {error(check.forward64_error)} |"
-            f" {error(check.gradient_error)} | {check.gradient_reference or ''} |"
+            f"| {check.workload} | {check.framework} | {check.framework_version or ''} | {check.status}"
+            f"{' (float64 bug)' if check.framework_bugs else ''} | {check.params or ''} |"
+            f" {error(check.forward_error)} | {error(check.loss_error)} | {error(check.gradient32_error)} |"
+            f" {error(check.forward64_error)} | {error(check.gradient_error)} | {check.gradient_reference or ''} |"
         )
-    from dlarena.orchestrate import verify as tolerances
-
     lines.append("")
     lines.append(
         "Maximum relative errors: forward and loss against the NumPy float64 oracle, gradients against the"
-        f" reference framework. Tolerances: float32 forward {tolerances.FORWARD_TOLERANCE:g}, loss"
-        f" {tolerances.LOSS_TOLERANCE:g}; float64 forward {tolerances.FORWARD64_TOLERANCE:g}, loss"
-        f" {tolerances.LOSS64_TOLERANCE:g}, gradients {tolerances.GRADIENT64_TOLERANCE:g} (gradients are compared"
-        " in float64: in float32 a ReLU input within rounding of zero takes different branches in different"
-        " frameworks)."
+        " reference framework's float64 gradients. Tolerances: float32 forward"
+        f" {tolerances.FORWARD_TOLERANCE:g}, loss {tolerances.LOSS_TOLERANCE:g}, gradients"
+        f" {tolerances.GRADIENT32_TOLERANCE:g}; float64 forward {tolerances.FORWARD64_TOLERANCE:g}, loss"
+        f" {tolerances.LOSS64_TOLERANCE:g}, gradients {tolerances.GRADIENT64_TOLERANCE:g}. The float32"
+        " computation (what is timed) decides whether timings count; a float32 gradient is held to its"
+        " tolerance where the oracle keeps every ReLU and max-pool input farther than"
+        f" {tolerances.FLOAT32_KINK_MARGIN:g} of its layer's largest from the kink, and elsewhere the float64"
+        " gradients decide."
     )
+    undefined = [c for c in checks if c.float32_gradients.startswith("not defined")]
+    if undefined:
+        lines.append("")
+        lines += [f"- {c.workload} {c.framework}: float32 gradient {c.float32_gradients}" for c in undefined]
     problems = [c for c in checks if c.status != "ok" and c.message]
     if problems:
         lines.append("")
         lines += [f"- {c.workload} {c.framework}: {c.status}: {c.message}" for c in problems]
+    bugs = tolerances.framework_bugs(checks)
+    if bugs:
+        lines += ["", "Framework bugs found (in a precision that is not timed):", ""]
+        lines += [f"- {line}" for line in bugs]
     return "\n".join(lines) + "\n"

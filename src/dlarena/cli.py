@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from dlarena import __version__
-from dlarena.errors import DlarenaError
-from dlarena.plan.cell import COMPILE_CACHES
+from dlarena.errors import DlarenaError, unknown
+from dlarena.frameworks.registry import precision_support
+from dlarena.plan.cell import COMPILE_CACHES, DENORMAL_MODES
+from dlarena.wording import counted
 
 DB_HELP = "results database (default: $DLARENA_DB, else results/dlarena.db under the current folder)"
 
@@ -69,7 +72,7 @@ def _print(text: str, output: Path | None) -> None:
 
 
 _SELECTION = ("frameworks", "workloads", "scenarios", "devices", "precision", "threads", "batch_sizes", "timeout",
-              "repetitions", "memory_limit", "epochs", "target_accuracy", "compile_cache")
+              "repetitions", "memory_limit", "epochs", "target_accuracy", "compile_cache", "denormals")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -81,7 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise DlarenaError(f"--resume runs the cells the run already has; it takes no {(given or ['--suite'])[0]}")
         summary = api.resume(None if args.resume == "latest" else args.resume, db=args.db, argv=sys.argv,
                              progress=not args.quiet, wait=not args.no_wait, allow_changes=args.allow_changes)
-        return _finished(summary)
+        return _finished(summary, args.db, resumed=True)
     if args.allow_changes:
         raise DlarenaError("--allow-changes goes with --resume")
     suite = api.select(
@@ -89,18 +92,71 @@ def cmd_run(args: argparse.Namespace) -> int:
         devices=args.devices, precisions=args.precision, batch_sizes=args.batch_sizes, threads=args.threads,
         timeout_s=args.timeout, repetitions=args.repetitions, memory_limit_gib=args.memory_limit,
         epochs=args.epochs, target_accuracy=args.target_accuracy, compile_cache=args.compile_cache,
+        denormals=args.denormals,
     )
     summary = api.run(suite, db=args.db, argv=sys.argv, progress=not args.quiet, wait=not args.no_wait)
-    return _finished(summary)
+    return _finished(summary, args.db)
 
 
-def _finished(summary: Any) -> int:
-    counts = ", ".join(f"{count} {status}" for status, count in sorted(summary.counts.items()))
+# `dlarena run` exits with this when the run ended and not one cell was measured (every cell
+# unavailable, unsupported or failed): a script must not take it for a result. 1, as `verify` when
+# a pair disagrees; 2 is a mistake in the command, 130 a Ctrl-C.
+NOTHING_MEASURED_EXIT = 1
+
+
+def _finished(summary: Any, db: Path | None, resumed: bool = False) -> int:
+    """Say how the run ended, in one line that the user can act on; the exit status."""
+    from dlarena.report.units import format_duration
+    from dlarena.wording import counted
+
+    run_id = summary.run_id
+    where = f" --db {shlex.quote(str(db))}" if db is not None else ""  # following the hint must find the run
+    report = f"`dlarena report{f' --run {run_id}' if resumed else ''}{where}`"
+    cells = _by_status(summary.counts)
+    cells = f"{counted(sum(summary.counts.values()), 'cell')}{': ' + cells if cells else ''}"
+    if summary.nothing_to_resume:
+        print(f"run {run_id} has nothing to resume ({cells}); see it with {report}", file=sys.stderr)
+        return 0
+    elapsed = format_duration(summary.elapsed_s)
     if summary.interrupted:
-        print(f"run {summary.run_id} interrupted; finished cells are stored ({counts or 'none'});"
-              f" `dlarena run --resume {summary.run_id}` runs the rest", file=sys.stderr)
+        cut = summary.processes.get("interrupted", 0)
+        finished = {status: count for status, count in summary.processes.items() if status != "interrupted"}
+        statuses = _by_status(finished)
+        print(f"run {run_id} interrupted after {elapsed}: {counted(sum(finished.values()), 'process')} finished"
+              f"{f' ({statuses})' if statuses else ''} and stored, {cut} interrupted, {summary.not_started} not"
+              f" started; `dlarena run --resume {run_id}{where}` runs the {cut + summary.not_started} left",
+              file=sys.stderr)
         return 130
-    print(f"run {summary.run_id}: {counts}; see it with `dlarena report`", file=sys.stderr)
+    reason = summary.unmeasured()
+    if reason:
+        print(f"dlarena: run {run_id}: {reason}; see {report}", file=sys.stderr)
+        return NOTHING_MEASURED_EXIT
+    print(f"run {run_id} finished in {elapsed}, {cells}; see it with {report}", file=sys.stderr)
+    return 0
+
+
+def _by_status(counts: dict[str, int]) -> str:
+    """``3 ok, 1 failed``: ok first, then the most frequent."""
+    ordered = sorted(counts.items(), key=lambda item: (item[0] != "ok", -item[1], item[0]))
+    return ", ".join(f"{count} {status}" for status, count in ordered)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from dlarena import api
+
+    runs = api.runs(args.db)
+    if args.json:
+        print(json.dumps(runs, indent=1))
+        return 0
+    rows = [["run", "suite", "started (UTC)", "status", "processes", "cells"]] + [
+        [run["id"], f"{run['suite']} v{run['suite_version']}", run["started_at"].replace("T", " ")[:19],
+         run["status"] + (f" (resumed {run['resumes']}x)" if run["resumes"] else ""),
+         f"{run['processes_finished']}/{run['processes_planned']}", _by_status(run["cells"])]
+        for run in runs
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    print("\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+                    for row in rows))
     return 0
 
 
@@ -108,14 +164,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from dlarena import api
 
     checks = api.verify(frameworks=args.frameworks, workloads=args.workloads, full=args.full, db=args.db,
-                        on_check=None if args.quiet else _print_check)
+                        on_check=None if args.quiet else _print_check,
+                        on_progress=None if args.quiet else _print_progress,
+                        wait=not args.no_wait, progress=not args.quiet)
     print(api.verify_table(checks))
     disagreements = [c for c in checks if c.status not in ("ok", "unsupported", "unavailable")]
     if disagreements:
-        print(f"{len(disagreements)} of {len(checks)} pairs disagree or failed; their timings are marked invalid",
+        print(f"{len(disagreements)} of {counted(len(checks), 'pair')} disagree or failed;"
+              " their timings are marked invalid",
               file=sys.stderr)
         return 1
     return 0
+
+
+def _print_progress(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def _print_check(check: Any) -> None:
@@ -130,7 +193,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
         items = [
             {"name": info.name, "installed": info.is_installed(), "versions": info.versions(),
-             "scenarios": list(info.scenarios), "extra": info.extra, "description": info.description}
+             "scenarios": list(info.scenarios), "precisions": list(info.precisions), "extra": info.extra,
+             "description": info.description}
             for info in FRAMEWORKS.values()
         ]
         lines = [
@@ -165,7 +229,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             {"name": s.name, "version": s.version, "description": s.description, "cells": len(s.cells())}
             for s in suites
         ]
-        lines = [f"{item['name']:<14} v{item['version']}  {item['cells']:>4} cells  {item['description']}"
+        lines = [f"{item['name']:<14} v{item['version']}  {counted(item['cells'], 'cell'):>10}  {item['description']}"
                  for item in items]
     print(json.dumps(items, indent=1) if args.json else "\n".join(lines))
     return 0
@@ -195,7 +259,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from dlarena import api
 
-    _print(api.compare(args.run_a, args.run_b, frameworks=args.frameworks, db=args.db), args.output)
+    _print(api.compare(args.run_a, args.run_b, frameworks=args.frameworks, db=args.db, baseline=args.baseline),
+           args.output)
     return 0
 
 
@@ -219,30 +284,75 @@ def cmd_data(args: argparse.Namespace) -> int:
     from dlarena import data
 
     if args.action == "list":
+        statuses = data.dataset_status()
+        if args.json:
+            print(json.dumps({"cache_folder": str(data.data_home()), "data_sets": [
+                {"name": s.name, "title": s.title, "present": s.present, "where": str(s.where) if s.where else None,
+                 "size_bytes": s.size, "source": s.source, "downloadable": s.downloadable,
+                 "files_present": s.files_present, "files_total": s.files_total}
+                for s in statuses]}, indent=1))
+            return 0
         rows = [["name", "title", "present", "where", "size", "source"]]
-        for status in data.dataset_status():
-            present = "yes" if status.present else (
-                f"no ({status.files_present} of {status.files_total} files)" if status.files_present else "no")
+        for status in statuses:
+            files = f"{status.files_present} of {counted(status.files_total, 'file')}"
+            present = "yes" if status.present else (f"no ({files})" if status.files_present else "no")
             rows.append([status.name, status.title, present, str(status.where or ""),
                          _size(status.size) if status.size else "", status.source])
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = ["| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) + " |"
                  for row in rows]
         lines.insert(1, "| " + " | ".join("-" * width for width in widths) + " |")
+        # On standard output after the table, on a line of its own: on standard error it could land
+        # glued to the table's last row wherever the two streams are shown together.
         print("\n".join(lines))
-        print(f"cache folder: {data.data_home()} (set $DLARENA_DATA to move it)", file=sys.stderr)
+        print(f"\ncache folder: {data.data_home()} (set $DLARENA_DATA to move it)")
     elif args.action == "import":
         folder = data.import_dataset(args.name, args.path)
         print(f"imported {args.name} into {folder}")
     else:
         folder = data.download_dataset(args.name, mirror=args.mirror,
                                        report=lambda message: print(message, file=sys.stderr))
-        print(f"downloaded {args.name} into {folder}; every file's SHA-256 matches the published one")
+        print(f"downloaded {args.name} into {folder}; every file holds the published data (checksums verified)")
     return 0
 
 
+# What a fixed set of choices is called in "unknown X" (argparse names it by its destination).
+_CHOICE_KINDS = {"what": "list", "action": "data command", "compile_cache": "compile cache",
+                 "denormals": "subnormal mode"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with every mistake on one line like the rest of dlarena's: no usage block, exit 2.
+
+    The usage block argparse prints first pushed the one useful sentence ten lines down; the hint
+    names the help of the command that was mistyped (`dlarena run --help`). Subparsers are built
+    with the same class (argparse's default for ``add_subparsers``).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"dlarena: error: {message}; see `{self.prog} --help`\n")
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        # argparse's own "invalid choice" suggests nothing (Python 3.14's suggest_on_error would);
+        # this is its only hook for a choice, and the same sentence as every other unknown name.
+        if action.choices is not None and value not in action.choices:
+            kind = _CHOICE_KINDS.get(action.dest, action.dest.replace("_", " "))
+            raise argparse.ArgumentError(action, unknown(kind, str(value), [str(item) for item in action.choices]))
+
+    def parse_known_args(  # type: ignore[override]  # one signature for typeshed's three overloads
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None,
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        # A mistyped option (`--precisions`) is refused by the command it was given to, which knows
+        # its own options; argparse would leave it to the top parser's "unrecognized arguments".
+        options = [extra.split("=", 1)[0] for extra in extras if extra.startswith("--")]
+        if options:
+            self.error(unknown("option", options[0], [o for o in self._option_string_actions if o.startswith("--")]))
+        return parsed, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dlarena",
         description="Compare deep learning frameworks on the same networks, each measurement in its own process.",
     )
@@ -256,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--scenarios", type=_names, help="comma-separated scenarios: train, infer, accuracy")
     run.add_argument("--devices", type=_names, help="comma-separated devices: cpu, cuda")
     run.add_argument("--precision", type=_names,
-                     help="comma-separated precisions: float32, float16, bfloat16, float64 (default: float32)")
+                     help="comma-separated precisions (default: float32); what each framework runs: "
+                          + precision_support())
     run.add_argument("--threads", type=_threads,
                      help="comma-separated thread counts, 'all' (powers of two) or 'max' (every core)")
     run.add_argument("--batch-sizes", type=_positive_ints("batch sizes"), help="comma-separated batch sizes")
@@ -271,7 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--compile-cache", choices=COMPILE_CACHES,
                      help="cold: every process compiles from an empty cache; shared: the framework's own"
                           " persistent cache as this machine has it (default: the suite's, else cold)")
-    run.add_argument("--timeout", type=float, help="seconds before a cell is killed (default: the suite's)")
+    run.add_argument("--denormals", choices=DENORMAL_MODES,
+                     help="default: each framework treats subnormal numbers as it does by itself (TensorFlow and"
+                          " JAX flush them to zero, PyTorch and ONNX Runtime keep them); flush: flush them where"
+                          " the framework can, unsupported where not (default: the suite's, else default)")
+    run.add_argument("--timeout", type=float, help="seconds before a cell's process is killed (default: the "
+                     "suite's for its own cells, else 600 for timing and one derived from the recipe for accuracy)")
     run.add_argument("--db", type=Path, help=DB_HELP)
     run.add_argument("--quiet", action="store_true", help="no progress display")
     run.add_argument("--resume", nargs="?", const="latest", metavar="RUN_ID",
@@ -291,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--full", action="store_true", help="the published sizes instead of the small twins")
     verify.add_argument("--db", type=Path, help=DB_HELP)
     verify.add_argument("--quiet", action="store_true", help="no progress lines")
+    verify.add_argument("--no-wait", action="store_true",
+                        help="fail at once if a run is measuring on this machine (verify waits for it by default)")
     verify.set_defaults(handler=cmd_verify)
 
     listing = commands.add_parser("list", help="list frameworks, workloads or suites")
@@ -302,6 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
     env.add_argument("--json", action="store_true", help="machine-readable output")
     env.set_defaults(handler=cmd_env)
 
+    runs = commands.add_parser("runs", help="the runs of a database: suite, start, status, cells by status")
+    runs.add_argument("--json", action="store_true", help="machine-readable output")
+    runs.add_argument("--db", type=Path, help=DB_HELP)
+    runs.set_defaults(handler=cmd_runs)
+
     report = commands.add_parser("report", help="Markdown tables of a run (the latest by default)")
     report.add_argument("--run", help="run id (default: the latest)")
     report.add_argument("--output", type=Path, help="write to this file instead of standard output")
@@ -309,11 +432,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(handler=cmd_report)
 
     compare = commands.add_parser(
-        "compare", help="verdicts, cell by cell: run B against run A, or framework B against A within one run"
+        "compare", help="verdicts, cell by cell: run B against run A, framework B against A, or N frameworks ranked"
     )
     compare.add_argument("run_a", metavar="RUN_A", help="run id, or 'latest'")
     compare.add_argument("run_b", metavar="RUN_B", nargs="?", help="run id, or 'latest' (omit with --frameworks)")
-    compare.add_argument("--frameworks", type=_names, help="A,B: compare two frameworks of the same cells")
+    compare.add_argument("--frameworks", type=_names,
+                         help="A,B: framework B against A on the same cells; A,B,C,...: rank them, each cell against"
+                              " its fastest (or --baseline)")
+    compare.add_argument("--baseline", metavar="NAME",
+                         help="with --frameworks: set every framework against NAME instead of the fastest")
     compare.add_argument("--output", type=Path, help="write to this file instead of standard output")
     compare.add_argument("--db", type=Path, help=DB_HELP)
     compare.set_defaults(handler=cmd_compare)
@@ -327,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="list, import or download the real data sets of the accuracy scenarios")
     actions = data.add_subparsers(dest="action", required=True, metavar="ACTION")
-    actions.add_parser("list", help="the known data sets: present or not, where, size, source")
+    data_list = actions.add_parser("list", help="the known data sets: present or not, where, size, source")
+    data_list.add_argument("--json", action="store_true", help="machine-readable output")
     data_import = actions.add_parser(
         "import", help="copy a data set's published files from a local file or folder into the cache, after checking"
     )

@@ -13,6 +13,7 @@ import os
 import sys
 import time
 import traceback
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from dlarena.plan.cell import Cell
@@ -174,6 +175,7 @@ def _gpu_index(device: str) -> int | None:
 
 def measure_cell(cell: Cell) -> dict[str, Any]:
     """Build and measure one cell; every outcome becomes a result dictionary, never an exception."""
+    from dlarena.frameworks import denormals
     from dlarena.frameworks.base import StepRequest, Unavailable, Unsupported
     from dlarena.frameworks.registry import framework_info, load_backend
     from dlarena.measure.resources import peak_rss_bytes
@@ -191,6 +193,7 @@ def measure_cell(cell: Cell) -> dict[str, Any]:
             raise Unavailable(f"{cell.framework} cannot be imported: {error}") from None
         result["import_s"] = time.perf_counter() - start
         result["framework_version"] = backend.version()
+        result["denormals"] = denormals.apply(backend, cell.measurement.denormals)
 
         request = StepRequest(
             workload=workload, scenario=cell.scenario, batch_size=cell.batch_size,
@@ -228,6 +231,7 @@ def time_cell(cell: Cell, backend: Backend, request: StepRequest, result: dict[s
     sampler = _sampler(cell)
     timings = run_timed(runner.step, runner.sync, cell.measurement, steady=sampler)
     resources = sampler.report() if sampler else {}
+    subnormals = _probe_denormals(backend, cell, result)
     read_device_peak = getattr(runner, "device_memory_peak_bytes", None)
     device_peak = read_device_peak() if read_device_peak is not None else None
     if device_peak is not None:
@@ -243,7 +247,7 @@ def time_cell(cell: Cell, backend: Backend, request: StepRequest, result: dict[s
         "cores_used": timings.cores_used,
         "rss_before_bytes": rss_before,
         "rss_after_bytes": current_rss_bytes(),
-        "parity": vars(runner.parity()),
+        "parity": vars(replace(runner.parity(), denormals=subnormals)),
     })
 
 
@@ -280,6 +284,7 @@ def train_cell(cell: Cell, backend: Backend, request: StepRequest, result: dict[
         trainer, (dataset.train.inputs, dataset.train.labels), (dataset.test.inputs, dataset.test.labels),
         cell.batch_size, cell.epochs or plan.epochs, cell.target_accuracy, cell.seed, steady=sampler,
     )
+    subnormals = _probe_denormals(backend, cell, result)
     result.update({
         "status": "ok",
         "params": trainer.trainable_params(),
@@ -294,12 +299,23 @@ def train_cell(cell: Cell, backend: Backend, request: StepRequest, result: dict[
         "rss_before_bytes": rss_before,
         "rss_after_bytes": current_rss_bytes(),
         "resources": sampler.report() if sampler else {},
-        "parity": vars(trainer.parity()),
+        "parity": vars(replace(trainer.parity(), denormals=subnormals)),
         "accuracy": {
             "dataset": plan.dataset, "train_samples": len(dataset.train), "test_samples": len(dataset.test),
             "epochs_planned": cell.epochs or plan.epochs, "data_load_s": data_load_s, **run.to_dict(),
         },
     })
+
+
+def _probe_denormals(backend: Backend, cell: Cell, result: dict[str, Any]) -> str:
+    """The subnormal mode the cell's steps ran in, measured after them (frameworks/denormals.py).
+
+    Its record replaces what ``measure_cell`` stored when it set the mode; a ``flush`` cell whose
+    framework still kept subnormals raises Unsupported."""
+    from dlarena.frameworks import denormals
+
+    result["denormals"] = denormals.probe(backend, cell.device, result["denormals"])
+    return str(result["denormals"]["measured"])
 
 
 def _trainable_workloads() -> list[str]:
@@ -308,39 +324,82 @@ def _trainable_workloads() -> list[str]:
     return [name for name, workload in CATALOGUE.items() if workload.training is not None]
 
 
-def verify_cell(cell: Cell, arrays_path: str) -> dict[str, Any]:
-    """Compute one framework's outputs for canonical weights and inputs; arrays go to an .npz file.
+# Written by the verify mode beside its .npz files, one JSON line as each network starts and ends, so
+# that the verify command knows, after a crash or a timeout, which network took the worker down and
+# which ones were done (a worker runs every network of one framework and precision).
+VERIFY_PROGRESS_FILE = "progress.jsonl"
 
-    The comparison with the oracle and with other frameworks happens in the verify command, which
-    never imports a framework; here we only compute, and check the weight round trip.
+
+def verify_cell(cell: Cell, folder: str, workloads: list[str] | None = None) -> dict[str, Any]:
+    """Compute one framework's outputs for canonical weights and inputs, for every network asked.
+
+    One process serves every network of a framework and precision: importing a framework costs
+    seconds, computing a small twin milliseconds. Each network's arrays go to ``folder/NAME.npz``;
+    its status, in ``result["workloads"][NAME]``, is its own, so that one network that fails or is
+    unsupported leaves the others checked. The comparison with the oracle and with other frameworks
+    happens in the verify command, which never imports a framework; here we only compute, and check
+    the weight round trip.
     """
-    import numpy as np
+    import gc
 
-    from dlarena.frameworks.base import Unavailable, Unsupported
+    from dlarena.frameworks.base import Unavailable
     from dlarena.frameworks.registry import load_backend
-    from dlarena.spec.catalogue import get_workload
-    from dlarena.spec.weights import canonical_batch, canonical_weights
 
-    result: dict[str, Any] = {"schema": RESULT_SCHEMA, "cell": cell.to_dict(), "status": "failed"}
+    names = workloads or [cell.workload]
+    result: dict[str, Any] = {"schema": RESULT_SCHEMA, "cell": cell.to_dict(), "status": "failed",
+                              "workloads": {}}
+    os.makedirs(folder, exist_ok=True)
+    progress_path = os.path.join(folder, VERIFY_PROGRESS_FILE)
     try:
-        workload = get_workload(cell.workload)
+        start = time.perf_counter()
         try:
             backend = load_backend(cell.framework, cell.threads)
         except ImportError as error:
             raise Unavailable(f"{cell.framework} cannot be imported: {error}") from None
+        result["import_s"] = time.perf_counter() - start
         result["framework_version"] = backend.version()
+    except Exception as error:  # the framework is absent or broken: every network shares its status
+        result.update(_failure(error))
+        return result
+    with open(progress_path, "a", encoding="utf-8") as progress:
+        for name in names:
+            progress.write(json.dumps({"workload": name, "event": "start"}) + "\n")
+            progress.flush()  # in the kernel's hands: a crash of this process does not lose it
+            start = time.perf_counter()
+            record = _verify_network(backend, cell, name, os.path.join(folder, f"{name}.npz"))
+            record["wall_s"] = time.perf_counter() - start
+            result["workloads"][name] = record
+            progress.write(json.dumps({"workload": name, "event": "done", **record}) + "\n")
+            progress.flush()
+            gc.collect()  # a published network's float64 copy is gigabytes: free it before the next
+    result["status"] = "ok"
+    return result
+
+
+def _verify_network(backend: Backend, cell: Cell, name: str, arrays_path: str) -> dict[str, Any]:
+    """One network's outputs and gradients into ``arrays_path``; its status, never an exception."""
+    import numpy as np
+
+    from dlarena.frameworks.base import Unsupported
+    from dlarena.spec.catalogue import get_workload
+    from dlarena.spec.weights import canonical_batch, canonical_weights
+
+    record: dict[str, Any] = {"status": "failed"}
+    try:
+        workload = get_workload(name)
         checker = backend.checker(workload, cell.device, cell.precision)
-        result["params"] = checker.trainable_params()
+        record["params"] = checker.trainable_params()
         # Canonical float32 values are exact in float64: both precisions compute the same function.
         dtype = np.dtype(cell.precision)
-        weights = {name: value.astype(dtype) for name, value in canonical_weights(workload.network, cell.seed).items()}
+        weights = {key: value.astype(dtype) for key, value in canonical_weights(workload.network, cell.seed).items()}
         checker.load_weights(weights)
         exported = checker.export_weights()
-        result["roundtrip_differs"] = sorted(
-            name for name in set(weights) | set(exported)
-            if name not in weights or name not in exported or exported[name].dtype != dtype
-            or not np.array_equal(weights[name], exported[name])
+        record["roundtrip_differs"] = sorted(
+            key for key in set(weights) | set(exported)
+            if key not in weights or key not in exported or exported[key].dtype != dtype
+            or not np.array_equal(weights[key], exported[key])
         )
+        del exported
         inputs, labels = canonical_batch(workload.network, cell.batch_size, cell.seed)
         if workload.network.input_kind != "tokens":
             inputs = inputs.astype(dtype)
@@ -348,23 +407,25 @@ def verify_cell(cell: Cell, arrays_path: str) -> dict[str, Any]:
         try:
             loss, gradients = checker.loss_and_gradients(inputs, labels)
             arrays["loss"] = np.asarray(loss, dtype=np.float64)
-            arrays.update({f"grad/{name}": np.asarray(value) for name, value in gradients.items()})
-            result["gradients"] = True
+            arrays.update({f"grad/{key}": np.asarray(value) for key, value in gradients.items()})
+            record["gradients"] = True
         except Unsupported as error:
-            result["gradients"] = False
-            result["gradients_message"] = str(error)
+            record["gradients"] = False
+            record["gradients_message"] = str(error)
         np.savez(arrays_path, **arrays)  # type: ignore[arg-type]  # NumPy's stub types **kwds as bool
-        result["status"] = "ok"
+        record["status"] = "ok"
     except Exception as error:
-        result.update(_failure(error))
-    return result
+        record.update(_failure(error))
+    return record
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dlarena.worker", description=__doc__.splitlines()[0])
     parser.add_argument("--cell", required=True, help="the cell as JSON, as stored with its result")
     parser.add_argument("--out", help="write the JSON result here (default: standard output)")
-    parser.add_argument("--verify", metavar="NPZ", help="verification mode: write outputs and gradients to NPZ")
+    parser.add_argument("--verify", metavar="FOLDER",
+                        help="verification mode: write each network's outputs and gradients to FOLDER/NAME.npz")
+    parser.add_argument("--workloads", help="with --verify: comma-separated networks (default: the cell's)")
     args = parser.parse_args(argv)
     try:
         cell = Cell.from_json(args.cell)
@@ -377,7 +438,10 @@ def main(argv: list[str] | None = None) -> int:
     compile_cache, cache_folder = isolate_compile_caches(
         cell.measurement.compile_cache, os.path.dirname(os.path.abspath(args.out)) if args.out else None)
     try:
-        result = verify_cell(cell, args.verify) if args.verify else measure_cell(cell)
+        if args.verify:
+            result = verify_cell(cell, args.verify, args.workloads.split(",") if args.workloads else None)
+        else:
+            result = measure_cell(cell)
     finally:
         if cache_folder is not None:
             import shutil

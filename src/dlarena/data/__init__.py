@@ -2,13 +2,14 @@
 
 Readers for the published formats (MNIST idx, CIFAR-10 python batches, IMDB as Keras' npz or as
 Stanford's text, Penn Treebank text), a cache folder with one sub-folder per data set, an import of
-local files and a download verified by SHA-256. The 1,797 digits that scikit-learn ships need neither.
+local files and a download, both checked against the published checksums (of the data itself, for a
+gzipped idx file: see verify.py). The 1,797 digits that scikit-learn ships need neither.
 """
 
 from __future__ import annotations
 
 from dlarena.data.cache import data_home, dataset_folder
-from dlarena.data.catalogue import DATASETS, DataFile, DataSetInfo
+from dlarena.data.catalogue import DATASETS, Content, DataFile, DataSetInfo
 from dlarena.data.dataset import DataError, DataMissing, Dataset, Split
 from dlarena.data.registry import (
     DataSetStatus,
@@ -21,6 +22,7 @@ from dlarena.data.registry import (
 
 __all__ = [
     "DATASETS",
+    "Content",
     "DataError",
     "DataFile",
     "DataMissing",

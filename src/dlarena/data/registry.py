@@ -4,10 +4,12 @@ Import is all or nothing. The files are copied into a temporary folder beside th
 folder, read there through the real readers, and only then renamed into place, so a failed or
 interrupted import leaves the cache as it was.
 
-``strict`` (the command line's behaviour, and the default) accepts only the published data: a file
-carrying a published name must have the published SHA-256, and the data set must hold the published
-numbers of train and test samples. ``strict=False`` still reads everything through the readers (a
-truncated or malformed file is refused) but accepts other contents: a subset, or a hand-made file.
+``strict`` (the command line's behaviour, and the default) accepts only the published data: each
+file must hold it (an idx file, gzipped as published, gzipped again or not at all: its decompressed
+content's checksums; another file under a published name: its SHA-256; see
+:mod:`dlarena.data.verify`), and the data set must hold the published numbers of train and test
+samples. ``strict=False`` still reads everything through the readers (a truncated or malformed file
+is refused) but accepts other contents: a subset, or a hand-made file.
 """
 
 from __future__ import annotations
@@ -18,14 +20,16 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from dlarena.data import cifar, imdb, mnist, ptb
-from dlarena.data.cache import data_home, dataset_folder, sha256_of, size_on_disk
+from dlarena.data.cache import data_home, dataset_folder, size_on_disk
 from dlarena.data.catalogue import DATASETS, DataFile, DataSetInfo
 from dlarena.data.dataset import DataError, DataMissing, Dataset
 from dlarena.data.digits import digits_file, load_digits
 from dlarena.data.download import RETRIES, RETRY_WAIT_S, TIMEOUT_S, Report, download, mirror_url
+from dlarena.data.verify import check_file, is_published
 from dlarena.errors import UnknownNameError
 
 DIGITS = "digits"  # the one data set that ships with the dependencies (scikit-learn) instead of the cache
@@ -191,11 +195,8 @@ def import_dataset(name: str, path: Path, home: Path | None = None, *, strict: b
     sources = _find_sources(info, path)
     if strict:
         for data_file, source in sources:
-            if source.is_file() and source.name == data_file.name and data_file.sha256 is not None:
-                actual = sha256_of(source)
-                if actual != data_file.sha256:
-                    raise DataError(f"{source} is corrupted or not the published {data_file.name}: its SHA-256 is "
-                                    f"{actual}, the published one {data_file.sha256}")
+            if source.is_file():
+                check_file(data_file, source)
     home_folder = data_home(home)
     try:
         home_folder.mkdir(parents=True, exist_ok=True)
@@ -229,7 +230,7 @@ def import_dataset(name: str, path: Path, home: Path | None = None, *, strict: b
 def download_dataset(name: str, home: Path | None = None, mirror: str | None = None, *,
                      report: Report | None = None, retries: int = RETRIES, timeout: float = TIMEOUT_S,
                      retry_wait: float = RETRY_WAIT_S) -> Path:
-    """Download the data set's published files into the cache, verifying each SHA-256; returns its folder.
+    """Download the data set's published files into the cache, verifying each; returns its folder.
 
     ``mirror`` is a base URL under which the files are found by their published names (an
     institutional mirror, or a test server); the other options are those of
@@ -246,13 +247,14 @@ def download_dataset(name: str, home: Path | None = None, mirror: str | None = N
         for data_file in info.files:
             assert data_file.sha256 is not None  # info.downloadable
             target = folder / data_file.name
-            if target.is_file() and sha256_of(target) == data_file.sha256:
+            if is_published(data_file, target):  # downloaded before, or imported (perhaps gzipped anew)
                 if report:
                     report(f"{data_file.name} is already here and verified")
                 continue
             urls = (mirror_url(mirror, data_file.name),) if mirror else data_file.urls
+            content_check = partial(check_file, data_file) if data_file.content is not None else None
             download(urls, target, data_file.sha256, dataset=name, size=data_file.size, report=report,
-                     retries=retries, timeout=timeout, retry_wait=retry_wait)
+                     retries=retries, timeout=timeout, retry_wait=retry_wait, content_check=content_check)
     except OSError as error:
         raise DataError(f"cannot write to the data cache {folder}: {error.strerror or error}") from None
     finally:

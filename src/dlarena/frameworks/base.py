@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from dlarena.frameworks.registry import TIMED_PRECISIONS
 from dlarena.spec import Workload
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ class StepRequest:
 
 # What ``prepare`` runs unless a framework module says otherwise (``trainer`` runs ``accuracy``).
 SCENARIOS: tuple[str, ...] = ("train", "infer")
-PRECISIONS: tuple[str, ...] = ("float32",)
+PRECISIONS: tuple[str, ...] = TIMED_PRECISIONS  # the registry's, which planning reads (no framework imported)
 # What a Checker computes in: float32, the precision timed, and float64, in which `dlarena verify`
 # compares gradients (see orchestrate/verify.py for why).
 CHECK_PRECISIONS: tuple[str, ...] = ("float32", "float64")
@@ -73,6 +74,9 @@ class Parity:
     execution: str | None = None  # eager, graph, jit, compiled ...
     tf32: bool | None = None
     cudnn_benchmark: bool | None = None
+    # Subnormal numbers "flush" (to zero), "keep" or "mixed": measured by the worker with the
+    # framework's own product after the steps (frameworks/denormals.py), never set by a module.
+    denormals: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
 
@@ -159,3 +163,10 @@ class Backend(Protocol):
 
     def trainer(self, request: StepRequest) -> Trainer:
         """Build the network and its optimizer for the accuracy scenario; raise Unsupported or Unavailable."""
+
+    def denormal_product(self, a: np.ndarray, b: np.ndarray, device: str) -> np.ndarray:
+        """``a @ b`` (float32) by the framework's own ops on ``device``, as its steps run, as NumPy.
+
+        The subnormal probe (frameworks/denormals.py). Optional, read with getattr by the worker:
+        ``flush_denormals() -> None``, the framework's switch to flush subnormal numbers to zero.
+        """

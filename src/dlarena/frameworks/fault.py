@@ -3,7 +3,8 @@
 Registered only when ``DLARENA_FAULT_FRAMEWORKS=1`` is set (see registry.py). Its ``none`` variant is
 a real, tiny NumPy computation that measures like any framework, so framework-free tests can run
 whole sweeps. Children it starts write their process ids to ``$DLARENA_FAULT_PIDFILE`` (if set), so
-a test can check that nothing outlives a killed cell.
+a test can check that nothing outlives a killed cell. The ``gate`` variant runs like ``none`` once
+the file ``$DLARENA_FAULT_GATE`` exists, and waits for it before its first step.
 """
 
 from __future__ import annotations
@@ -16,11 +17,16 @@ import time
 import numpy as np
 
 from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported, require_check_precision
+from dlarena.frameworks.registry import FAULTS
 from dlarena.spec import Workload, reference
 
-FAULTS: tuple[str, ...] = (
-    "none", "raise", "hang", "segfault", "exit", "unsupported", "unavailable", "wrong", "grow", "oom-error",
-)
+# A comma-separated list of workloads: when set, a fault strikes a verification only on those, and
+# the others compute like `none` (a verify worker checks many networks; one may take it down).
+FAULT_ONLY_VARIABLE = "DLARENA_FAULT_ONLY"
+# The faults that a verification meets when it computes its logits, as a timed step meets them.
+CHECK_STEP_FAULTS = ("hang", "segfault", "exit")
+# How often the "gate" variant looks for its gate file: quick enough that a test does not notice.
+GATE_POLL_S = 0.05
 # How much the "grow" variant allocates at a time, touching every page: past any sane limit in seconds.
 GROW_STEP_BYTES = 64 << 20
 # The error the "wrong" variant puts into its logits: far beyond verify's tolerances, as a
@@ -41,12 +47,16 @@ class _Runner:
         self.matrix = rng.standard_normal((STEP_MATRIX_SIZE, STEP_MATRIX_SIZE))
         self.threads = request.threads
         self.held: list[np.ndarray] = []
+        self.opened = False  # the gate variant: its gate was found open, it now runs like `none`
 
     def step(self) -> None:
         if self.fault == "hang":
             _spawn_child()
             while True:
                 time.sleep(1)
+        if self.fault == "gate" and not self.opened:
+            _wait_for_gate()
+            self.opened = True
         if self.fault == "segfault":
             os.kill(os.getpid(), signal.SIGSEGV)
         if self.fault == "exit":
@@ -107,6 +117,17 @@ class _Trainer(_Runner):
         return result
 
 
+def _wait_for_gate() -> None:
+    """The gate variant: start a child (so the test sees the cell running, by the pidfile) and wait
+    until the file named by ``$DLARENA_FAULT_GATE`` exists (forever if it is not set), then go on as
+    the healthy variant. A test holds a cell running for exactly as long as it needs, by a state it
+    controls, instead of racing a timeout."""
+    _spawn_child()
+    gate = os.environ.get("DLARENA_FAULT_GATE")
+    while not (gate and os.path.exists(gate)):
+        time.sleep(GATE_POLL_S)
+
+
 def _spawn_child() -> None:
     child = subprocess.Popen(["sleep", "600"])
     pidfile = os.environ.get("DLARENA_FAULT_PIDFILE")
@@ -118,8 +139,8 @@ def _spawn_child() -> None:
 class _Checker:
     """Verification through the NumPy oracle itself, in float32; the ``wrong`` variant scales it."""
 
-    def __init__(self, workload: Workload, fault: str) -> None:
-        self.workload, self.fault = workload, fault
+    def __init__(self, workload: Workload, fault: str, runner: _Runner | None = None) -> None:
+        self.workload, self.fault, self.runner = workload, fault, runner
         self.weights: dict[str, np.ndarray] = {}
 
     def load_weights(self, weights: dict[str, np.ndarray]) -> None:
@@ -132,6 +153,8 @@ class _Checker:
         return self.workload.params
 
     def forward(self, inputs: np.ndarray) -> np.ndarray:
+        if self.runner is not None and self.fault in CHECK_STEP_FAULTS:
+            self.runner.step()
         logits = reference.forward(self.workload.network, self.weights, inputs).astype(np.float32)
         return logits * WRONG_SCALE if self.fault == "wrong" else logits
 
@@ -163,7 +186,16 @@ class Backend:
         self.prepare(request)  # the same faults at build time
         return _Trainer(request, self.fault)
 
+    def denormal_product(self, a: np.ndarray, b: np.ndarray, device: str) -> np.ndarray:
+        # NumPy's BLAS keeps subnormals and NumPy has no switch (no flush_denormals): a flush cell
+        # of a fault framework is unsupported, as a real framework without one would be.
+        product: np.ndarray = a @ b
+        return product
+
     def checker(self, workload: Workload, device: str, precision: str = "float32") -> _Checker:
         require_check_precision(precision, self.name, ("float32",))
-        self.prepare(StepRequest(workload, "infer", 1, device, self.threads, "float32", 0))  # same faults
-        return _Checker(workload, self.fault)
+        only = os.environ.get(FAULT_ONLY_VARIABLE)
+        if only and workload.name not in only.split(","):
+            return _Checker(workload, "none")
+        runner = self.prepare(StepRequest(workload, "infer", 1, device, self.threads, "float32", 0))  # same faults
+        return _Checker(workload, self.fault, runner)

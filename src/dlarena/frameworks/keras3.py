@@ -1033,6 +1033,23 @@ class Backend:
             return "cpu" if torch_names else "cpu:0"
         raise Unsupported(f"the Keras backend runs on {' or '.join(DEVICES)}, not {name!r}")
 
+    def flush_denormals(self) -> str | None:
+        """The torch backend's switch; JAX and TensorFlow have none, and flush in their own threads."""
+        if self.backend != "torch":
+            return None
+        from dlarena.frameworks.pytorch import flush_denormals
+
+        return flush_denormals()
+
+    def denormal_product(self, a: np.ndarray, b: np.ndarray, device: str) -> np.ndarray:
+        # keras.ops eagerly: under JAX an op is compiled by XLA like a step, and TensorFlow's eager
+        # kernels run in the same threads as its graphs.
+        keras = _keras()
+        with keras.device(self._device(device)):
+            product = keras.ops.matmul(keras.ops.convert_to_tensor(a), keras.ops.convert_to_tensor(b))
+        result: np.ndarray = keras.ops.convert_to_numpy(product)
+        return result
+
     def checker(self, workload: Workload, device: str, precision: str = "float32") -> Checker:
         require_check_precision(precision, "Keras")
         if precision == "float64":

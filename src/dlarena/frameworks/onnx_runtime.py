@@ -52,6 +52,8 @@ SCENARIOS: tuple[str, ...] = ("infer",)
 OPSET = 21
 IR_VERSION = 10
 
+# The session option that flushes subnormal numbers to zero (ONNX Runtime's default is to keep them).
+DENORMAL_AS_ZERO = "session.set_denormal_as_zero"
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 INPUT_NAME = "inputs"
@@ -587,6 +589,7 @@ class Backend:
 
     def __init__(self, threads: int) -> None:
         self.threads = threads
+        self.flush = False  # flush subnormals to zero (flush_denormals), in every session's options
         ort.set_default_logger_severity(LOG_SEVERITY_ERROR)
 
     def version(self) -> str:
@@ -602,7 +605,31 @@ class Backend:
         options.log_severity_level = LOG_SEVERITY_ERROR
         options.add_session_config_entry("session.intra_op.allow_spinning", ALLOW_SPINNING)
         options.add_session_config_entry("session.inter_op.allow_spinning", ALLOW_SPINNING)
+        if self.flush:
+            options.add_session_config_entry(DENORMAL_AS_ZERO, "1")
         return options
+
+    def flush_denormals(self) -> str:
+        # Each session's thread pool takes it from its options; the calling thread only from the
+        # process's first session (measured here: a later session's setting left it as the first
+        # one's), so it must be set before the cell's session is made, as the worker does.
+        self.flush = True
+        return f"{DENORMAL_AS_ZERO} = 1"
+
+    def denormal_product(self, a: np.ndarray, b: np.ndarray, device: str) -> np.ndarray:
+        """A one-node MatMul graph in a session with the cell's options, after the cell's session."""
+        where = self._device(device)
+        model = onnx.ModelProto(ir_version=IR_VERSION, producer_name="dlarena")
+        model.opset_import.append(helper.make_opsetid("", OPSET))
+        model.graph.name = "denormal_probe"
+        model.graph.node.append(helper.make_node("MatMul", ["a", "b"], [OUTPUT_NAME]))
+        model.graph.input.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(value.shape))
+                                 for name, value in (("a", a), ("b", b)))
+        model.graph.output.append(
+            helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [a.shape[0], b.shape[1]]))
+        session = _session(Exported(model, model.SerializeToString(), []), self.session_options(), where)
+        (product,) = session.run([OUTPUT_NAME], {"a": a, "b": b})
+        return np.asarray(product)
 
     def _device(self, name: str) -> Device:
         if name == "cuda":

@@ -496,6 +496,12 @@ class Checker:
         self.model = build_model(self.network).to(device=device, dtype=getattr(torch, precision))
         self.model.eval()
         # torch-compile is verified through its compiled graph, not the eager module it came from.
+        # One verify worker builds every network in turn, and Dynamo counts the compiled variants of
+        # nn.Sequential.forward across all of them: past its recompile_limit (8) it runs the rest
+        # eagerly, silently (measured: the 5th network of a worker ran eager). A reset starts each
+        # network's Dynamo state afresh, as a new process would; Inductor's compiled code is kept.
+        if compile:
+            torch._dynamo.reset()
         self.run: Callable[[Tensor], Tensor] = torch.compile(self.model) if compile else self.model
         self.bindings = canonical_bindings(self.model, self.network)
 
@@ -534,6 +540,16 @@ class Checker:
 # Backend
 
 
+def flush_denormals() -> str:
+    """torch's switch (also Keras' on its torch backend): the CPU's mode; on a GPU the probe shows the device's.
+
+    It sets FTZ/DAZ in the calling thread; measured here at 2 threads, torch's intra-op threads
+    flushed too, even when their pool had started before the call (each cell's probe checks it)."""
+    if not torch.set_flush_denormal(True):
+        raise Unsupported("this CPU has no denormals-are-zero mode, so torch.set_flush_denormal cannot flush")
+    return "torch.set_flush_denormal(True)"
+
+
 class Backend:
     """PyTorch eager (``torch``) or through ``torch.compile`` with Inductor (``torch-compile``)."""
 
@@ -556,6 +572,16 @@ class Backend:
         if name == "cpu":
             return torch.device("cpu")
         raise Unsupported(f"the PyTorch backend runs on {' or '.join(DEVICES)}, not {name!r}")
+
+    def flush_denormals(self) -> str:
+        return flush_denormals()
+
+    def denormal_product(self, a: np.ndarray, b: np.ndarray, device: str) -> np.ndarray:
+        # Eager for torch-compile too: Inductor's CPU kernels and the matrix products it calls run in
+        # the same intra-op threads, whose state the probe reads.
+        where = self._device(device)
+        product: np.ndarray = torch.mm(torch.from_numpy(a).to(where), torch.from_numpy(b).to(where)).cpu().numpy()
+        return product
 
     def checker(self, workload: Workload, device: str, precision: str = "float32") -> Checker:
         require_check_precision(precision, "PyTorch")

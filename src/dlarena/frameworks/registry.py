@@ -7,14 +7,19 @@ extra in pyproject.toml); the conformance tests pick it up from this table.
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import importlib.util
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dlarena.errors import UnknownNameError
-from dlarena.frameworks.base import Backend
+
+if TYPE_CHECKING:  # the command line reads this table for its help: it imports nothing heavier than itself
+    from dlarena.frameworks.base import Backend
+
+# What every framework module times in today: base.require's default, which no module widens yet.
+# A module that runs another precision passes it to base.require and lists it in its entry here.
+TIMED_PRECISIONS: tuple[str, ...] = ("float32",)
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,9 @@ class FrameworkInfo:
     extra: str  # pyproject optional-dependency extra that installs it
     options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of its Backend
     scenarios: tuple[str, ...] = ("train", "infer", "accuracy")
+    # Precisions its timed and training cells run in; planning refuses a precision no selected
+    # framework runs, and a framework without it stores its cells as unsupported.
+    precisions: tuple[str, ...] = TIMED_PRECISIONS
     # The same framework without compilation: the report says after how many steps compiling paid off.
     eager_counterpart: str | None = None
 
@@ -35,6 +43,8 @@ class FrameworkInfo:
 
     def versions(self) -> dict[str, str]:
         """Versions of its distributions, read from package metadata (nothing is imported)."""
+        import importlib.metadata  # a tenth of a second: not for `dlarena --help`, which reads this table
+
         found = {}
         for dist in self.distributions:
             try:
@@ -123,9 +133,11 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
 
 # Test-only frameworks that inject faults (dlarena/frameworks/fault.py); never shown to users.
 FAULT_FRAMEWORKS_VARIABLE = "DLARENA_FAULT_FRAMEWORKS"
+# The faults that frameworks/fault.py injects (listed here so that this table imports no NumPy).
+FAULTS: tuple[str, ...] = (
+    "none", "raise", "hang", "segfault", "exit", "unsupported", "unavailable", "wrong", "grow", "oom-error", "gate",
+)
 if os.environ.get(FAULT_FRAMEWORKS_VARIABLE) == "1":
-    from dlarena.frameworks.fault import FAULTS
-
     for _fault in FAULTS:
         FRAMEWORKS[f"fault-{_fault}"] = FrameworkInfo(
             name=f"fault-{_fault}",
@@ -136,6 +148,14 @@ if os.environ.get(FAULT_FRAMEWORKS_VARIABLE) == "1":
             extra="test",
             options={"fault": _fault},
         )
+
+
+def precision_support(names: tuple[str, ...] | list[str] | None = None) -> str:
+    """What each framework runs, grouped: `torch, jax: float32; other: float32, float16` (all by default)."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for name in names or list(FRAMEWORKS):
+        groups.setdefault(framework_info(name).precisions, []).append(name)
+    return "; ".join(f"{', '.join(members)}: {', '.join(precisions)}" for precisions, members in groups.items())
 
 
 def framework_info(name: str) -> FrameworkInfo:

@@ -958,6 +958,14 @@ class Backend:
             return "/CPU:0"
         raise Unsupported(f"the TensorFlow backend runs on {' or '.join(DEVICES)}, not {name!r}")
 
+    # No flush_denormals: TensorFlow has no switch; its kernels flush subnormals to zero in its own
+    # threads, as every cell's probe shows.
+    def denormal_product(self, a: np.ndarray, b: np.ndarray, device: str) -> np.ndarray:
+        with tf.device(self._device(device)):
+            product = tf.function(tf.linalg.matmul, jit_compile=self.xla)(tf.constant(a), tf.constant(b))
+        result: np.ndarray = product.numpy()
+        return result
+
     def checker(self, workload: Workload, device: str, precision: str = "float32") -> Checker:
         require_check_precision(precision, "TensorFlow")
         return Checker(workload, self._device(device), self.xla, precision)

@@ -109,6 +109,20 @@ def compile_cache_figures(processes: Sequence[Mapping[str, Any]]) -> dict[str, A
     return figures
 
 
+def denormal_figures(processes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The subnormal mode the cell asked for (``denormals_setting``) and the mode its processes
+    measured (``denormals``: flush, keep or mixed; several joined by commas when processes differed)."""
+    records = [process["denormals"] for process in processes if isinstance(process.get("denormals"), Mapping)]
+    figures: dict[str, Any] = {}
+    settings = sorted({str(record["setting"]) for record in records if record.get("setting")})
+    measured = sorted({str(record["measured"]) for record in records if record.get("measured")})
+    if settings:
+        figures["denormals_setting"] = ",".join(settings)
+    if measured:
+        figures["denormals"] = ",".join(measured)
+    return figures
+
+
 def aggregate(
     processes: Sequence[Mapping[str, Any]], batch_size: int, threads: int, peak_gflops: float | None,
 ) -> CellFigures:
@@ -127,6 +141,7 @@ def aggregate(
         if value is not None:
             extra[key] = value
     extra.update(compile_cache_figures(processes))
+    extra.update(denormal_figures(processes))
     return CellFigures(
         summary=summary,
         throughput=summary.throughput(batch_size),

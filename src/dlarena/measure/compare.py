@@ -4,25 +4,41 @@ The ratio is B's median step time over A's (below 1: B is faster), with a hierar
 interval (stats.bootstrap_medians). The Mann-Whitney U test (SciPy) asks whether B's steps tend to
 be shorter or longer than A's at all; with thousands of steps it finds differences far too small to
 matter, so a verdict also needs the ratio to be at least a minimum effect away from 1 and its
-interval to exclude 1.
+interval to exclude 1. With fewer than MIN_PROCESSES worker processes on a side there is no verdict:
+it is withheld.
+
+`rank` orders any number of sides (frameworks) by their median and compares each with one baseline
+(the fastest unless one is named) through the same verdict.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import zlib
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats as scipy_stats  # type: ignore[import-untyped]
 
 from dlarena.measure.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_medians, percentile_interval
+from dlarena.wording import counted
 
 # The usual significance level for a two-sided test.
 SIGNIFICANCE_LEVEL = 0.05
 # Smaller differences are within what two runs of the same cell on an idle machine may show (issue 4
 # asks that repeated runs agree within 5%), so they are not claimed.
 MIN_EFFECT = 0.05
-VERDICTS = ("faster", "slower", "same")
+# The fewest worker processes a side needs for a verdict. Steps of one process share its memory
+# layout, its allocator's state and the machine's state while it ran, so they agree far more closely
+# than separate processes of the same cell: in the README's example the medians of three processes
+# differ by 31% while each one's steps were steady, and on the project's 2-core VM one core's speed
+# wandered by 11-22% between 0.3 s windows (DEVELOPERS.md, "Statistics"). With one process a side,
+# the bootstrap can resample only steps, so its interval leaves that variation out, and the
+# Mann-Whitney test takes thousands of steps of one process as independent evidence (p = 3.9e-63 for
+# a 22% difference that the next run need not repeat). Two is the fewest from which the bootstrap,
+# which resamples processes, sees how far they disagree at all.
+MIN_PROCESSES = 2
+VERDICTS = ("faster", "slower", "same", "withheld")
 
 
 @dataclass(frozen=True)
@@ -31,12 +47,74 @@ class Comparison:
     ci_low: float
     ci_high: float
     p_value: float
-    verdict: str  # of B against A: faster, slower or same
+    verdict: str  # of B against A: faster, slower, same, or withheld (too few processes)
+    processes: int = MIN_PROCESSES  # the fewer worker processes of the two sides
 
     @property
     def effect(self) -> float:
         """How much faster (negative) or slower (positive) B is than A, as a fraction."""
         return self.ratio - 1.0
+
+    @property
+    def withheld(self) -> bool:
+        return self.verdict == "withheld"
+
+    @property
+    def real(self) -> bool:
+        """Whether the difference passed every test of a verdict (it is faster or slower, not same)."""
+        return self.verdict in ("faster", "slower")
+
+    def describe(self) -> str:
+        """The verdict as a reader sees it: `faster (-16.2%)`, `same (+1.0%)`, `withheld: 1 process`."""
+        if self.withheld:
+            return f"withheld: {counted(self.processes, 'process')}"
+        return f"{self.verdict} ({self.effect:+.1%})"
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side's samples, per process, with its bootstrap medians: computed once however often it is compared."""
+
+    groups: tuple[np.ndarray, ...]
+    bootstrap: np.ndarray
+
+    @property
+    def pooled(self) -> np.ndarray:
+        return np.concatenate(self.groups)
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.pooled))
+
+    @property
+    def processes(self) -> int:
+        return len(self.groups)
+
+
+def side(samples: Sequence[Sequence[float]], rng: np.random.Generator, resamples: int = BOOTSTRAP_RESAMPLES) -> Side:
+    """Prepare one side of a comparison from its per-process samples."""
+    groups = tuple(np.asarray(group, dtype=np.float64) for group in samples if len(group))
+    if not groups:
+        raise ValueError("both sides need samples to compare")
+    return Side(groups, bootstrap_medians(groups, rng, resamples))
+
+
+def judge(a: Side, b: Side) -> Comparison:
+    """B against A: the ratio of medians, its interval, the p-value and the verdict."""
+    ratio = b.median / a.median
+    low, high = percentile_interval(b.bootstrap / a.bootstrap)
+    p_value = float(scipy_stats.mannwhitneyu(a.pooled, b.pooled, alternative="two-sided").pvalue)
+    processes = min(a.processes, b.processes)
+    significant = p_value < SIGNIFICANCE_LEVEL
+    if processes < MIN_PROCESSES:
+        verdict = "withheld"
+    elif significant and ratio <= 1.0 - MIN_EFFECT and high < 1.0:
+        verdict = "faster"
+    elif significant and ratio >= 1.0 + MIN_EFFECT and low > 1.0:
+        verdict = "slower"
+    else:
+        verdict = "same"
+    return Comparison(ratio, low, high, p_value, verdict, processes)
 
 
 def compare(
@@ -44,21 +122,37 @@ def compare(
     seed: int = BOOTSTRAP_SEED,
 ) -> Comparison:
     """Compare per-process step times of B with those of A."""
-    groups_a = [np.asarray(group, dtype=np.float64) for group in a if len(group)]
-    groups_b = [np.asarray(group, dtype=np.float64) for group in b if len(group)]
-    if not groups_a or not groups_b:
-        raise ValueError("both sides need samples to compare")
-    pooled_a, pooled_b = np.concatenate(groups_a), np.concatenate(groups_b)
-    ratio = float(np.median(pooled_b) / np.median(pooled_a))
     rng = np.random.default_rng(seed)
-    ratios = bootstrap_medians(groups_b, rng, resamples) / bootstrap_medians(groups_a, rng, resamples)
-    low, high = percentile_interval(ratios)
-    p_value = float(scipy_stats.mannwhitneyu(pooled_a, pooled_b, alternative="two-sided").pvalue)
-    significant = p_value < SIGNIFICANCE_LEVEL
-    if significant and ratio <= 1.0 - MIN_EFFECT and high < 1.0:
-        verdict = "faster"
-    elif significant and ratio >= 1.0 + MIN_EFFECT and low > 1.0:
-        verdict = "slower"
-    else:
-        verdict = "same"
-    return Comparison(ratio, low, high, p_value, verdict)
+    side_b = side(b, rng, resamples)  # B first: the order the bootstrap has always drawn in
+    side_a = side(a, rng, resamples)
+    return judge(side_a, side_b)
+
+
+@dataclass(frozen=True)
+class Ranked:
+    name: str
+    median: float
+    comparison: Comparison | None  # against the baseline; None for the baseline itself
+
+
+def rank(
+    samples: Mapping[str, Sequence[Sequence[float]]], baseline: str | None = None, excluded: Collection[str] = (),
+    resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+) -> list[Ranked]:
+    """Every side by its median, fastest first, each compared with the baseline.
+
+    The baseline is ``baseline`` if named, else the fastest side not in ``excluded`` (a framework whose
+    numbers are wrong is never the one to beat); with no eligible side nothing is compared. Each side's
+    bootstrap is drawn once from a stream seeded by its name, so a side's interval does not depend on
+    which other sides were asked for, nor in which order.
+    """
+    if baseline is not None and baseline not in samples:
+        raise ValueError(f"the baseline {baseline!r} has no samples")
+    names = list(samples)
+    sides = {name: side(samples[name], np.random.default_rng([seed, zlib.crc32(name.encode())]), resamples)
+             for name in names}
+    order = sorted(names, key=lambda name: sides[name].median)
+    chosen = baseline or next((name for name in order if name not in excluded), None)
+    return [Ranked(name, sides[name].median,
+                   None if chosen is None or name == chosen else judge(sides[chosen], sides[name]))
+            for name in order]

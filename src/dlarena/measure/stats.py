@@ -99,12 +99,15 @@ def percentile_interval(values: np.ndarray, confidence: float = CONFIDENCE_LEVEL
 
 
 def stability_warnings(median: float, iqr: float, process_medians: Sequence[float]) -> tuple[str, ...]:
-    """What is wrong with a cell's spread, each with what to do about it."""
+    """What is wrong with a cell's spread, each with what to do about it.
+
+    A warning holds no "; ": the export joins a cell's warnings with it (report/export.py).
+    """
     warnings = []
     if median > 0 and iqr / median > UNSTABLE_IQR_FRACTION:
         warnings.append(
             f"unstable: the interquartile range is {iqr / median:.0%} of the median (threshold"
-            f" {UNSTABLE_IQR_FRACTION:.0%}); stop other programs, leave a core free for the system, or raise"
+            f" {UNSTABLE_IQR_FRACTION:.0%}). Stop other programs, leave a core free for the system, or raise"
             " min_time_s"
         )
     if len(process_medians) > 1 and min(process_medians) > 0:
@@ -112,7 +115,7 @@ def stability_warnings(median: float, iqr: float, process_medians: Sequence[floa
         if spread > UNSTABLE_PROCESS_SPREAD:
             warnings.append(
                 f"unstable: the medians of the {len(process_medians)} processes differ by {spread:.0%} (threshold"
-                f" {UNSTABLE_PROCESS_SPREAD:.0%}); the machine changed between processes (load, frequency, memory):"
+                f" {UNSTABLE_PROCESS_SPREAD:.0%}). The machine changed between processes (load, frequency, memory):"
                 " re-run on an idle machine or raise --repetitions"
             )
     return tuple(warnings)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,9 +55,14 @@ def worker_command(cell: Cell, python: str | None = None, extra_args: Sequence[s
 class LocalExecutor:
     """One fresh worker process per cell, in its own process group so that a kill takes all of it."""
 
-    def __init__(self, python: str | None = None, memory_limit_bytes: int | None = None) -> None:
+    def __init__(
+        self, python: str | None = None, memory_limit_bytes: int | None = None, stop: threading.Event | None = None,
+    ) -> None:
         self.python = python
         self.memory_limit_bytes = memory_limit_bytes
+        # Set by whoever runs several cells from threads (verify): Ctrl-C reaches only the main
+        # thread, so the others learn of it here and take their worker down as Ctrl-C would.
+        self.stop = stop
 
     def execute(self, cell: Cell, timeout_s: float, extra_args: Sequence[str] = ()) -> Execution:
         command = worker_command(cell, self.python, extra_args)
@@ -88,6 +94,8 @@ class LocalExecutor:
                         if time.monotonic() >= deadline:
                             timed_out = True
                             break
+                        if self.stop is not None and self.stop.is_set():
+                            raise KeyboardInterrupt
                 except BaseException:  # Ctrl-C: take the running cell down with us
                     _kill_group(process.pid)
                     process.wait()

@@ -24,6 +24,12 @@ from dlarena.errors import DlarenaError
 # Overridable so that a test suite, or a user with a private machine slice, can use another file.
 LOCK_VARIABLE = "DLARENA_LOCK"
 DEFAULT_LOCK = Path(tempfile.gettempdir()) / "dlarena-measuring.lock"
+# A waiting run tries the lock this often: a try is one system call, and a quarter second is nothing
+# next to the minutes a run may wait. (Polling rather than a blocking flock lets the waiting line be
+# refreshed; flock grants no order among waiters either way.)
+LOCK_POLL_S = 0.25
+# The waiting line is refreshed this often with the holder's progress (one read of its database).
+WAIT_REFRESH_S = 2.0
 
 
 class BusyError(DlarenaError):
@@ -37,8 +43,8 @@ def lock_path() -> Path:
 def describe(holder: dict[str, Any]) -> str:
     if not holder:
         return "another dlarena run"
-    return (f"run {holder.get('run_id', '?')} (pid {holder.get('pid', '?')}, database {holder.get('db', '?')},"
-            f" since {holder.get('since', '?')})")
+    name = f"run {holder['run_id']}" if holder.get("run_id") else "a dlarena run that is starting"
+    return f"{name} (pid {holder.get('pid', '?')}, database {holder.get('db', '?')}, since {holder.get('since', '?')})"
 
 
 def _holder(handle: int) -> dict[str, Any]:
@@ -50,36 +56,74 @@ def _holder(handle: int) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+class HeldLock:
+    """The lock while held: ``announce`` names the run in the lock file once it has an id."""
+
+    def __init__(self, handle: int, db: Path) -> None:
+        self.handle = handle
+        self.record: dict[str, Any] = {"run_id": None, "pid": os.getpid(), "db": str(db.resolve()),
+                                       "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        self._write()
+
+    def announce(self, run_id: str) -> None:
+        self.record["run_id"] = run_id
+        self._write()
+
+    def _write(self) -> None:
+        os.ftruncate(self.handle, 0)
+        os.pwrite(self.handle, json.dumps(self.record).encode(), 0)
+
+
 @contextlib.contextmanager
 def machine_lock(
-    run_id: str, db: Path, wait: bool = True, on_wait: Callable[[str], None] | None = None,
-) -> Iterator[None]:
-    """Hold the machine's measuring lock for the block; wait for it, or raise BusyError."""
+    db: Path, wait: bool = True, on_wait: Callable[[dict[str, Any], float], None] | None = None,
+) -> Iterator[HeldLock]:
+    """Hold the machine's measuring lock for the block; wait for it, or raise BusyError.
+
+    While waiting, ``on_wait(holder, seconds waited)`` is called at once and then every
+    ``WAIT_REFRESH_S``, with the holder as its lock file names it, so that the waiting run can show
+    whom it waits for and how far that run is. The run's id is chosen once the lock is held (a run
+    is stamped when it starts measuring, not when it was queued): the block calls ``announce``.
+    """
     path = lock_path()
     try:
         handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as error:
         raise DlarenaError(f"cannot open the machine lock {path}: {error.strerror}; set ${LOCK_VARIABLE}") from None
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = describe(_holder(handle))
+        if not _try_lock(handle):
             if not wait:
-                raise BusyError(f"{holder} is measuring on this machine; run again when it ends, or without"
-                                " --no-wait to wait for it") from None
-            if on_wait:
-                on_wait(f"waiting for {holder} to finish measuring on this machine (Ctrl-C to give up)")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        record = {"run_id": run_id, "pid": os.getpid(), "db": str(db.resolve()),
-                  "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        os.ftruncate(handle, 0)
-        os.pwrite(handle, json.dumps(record).encode(), 0)
+                raise BusyError(f"{describe(_holder(handle))} is measuring on this machine; run again when it ends,"
+                                " or without --no-wait to wait for it")
+            _wait(handle, on_wait)
+        held = HeldLock(handle, db)
         try:
-            yield
+            yield held
         finally:
             with contextlib.suppress(OSError):
                 os.ftruncate(handle, 0)
             fcntl.flock(handle, fcntl.LOCK_UN)
     finally:
         os.close(handle)
+
+
+def _try_lock(handle: int) -> bool:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _wait(handle: int, on_wait: Callable[[dict[str, Any], float], None] | None) -> None:
+    """Try the lock every LOCK_POLL_S until it is free, telling ``on_wait`` every WAIT_REFRESH_S."""
+    started = time.monotonic()
+    told = -WAIT_REFRESH_S
+    while True:
+        waited = time.monotonic() - started
+        if on_wait and waited - told >= WAIT_REFRESH_S:
+            on_wait(_holder(handle), waited)
+            told = waited
+        time.sleep(LOCK_POLL_S)
+        if _try_lock(handle):
+            return

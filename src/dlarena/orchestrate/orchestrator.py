@@ -7,8 +7,9 @@ that touches a framework happens in a worker process.
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +23,8 @@ from dlarena.orchestrate.progress import Progress
 from dlarena.plan.cell import Cell
 from dlarena.plan.suite import Suite
 from dlarena.report.units import format_bytes
-from dlarena.store.database import PlannedCell, Store, StoredResult
+from dlarena.store.database import PlannedCell, Store, StoredResult, cell_state
+from dlarena.wording import counted
 
 STATUSES: tuple[str, ...] = (
     "ok", "failed", "timeout", "oom", "unsupported", "unavailable", "mismatch", "interrupted",
@@ -33,9 +35,36 @@ WORKER_STATUSES = frozenset({"ok", "failed", "oom", "unsupported", "unavailable"
 
 @dataclass(frozen=True)
 class RunSummary:
+    """Where a run stands after a `dlarena run` (or a resume) and what this invocation did."""
+
     run_id: str
-    counts: dict[str, int]
+    counts: dict[str, int]  # the run's cells by state (store.cell_state): a status, or interrupted, pending
     interrupted: bool
+    processes: dict[str, int] = field(default_factory=dict)  # processes this invocation ran, by status
+    not_started: int = 0  # processes it had planned but did not start (Ctrl-C)
+    elapsed_s: float = 0.0
+    reasons: dict[str, str] = field(default_factory=dict)  # per status but ok, the message of its first cell
+    nothing_to_resume: bool = False
+
+    def unmeasured(self) -> str | None:
+        """One sentence when the run ended with every cell's status known and not one of them ok."""
+        if self.interrupted or not self.counts or "ok" in self.counts or set(self.counts) & {"interrupted", "pending"}:
+            return None
+        parts = [f"{count} {status}" + (f" ({self.reasons[status]})" if self.reasons.get(status) else "")
+                 for status, count in sorted(self.counts.items(), key=lambda item: (-item[1], item[0]))]
+        return f"no cell could be measured: {', '.join(parts)}"
+
+
+def summarize(store: Store, run_id: str, interrupted: bool = False, **this_invocation: Any) -> RunSummary:
+    """The run's cells by state, read back from the store, with what this invocation did."""
+    counts: dict[str, int] = {}
+    reasons: dict[str, str] = {}
+    for cell in store.run_cells(run_id):
+        state = cell_state(cell)
+        counts[state] = counts.get(state, 0) + 1
+        if cell["final_message"]:
+            reasons.setdefault(state, str(cell["final_message"]))
+    return RunSummary(run_id, counts, interrupted, reasons=reasons, **this_invocation)
 
 
 def plan(suite: Suite) -> list[PlannedCell]:
@@ -50,7 +79,7 @@ def plan(suite: Suite) -> list[PlannedCell]:
 def classify(execution: Execution, timeout_s: float) -> tuple[str, str]:
     """The status and message of a finished worker."""
     if execution.timed_out:
-        return "timeout", f"killed after the cell's limit of {timeout_s:g} s"
+        return "timeout", f"killed after the cell's limit of {timeout_s:g} s (raise it with --timeout)"
     if execution.over_memory:
         return "oom", (f"killed at {format_bytes(execution.peak_memory_bytes)} of resident memory, over the"
                        f" cell's limit of {format_bytes(execution.memory_limit_bytes or 0)} (--memory-limit)")
@@ -115,11 +144,11 @@ def probe_peaks(run_id: str, planned: Sequence[PlannedCell], store: Store, progr
     for threads in sorted({item.cell.threads for item in planned if item.cell.device == "cpu"}):
         peak = probe(threads)
         if peak is None:
-            progress.note(f"peak probe at {threads} threads failed; % of peak will be missing")
+            progress.note(f"peak probe at {counted(threads, 'thread')} failed; % of peak will be missing")
             continue
         store.record_peak(run_id, peak)
         peaks[threads] = peak.gflops
-        progress.note(f"peak at {threads} threads: {peak.gflops:.1f} GFLOP/s float32 ({peak.library})")
+        progress.note(f"peak at {counted(threads, 'thread')}: {peak.gflops:.1f} GFLOP/s float32 ({peak.library})")
     return peaks
 
 
@@ -129,7 +158,7 @@ class _Pending:
 
     cell_id: int
     item: PlannedCell
-    done: int  # ok processes already stored
+    done: int  # ok processes stored, counted up as the run goes
     status: str = "ok"  # ok while every process so far was ok
 
 
@@ -167,10 +196,9 @@ def resume_run(
         key = cell.key(code, FRAMEWORKS[cell.framework].versions()) if cell.framework in FRAMEWORKS else ""
         if key != stored["cell_key"]:
             changed.add(cell.framework)
-        repetitions = stored["repetitions"] or run["repetitions"]
-        if stored["final_status"] is None and stored["ok"] < repetitions:
+        if _lacks(stored):
             pending.append(_Pending(stored["cell_id"], PlannedCell(cell, stored["timeout_s"], stored["cell_key"],
-                                                                   repetitions), stored["ok"]))
+                                                                   stored["repetitions"]), stored["ok"]))
     changes = _changes(store, run, code, changed)
     if changes and not allow_changes:
         raise ResumeError(f"run {run_id} cannot be resumed as it was: {'; '.join(changes)}; its results would mix"
@@ -178,6 +206,24 @@ def resume_run(
     store.record_resume(run_id, argv, changes)
     executor = executor or LocalExecutor(memory_limit_bytes=run["memory_limit_bytes"])
     return _execute(run_id, pending, int(run["repetitions"]), store, executor, progress)
+
+
+def _lacks(cell: dict[str, Any]) -> bool:
+    """Whether a cell of ``Store.run_cells`` still has processes to run."""
+    return cell["final_status"] is None and cell["ok"] < cell["repetitions"]
+
+
+def nothing_to_resume(store: Store, run_id: str) -> RunSummary | None:
+    """The run's summary if every cell of it has its result, else None (a resume has work to do).
+
+    Read without the machine's lock, so that `run --resume` of a finished run answers at once. A
+    run cut between its last result and its end is marked finished here.
+    """
+    if any(_lacks(cell) for cell in store.run_cells(run_id)):
+        return None
+    if store.run(run_id)["status"] != "finished":
+        store.finish_run(run_id, "finished")
+    return summarize(store, run_id, nothing_to_resume=True)
 
 
 def _changes(store: Store, run: dict[str, Any], code: str, frameworks: set[str]) -> list[str]:
@@ -211,9 +257,11 @@ def _execute(
     """
     executor = executor or LocalExecutor()
     progress = progress or Progress(enabled=False)
+    started_at = time.monotonic()
     progress.begin(run_id, len(pending), repetitions, sum(item.done for item in pending),
                    processes=sum(_repetitions(item, repetitions) for item in pending))
     store.set_run_status(run_id, "running")
+    ran: dict[str, int] = {}
     try:
         peaks = probe_peaks(run_id, [item.item for item in pending], store, progress)
         for repetition in range(max((_repetitions(item, repetitions) for item in pending), default=0)):
@@ -228,10 +276,13 @@ def _execute(
                     result = execute_cell(cell, entry.item.timeout_s, executor, repetition)
                 except KeyboardInterrupt:
                     store.record_result(entry.cell_id, _interrupted(cell, repetition, started, run_id))
+                    ran["interrupted"] = 1
                     raise
                 store.record_result(entry.cell_id, result)
+                ran[result.status] = ran.get(result.status, 0) + 1
                 median = None
                 if result.status == "ok":
+                    entry.done += 1
                     figures = aggregate(store.ok_processes(entry.cell_id), cell.batch_size, cell.threads,
                                         peaks.get(cell.threads) if cell.device == "cpu" else None)
                     store.record_summary(entry.cell_id, figures)
@@ -242,11 +293,14 @@ def _execute(
                 progress.finish(cell, result, median, count)
     except KeyboardInterrupt:
         store.finish_run(run_id, "interrupted")
-        progress.end()
-        return RunSummary(run_id, _counts(pending), interrupted=True)
+        progress.end(interrupted=True)
+        # every process a cell still lacks, but the one that was cut (its cell's count is not yet up)
+        left = sum(_repetitions(entry, repetitions) - entry.done for entry in pending if entry.status == "ok")
+        return summarize(store, run_id, interrupted=True, processes=ran, not_started=left - ran.get("interrupted", 0),
+                         elapsed_s=time.monotonic() - started_at)
     store.finish_run(run_id, "finished")
     progress.end()
-    return RunSummary(run_id, _counts(pending), interrupted=False)
+    return summarize(store, run_id, processes=ran, elapsed_s=time.monotonic() - started_at)
 
 
 def _repetitions(entry: _Pending, run_repetitions: int) -> int:
@@ -259,10 +313,3 @@ def _interrupted(cell: Cell, repetition: int, started: str, run_id: str) -> Stor
         stderr_tail="", command=worker_command(cell), exit_code=None, wall_s=0.0, started_at=started,
         finished_at=_utc(), data={}, repetition=repetition,
     )
-
-
-def _counts(pending: Sequence[_Pending]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for entry in pending:
-        counts[entry.status] = counts.get(entry.status, 0) + 1
-    return counts

@@ -34,6 +34,15 @@ DEFAULT_SAMPLE_INTERVAL_S = 0.1
 # cache as the machine has it (what a user re-running a script sees), and each result says so.
 COMPILE_CACHES = ("cold", "shared")
 DEFAULT_COMPILE_CACHE = "cold"
+# Subnormal (denormal) numbers: TensorFlow and JAX flush them to zero in their own threads, PyTorch,
+# ONNX Runtime and NumPy keep them, and arithmetic on them can be many times slower on a CPU. On
+# DLBench's FCN-5 (saturated sigmoids, subnormal gradients) a hand-written torch training loop at batch
+# 64 on one thread took 769 ms a step keeping them and 611 ms flushing them, here. "default" leaves every framework as
+# it is (what its users get); "flush" turns flush-to-zero on where the framework has a switch, and a
+# cell whose framework still keeps them is `unsupported`. Every result records the mode it measured
+# (frameworks/denormals.py).
+DENORMAL_MODES = ("default", "flush")
+DEFAULT_DENORMALS = "default"
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,7 @@ class Measurement:
     max_time_s: float = DEFAULT_MAX_TIME_S
     sample_interval_s: float = DEFAULT_SAMPLE_INTERVAL_S
     compile_cache: str = DEFAULT_COMPILE_CACHE  # one of COMPILE_CACHES
+    denormals: str = DEFAULT_DENORMALS  # one of DENORMAL_MODES
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,12 @@ threads). Without ``[[sweep]]`` tables the top level is the one sweep. Each cell
     threads = "all"          # every power of two up to the core count, "max" (every core), or a list
     batch_sizes = [32]       # absent: each workload's default batch size
     repetitions = 3          # worker processes per cell
+    timeout_s = 300          # absent: 600 s a timing cell, an accuracy cell's from its recipe (plan/timeouts.py)
 
     [measurement]
     min_time_s = 0.5
     compile_cache = "cold"   # or "shared": the framework's own persistent cache (plan/cell.py)
+    denormals = "default"    # or "flush": subnormal numbers flushed to zero where the framework can
 
     [[sweep]]                # training on real data to a test accuracy
     workloads = ["digits-mlp"]
@@ -37,13 +39,16 @@ from pathlib import Path
 from typing import Any
 
 from dlarena.errors import DlarenaError, UnknownNameError
-from dlarena.frameworks.registry import FRAMEWORKS
-from dlarena.plan.cell import COMPILE_CACHES, DEFAULT_TIMEOUT_S, Cell, Measurement
+from dlarena.frameworks.registry import FRAMEWORKS, precision_support
+from dlarena.plan.cell import COMPILE_CACHES, DENORMAL_MODES, Cell, Measurement
+from dlarena.plan.timeouts import default_timeout_s
 from dlarena.spec import SCENARIOS, TIMING_SCENARIOS
 from dlarena.spec.catalogue import CATALOGUE
+from dlarena.wording import counted
 
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
-# Precisions a cell may ask for; each framework module says which of them it runs (base.require).
+# Precisions a cell may ask for; each framework's registry entry says which of them it runs
+# (FrameworkInfo.precisions), and planning refuses one that no selected framework runs.
 PRECISIONS: tuple[str, ...] = ("float32", "float16", "bfloat16", "float64")
 DEFAULT_SUITE = "quick"
 # Three processes per cell: the fewest that show whether one process was an outlier, at three times
@@ -77,7 +82,8 @@ class Sweep:
     precisions: tuple[str, ...] = ("float32",)
     batch_sizes: tuple[int, ...] | None = None
     threads: tuple[int, ...] | str = "all"
-    timeout_s: float = DEFAULT_TIMEOUT_S
+    # None: derived per cell (plan/timeouts.py): the timing cells' limit, or one from the training recipe.
+    timeout_s: float | None = None
     repetitions: int | None = None  # None: the suite's
     epochs: int | None = None  # accuracy cells; None: the workload's training recipe
     target_accuracy: float | None = None
@@ -96,7 +102,7 @@ class Suite:
 
     def override(
         self, repetitions: int | None = None, memory_limit_gib: float | None = None,
-        compile_cache: str | None = None, **axes: Any,
+        compile_cache: str | None = None, denormals: str | None = None, **axes: Any,
     ) -> Suite:
         """The same suite with some axes replaced in every sweep (from the command line); None keeps one.
 
@@ -113,6 +119,11 @@ class Suite:
                 del changes[axis]
                 sweeps = tuple(_select(sweep, axis, chosen) for sweep in sweeps
                                if set(getattr(sweep, axis)) & set(chosen))
+        if ("workloads" in changes or "scenarios" in changes) and "timeout_s" not in changes:
+            # A suite's limit was set for its own networks and scenarios (the quick suite's 300 s for
+            # small networks); the ones put in its place get the limit derived for them, unless
+            # --timeout says otherwise (MNIST's CNN trained on the quick suite was killed at 300 s).
+            changes["timeout_s"] = None
         sweeps = tuple(replace(sweep, **changes) for sweep in sweeps)
         if "workloads" in changes and axes.get("scenarios") is None:
             # Other networks on a suite: its training sweeps only for those that have real data.
@@ -127,6 +138,8 @@ class Suite:
         measurement = self.measurement
         if compile_cache is not None:
             measurement = replace(measurement, compile_cache=_compile_cache(compile_cache, "--compile-cache"))
+        if denormals is not None:
+            measurement = replace(measurement, denormals=_choice(denormals, "--denormals", "denormals", DENORMAL_MODES))
         return replace(self, sweeps=sweeps, repetitions=repetitions or self.repetitions,
                        memory_limit_gib=memory_limit_gib or self.memory_limit_gib, measurement=measurement)
 
@@ -159,7 +172,8 @@ class Suite:
                                         precision=precision, measurement=self.measurement,
                                         **_training(sweep, workload, scenario),
                                     )
-                                    planned.setdefault(cell, (sweep.timeout_s, repetitions))
+                                    timeout = default_timeout_s(cell) if sweep.timeout_s is None else sweep.timeout_s
+                                    planned.setdefault(cell, (timeout, repetitions))
         return [(cell, timeout, repetitions) for cell, (timeout, repetitions) in planned.items()]
 
 
@@ -206,7 +220,7 @@ def _threads(value: tuple[int, ...] | str, cores: int) -> tuple[int, ...]:
     too_many = [count for count in value if count > cores]
     if too_many:
         raise SuiteError(
-            f"{too_many[0]} threads asked for, but this machine lets dlarena use {cores} cores; "
+            f"{too_many[0]} threads asked for, but this machine lets dlarena use {counted(cores, 'core')}; "
             f"choose thread counts from 1 to {cores}, or 'all'"
         )
     return value
@@ -225,9 +239,14 @@ def _check_names(sweep: Sweep) -> None:
     for device in sweep.devices:
         if device not in DEVICES:
             raise UnknownNameError("device", device, DEVICES)
+    frameworks = sweep.frameworks or tuple(FRAMEWORKS)
     for precision in sweep.precisions:
         if precision not in PRECISIONS:
             raise UnknownNameError("precision", precision, PRECISIONS)
+        # One framework that runs it is enough: the others' cells are stored as unsupported, which
+        # the report shows; none at all is a selection that can measure nothing.
+        if not any(precision in FRAMEWORKS[name].precisions for name in frameworks):
+            raise SuiteError(f"no selected framework runs {precision}; what each runs: {precision_support(frameworks)}")
     if not sweep.workloads:
         raise SuiteError("the suite selects no workload; name some with workloads = [...] or --workloads")
 
@@ -332,8 +351,8 @@ def _sweep(table: dict[str, Any], origin: str) -> Sweep:
         threads = table["threads"]
     else:
         threads = _positive_ints(table, "threads", origin) or base.threads
-    timeout = _typed(table, "timeout_s", float, origin, base.timeout_s)
-    if timeout <= 0:
+    timeout = _typed(table, "timeout_s", float, origin, None) if "timeout_s" in table else None
+    if timeout is not None and timeout <= 0:
         raise SuiteError(f"{origin}: 'timeout_s' must be positive, got {timeout}")
     epochs = _typed(table, "epochs", int, origin, None) if "epochs" in table else None
     if epochs is not None and epochs < 1:
@@ -382,11 +401,20 @@ def _measurement(table: Any, origin: str) -> Measurement:
         if key == "compile_cache":
             values[key] = _compile_cache(table[key], f"{origin}, [measurement]")
             continue
+        if key == "denormals":
+            values[key] = _choice(table[key], f"{origin}, [measurement]", key, DENORMAL_MODES)
+            continue
         kind = int if "steps" in key else float
         values[key] = _typed(table, key, kind, f"{origin}, [measurement]", None)
         if values[key] < (0 if key in ("warmup_steps", "sample_interval_s") else 1e-9):
             raise SuiteError(f"{origin}, [measurement]: {key!r} must be positive, got {values[key]}")
     return Measurement(**values)
+
+
+def _choice(value: Any, origin: str, key: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise SuiteError(f"{origin}: {key!r} must be one of {', '.join(choices)}, got {value!r}")
+    return str(value)
 
 
 def _compile_cache(value: Any, origin: str) -> str:

@@ -1,4 +1,5 @@
-"""`dlarena compare`: two runs cell by cell, or two frameworks within one run, with verdicts.
+"""`dlarena compare`: two runs cell by cell, or two frameworks within one run, with verdicts; more
+frameworks (or a named baseline) are ranked per configuration by report/ranking.
 
 Cells are matched by their configuration. Whatever else differs between the two sides (dlarena's
 code, framework versions, the machine, measurement settings) is listed above the table: results
@@ -12,10 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dlarena.errors import DlarenaError
+from dlarena.errors import DlarenaError, did_you_mean
 from dlarena.measure.compare import MIN_EFFECT, SIGNIFICANCE_LEVEL, VERDICTS, Comparison, compare
+from dlarena.report.annotate import annotate
+from dlarena.report.ranking import comparison_table, rank_rows, withheld_note
 from dlarena.report.units import format_seconds
+from dlarena.store import verdicts
 from dlarena.store.database import Store
+from dlarena.wording import counted
 
 Row = dict[str, Any]
 _CONFIGURATION = ("workload", "scenario", "device", "precision", "batch_size", "threads")
@@ -72,21 +77,49 @@ def _compare_pairs(store: Store, pairs: Sequence[tuple[Row, Row]]) -> list[CellC
     return compared
 
 
-def compare_runs(store: Store, run_a: str, run_b: str | None, frameworks: Sequence[str] | None) -> str:
-    """The comparison as Markdown; B against A."""
+def _check_frameworks(frameworks: Sequence[str] | None, baseline: str | None) -> None:
+    if baseline is not None and not frameworks:
+        raise DlarenaError(f"--baseline {baseline} goes with --frameworks A,B,C: the frameworks to set against it")
+    if not frameworks:
+        return
+    if len(frameworks) < 2:
+        raise DlarenaError(f"--frameworks takes at least two frameworks to compare, got {len(frameworks)}")
+    repeated = sorted({name for name in frameworks if frameworks.count(name) > 1})
+    if repeated:
+        raise DlarenaError(f"--frameworks names {repeated[0]!r} more than once")
+    if baseline is not None and baseline not in frameworks:
+        raise DlarenaError(f"--baseline {baseline!r} is not one of --frameworks: {', '.join(frameworks)}")
+
+
+def _check_present(name: str, rows: Sequence[Row], present: Sequence[str], run: Row) -> None:
+    if name not in {row["framework"] for row in rows}:
+        raise DlarenaError(f"run {run['id']} has no cell of {name!r}{did_you_mean(name, present)};"
+                           f" its frameworks: {', '.join(present)}")
+
+
+def compare_runs(store: Store, run_a: str, run_b: str | None, frameworks: Sequence[str] | None,
+                 baseline: str | None = None) -> str:
+    """The comparison as Markdown: run B against run A, framework B against A, or N frameworks ranked.
+
+    Two frameworks without ``baseline`` compare B against A; more, or a named ``baseline``, rank the
+    frameworks of each configuration of one run against the fastest or the baseline (report/ranking).
+    """
+    _check_frameworks(frameworks, baseline)
     first = dict(store.run(run_a))
     if run_b is None and not frameworks:
         raise DlarenaError("compare needs a second run, or --frameworks A,B to compare two frameworks of one run")
+    if frameworks and (len(frameworks) > 2 or baseline is not None):
+        if run_b is not None:
+            raise DlarenaError("ranking frameworks (more than two, or against --baseline) reads one run; drop"
+                               f" {run_b}, or compare two frameworks across the runs with --frameworks A,B")
+        return _rank(store, first, frameworks, baseline)
     second = dict(store.run(run_b)) if run_b else first
     rows_a, rows_b = store.cell_rows(first["id"]), store.cell_rows(second["id"])
     if frameworks:
-        if len(frameworks) != 2:
-            raise DlarenaError(f"--frameworks takes exactly two frameworks to compare, got {len(frameworks)}")
         name_a, name_b = frameworks
         present = sorted({row["framework"] for row in rows_a} | {row["framework"] for row in rows_b})
         for name, rows, run in ((name_a, rows_a, first), (name_b, rows_b, second)):
-            if name not in {row["framework"] for row in rows}:
-                raise DlarenaError(f"run {run['id']} has no cell of {name!r}; its frameworks: {', '.join(present)}")
+            _check_present(name, rows, present, run)
         rows_a = [row for row in rows_a if row["framework"] == name_a]
         rows_b = [row for row in rows_b if row["framework"] == name_b]
         label_a, label_b = name_a, name_b
@@ -106,6 +139,22 @@ def compare_runs(store: Store, run_a: str, run_b: str | None, frameworks: Sequen
     return render(label_a, label_b, _compare_pairs(store, pairs), differences, unmatched)
 
 
+def _rank(store: Store, run: Row, frameworks: Sequence[str], baseline: str | None) -> str:
+    """The frameworks of each configuration that at least two of them ran, ranked (report/ranking)."""
+    rows = store.cell_rows(run["id"])
+    present = sorted({row["framework"] for row in rows})
+    for name in frameworks:
+        _check_present(name, rows, present, run)
+    chosen = [row for row in rows if row["framework"] in frameworks]
+    # As the report does: a mismatch is never the fastest.
+    annotate(chosen, verdicts.statuses(store, str(run["code_version"])))
+    rankings = [ranking for ranking in rank_rows(store, chosen, baseline, accuracy_by_target=False)
+                if len(ranking.entries) > 1]
+    if not rankings:
+        raise DlarenaError(f"run {run['id']} has no configuration that two of {', '.join(frameworks)} both ran")
+    return comparison_table(rankings, frameworks, run["id"], baseline)
+
+
 def render(label_a: str, label_b: str, comparisons: Sequence[CellComparison], differences: Sequence[str],
            unmatched: int) -> str:
     lines = [f"# {label_b} (B) against {label_a} (A)", ""]
@@ -117,6 +166,7 @@ def render(label_a: str, label_b: str, comparisons: Sequence[CellComparison], di
         f" A verdict needs a Mann-Whitney U p-value below {SIGNIFICANCE_LEVEL}, a difference of at least"
         f" {MIN_EFFECT:.0%}, and an interval that excludes 1.",
         "",
+        *([withheld_note(), ""] if any(item.result and item.result.withheld for item in comparisons) else []),
         "| framework | workload | scenario | batch | threads | A median | B median | B/A | 95% CI | p-value"
         " | verdict |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -130,13 +180,14 @@ def render(label_a: str, label_b: str, comparisons: Sequence[CellComparison], di
             continue
         lines.append(
             f"{head} {format_seconds(a['median_s'])} | {format_seconds(b['median_s'])} | {result.ratio:.3f} |"
-            f" {result.ci_low:.3f} - {result.ci_high:.3f} | {result.p_value:.2g} | {result.verdict}"
-            f" ({result.effect:+.1%}) |"
+            f" {result.ci_low:.3f} - {result.ci_high:.3f} | {result.p_value:.2g} | {result.describe()} |"
         )
     if unmatched:
-        lines += ["", f"{unmatched} cell(s) had no counterpart with the same configuration and are not shown."]
+        lines += ["", f"{counted(unmatched, 'cell')} had no counterpart with the same configuration and"
+                  f" {'is' if unmatched == 1 else 'are'} not shown."]
     counts = {verdict: sum(1 for item in comparisons if item.result and item.result.verdict == verdict)
               for verdict in VERDICTS}
+    withheld = f", withheld in {counts['withheld']}" if counts["withheld"] else ""
     lines += ["", f"B is faster in {counts['faster']}, slower in {counts['slower']}, the same in {counts['same']}"
-                  " of the compared cells."]
+                  f"{withheld} of the compared cells."]
     return "\n".join(lines) + "\n"

@@ -6,23 +6,22 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dlarena.report.units import format_bytes, format_seconds
+from dlarena.report.tables import table as _table
+from dlarena.report.units import format_bytes, format_count, format_seconds
+from dlarena.wording import counted
+
+if TYPE_CHECKING:  # the ranking's statistics import SciPy, which `dlarena export` does not need
+    from dlarena.report.ranking import Ranking
 
 Row = dict[str, Any]
 
 
-def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    return lines
-
-
 def _cell_text(row: Row) -> str:
-    """Seconds per mini-batch for an ok cell, with its warnings; the status, in place, for any other."""
+    """Time per mini-batch for an ok cell, with its warnings; the status, in place, for any other."""
     if row["status"] == "ok" and row["median_s"] is not None:
-        text = f"{row['median_s']:.4g}"
+        text = format_seconds(row["median_s"])
         if row.get("verification") == "mismatch":
             text = f"~~{text}~~ *invalid: mismatch*"
         if row.get("over_threads"):
@@ -57,6 +56,11 @@ def _first_step(row: Row) -> str:
     return f"{text} (cached)" if text and _cached(row) else text
 
 
+def _rounded(value: float) -> float:
+    """Three significant digits, as the report writes a mean over seeds (12.7 epochs)."""
+    return float(f"{value:.3g}")
+
+
 def _break_even(row: Row) -> str:
     steps = row.get("break_even_steps")
     if steps is None:
@@ -64,7 +68,7 @@ def _break_even(row: Row) -> str:
     cached = " (cached)" if _cached(row) else ""
     if math.isinf(steps):
         return f"never (vs {row['eager_counterpart']}){cached}"
-    return f"{steps:.0f} steps (vs {row['eager_counterpart']}){cached}"
+    return f"{counted(round(steps), 'step')} (vs {row['eager_counterpart']}){cached}"
 
 
 def _cell_columns(row: Row) -> list[str]:
@@ -78,7 +82,7 @@ def _peaks_line(peaks: dict[int, dict[str, Any]]) -> str:
     if not peaks:
         return "Peak: not probed for this run."
     library = next(iter(peaks.values()))["library"]
-    figures = ", ".join(f"{threads} thread{'s' if threads > 1 else ''} {peak['gflops']:.1f} GFLOP/s"
+    figures = ", ".join(f"{counted(threads, 'thread')} {peak['gflops']:.1f} GFLOP/s"
                         for threads, peak in sorted(peaks.items()))
     return f"Peak (float32 matrix product through NumPy's {library}): {figures}."
 
@@ -102,7 +106,8 @@ def _to_target(figures: dict[str, Any]) -> tuple[str, str]:
         return "", ""
     if not figures["reached"]:
         return f"not reached in {figures['epochs_planned']}", ""
-    partial = f" ({figures['reached']} of {figures['seeds']} seeds)" if figures["reached"] < figures["seeds"] else ""
+    seeds = counted(figures["seeds"], "seed")
+    partial = f" ({figures['reached']} of {seeds})" if figures["reached"] < figures["seeds"] else ""
     return f"{figures['epochs_to_target']:.3g}{partial}", format_seconds(figures["time_to_target_s"])
 
 
@@ -126,16 +131,46 @@ def _accuracy_section(rows: Sequence[Row]) -> list[str]:
         target = "" if figures["target_accuracy"] is None else f"{figures['target_accuracy']:.1%}"
         body.append([
             row["framework"], row["workload"], str(row["threads"]), _accuracy_text(figures), target, epochs,
-            time_to_target, f"{format_seconds(figures['train_s'])} / {figures['epochs']:.3g} epochs",
+            time_to_target, f"{format_seconds(figures['train_s'])} / {counted(_rounded(figures['epochs']), 'epoch')}",
             format_seconds(figures["eval_s"]), format_bytes(row["peak_rss_bytes"] or 0),
             _optional(None if row.get("cpu_utilisation") is None else 100 * row["cpu_utilisation"], ".0f"),
         ])
     lines += _table(["framework", "workload", "threads", "test accuracy", "target", "epochs to target",
                      "time to target", "training time", "testing time", "peak RSS", "% of allowed cores"], body)
+    lines += denormals_note(rows)
     return lines
 
 
-def render(run: Row, environment: Row, rows: Sequence[Row]) -> str:
+# How the report words each subnormal mode a cell's processes measured (frameworks/denormals.py).
+_DENORMAL_WORDS = {"flush": "flushed to zero by", "keep": "kept by", "mixed": "flushed in some threads only by"}
+
+
+def denormals_note(rows: Sequence[Row]) -> list[str]:
+    """A note under a table whose frameworks did not all treat subnormal numbers alike; else nothing.
+
+    Each ok cell's summary says which mode its processes measured: a table mixing them (TensorFlow
+    and JAX flush by default, PyTorch and ONNX Runtime keep) compares, in part, floating-point modes.
+    """
+    modes = {row["framework"]: summary_figures(row).get("denormals") for row in rows if row["status"] == "ok"}
+    by_mode: dict[str, list[str]] = defaultdict(list)
+    for framework, mode in modes.items():
+        if mode:
+            by_mode[mode].append(framework)
+    if len(by_mode) < 2 and not set(by_mode) - {"flush", "keep"}:
+        return []
+    parts = [f"{_DENORMAL_WORDS.get(mode, 'differently in different processes by')} {', '.join(sorted(names))}"
+             for mode, names in sorted(by_mode.items())]
+    return ["", f"*Mixed subnormal modes: subnormal numbers were {'; '.join(parts)} (measured in each worker"
+                " process by a product of the framework's own). Arithmetic on subnormals can be many times slower"
+                " on a CPU, and a network whose values underflow (saturated sigmoids, vanishing gradients)"
+                " computes many: part of a difference here is the floating-point mode, not the framework."
+                " `--denormals flush` runs every framework that can in the same mode.*"]
+
+
+def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[Ranking] = ()) -> str:
+    """The report: the run, then which framework is fastest (``rankings``, report/ranking), then the tables."""
+    from dlarena.report.ranking import headline
+
     lines = [
         f"# dlarena run {run['id']}",
         "",
@@ -144,15 +179,17 @@ def render(run: Row, environment: Row, rows: Sequence[Row]) -> str:
         "",
         "Command: `" + " ".join(["dlarena", *json.loads(run["argv"])[1:]]) + "`",
         "",
-        f"Machine: {environment.get('cpu_model', '?')}, {environment.get('cores', '?')} cores,"
+        f"Machine: {environment.get('cpu_model', '?')},"
+        f" {counted(environment['cores'], 'core') if 'cores' in environment else '? cores'},"
         f" {format_bytes(environment.get('memory_bytes', 0))}, {environment.get('os', '?')},"
         f" Python {environment.get('python', '?')}, NumPy BLAS {environment.get('numpy_blas', '?')}.",
         "Frameworks: " + ", ".join(f"{k} {v}" for k, v in sorted(environment.get("frameworks", {}).items())) + ".",
         _peaks_line(run.get("peaks", {})),
-        f"Each cell was measured by {run.get('repetitions', 1)} worker process(es), run interleaved, unless its"
+        f"Each cell was measured by {counted(run.get('repetitions', 1), 'worker process')}, run interleaved, unless its"
         " sweep said otherwise; an accuracy cell trains one seed per process.",
         "",
-        "## Seconds per mini-batch (median of steady-state steps)",
+        *([*headline(rankings), ""] if rankings else []),
+        "## Time per mini-batch (median of steady-state steps)",
         "",
         "Rows are frameworks, columns thread counts, as in Shi et al. (2016), Table 4. A cell that did not"
         " produce a time shows its status. A struck-out time is invalid: `dlarena verify` found that this"
@@ -173,7 +210,8 @@ def render(run: Row, environment: Row, rows: Sequence[Row]) -> str:
             for framework in frameworks
         ]
         lines += ["", f"### {workload}, {scenario}, {device}, batch {batch}", ""]
-        lines += _table(["framework"] + [f"{t} thread{'s' if t > 1 else ''}" for t in threads], body)
+        lines += _table(["framework"] + [counted(t, "thread") for t in threads], body)
+        lines += denormals_note(group)
 
     lines += _accuracy_section([row for row in rows if row["scenario"] == "accuracy"])
     ok = [row for row in rows if row["status"] == "ok"]
@@ -191,7 +229,8 @@ def render(run: Row, environment: Row, rows: Sequence[Row]) -> str:
                 format_seconds(row["iqr_s"]),
                 _seconds(row.get("p90_s")) if row["scenario"] == "infer" else "",
                 _seconds(row.get("p99_s")) if row["scenario"] == "infer" else "",
-                f"{row['throughput']:.4g}", _optional(row["gflops"], ".3g"), _optional(row.get("peak_percent"), ".1f"),
+                format_count(row["throughput"]), _optional(row["gflops"], ".3g"),
+                _optional(row.get("peak_percent"), ".1f"),
                 row.get("verification", ""),
             ]
             for row in timed

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 
 def format_seconds(seconds: float) -> str:
-    """A step time with three significant digits in a readable unit."""
+    """A step time with three significant digits in a readable unit (whole seconds from 1000 s on)."""
+    seconds = float(f"{seconds:.3g}")  # rounded first: 0.9999 ms is `1 ms`, not `1e+03 us`
+    if seconds >= 1000.0:
+        return f"{seconds:.0f} s"
     if seconds >= 1.0:
         return f"{seconds:.3g} s"
     if seconds >= 1e-3:
         return f"{seconds * 1e3:.3g} ms"
     return f"{seconds * 1e6:.3g} us"
+
+
+def format_count(value: float) -> str:
+    """A rate or a count with three significant digits, grouped by thousands: `10,100`, `987`, `4.56`."""
+    rounded = float(f"{value:.3g}")
+    return f"{rounded:,.0f}" if abs(rounded) >= 100 else f"{rounded:.3g}"
 
 
 def format_duration(seconds: float) -> str:

@@ -9,6 +9,9 @@ arrays, channels-first images, canonical weights (weights.py). Only NumPy >= 1.2
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 
 from dlarena.spec.layers import (
@@ -33,6 +36,8 @@ from dlarena.spec.network import Network
 from dlarena.spec.recipe import Recipe
 
 Weights = dict[str, np.ndarray]
+# Called with every layer, its input and its path as the forward pass reaches it (branch_margin).
+Observer = Callable[[Layer, np.ndarray, str], None]
 
 
 def _windows(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int]) -> np.ndarray:
@@ -78,7 +83,9 @@ def _recurrent(layer: LSTM | GRU, x: np.ndarray, weights: Weights, path: str) ->
     return x if layer.return_sequences else x[:, -1]
 
 
-def _layer(layer: Layer, x: np.ndarray, weights: Weights, path: str) -> np.ndarray:
+def _layer(layer: Layer, x: np.ndarray, weights: Weights, path: str, observe: Observer | None = None) -> np.ndarray:
+    if observe is not None:
+        observe(layer, x, path)
     if isinstance(layer, Dense):
         out = x @ weights[f"{path}.kernel"]
         return out + weights[f"{path}.bias"] if layer.bias else out
@@ -112,27 +119,80 @@ def _layer(layer: Layer, x: np.ndarray, weights: Weights, path: str) -> np.ndarr
     if isinstance(layer, LSTM | GRU):
         return _recurrent(layer, x, weights, path)
     if isinstance(layer, Residual):
-        body = _sequence(layer.body, x, weights, f"{path}.body.")
-        return body + _sequence(layer.shortcut, x, weights, f"{path}.shortcut.")
+        body = _sequence(layer.body, x, weights, f"{path}.body.", observe)
+        return body + _sequence(layer.shortcut, x, weights, f"{path}.shortcut.", observe)
     if isinstance(layer, Concat):
         return np.concatenate(
-            [_sequence(branch, x, weights, f"{path}.branches.{index}.") for index, branch in enumerate(layer.branches)],
+            [_sequence(branch, x, weights, f"{path}.branches.{index}.", observe)
+             for index, branch in enumerate(layer.branches)],
             axis=1,
         )
     raise TypeError(f"the reference has no implementation of {type(layer).__name__}")
 
 
-def _sequence(layers: tuple[Layer, ...], x: np.ndarray, weights: Weights, prefix: str) -> np.ndarray:
+def _sequence(
+    layers: tuple[Layer, ...], x: np.ndarray, weights: Weights, prefix: str, observe: Observer | None = None,
+) -> np.ndarray:
     for index, layer in enumerate(layers):
-        x = _layer(layer, x, weights, f"{prefix}{index}")
+        x = _layer(layer, x, weights, f"{prefix}{index}", observe)
     return x
 
 
-def forward(network: Network, weights: Weights, inputs: np.ndarray) -> np.ndarray:
-    """Logits of ``network`` for a batch, in float64."""
+def forward(network: Network, weights: Weights, inputs: np.ndarray, observe: Observer | None = None) -> np.ndarray:
+    """Logits of ``network`` for a batch, in float64; ``observe`` sees every layer's input."""
     as64 = {name: np.asarray(value, dtype=np.float64) for name, value in weights.items()}
     x = inputs if network.input_kind == "tokens" else np.asarray(inputs, dtype=np.float64)
-    return _sequence(network.layers, x, as64, "")
+    return _sequence(network.layers, x, as64, "", observe)
+
+
+@dataclass(frozen=True)
+class BranchMargin:
+    """How far the forward pass stays from the kinks of ReLU and max pooling.
+
+    ``margin`` is the smallest distance, over every ReLU input from zero and every max-pool
+    window's largest value from its runner-up, relative to the largest magnitude of that layer's
+    input (infinite for a network with neither). A computation whose rounding errors, relative to
+    the same scale, stay below it takes the same branches as the oracle, so its gradient is the
+    oracle's gradient up to rounding; one whose errors reach it may take the other branch.
+    """
+
+    margin: float
+    where: str  # the layer's path and kind, e.g. "7 relu"; empty when there is no kink
+
+
+def branch_margin(network: Network, weights: Weights, inputs: np.ndarray) -> BranchMargin:
+    """The smallest relative distance to a ReLU or max-pool kink in the forward pass of a batch.
+
+    Exact zeros at a ReLU and exact ties in a max-pool window are left out: they are made by the
+    network itself, the same in every framework. A zero comes from an earlier ReLU or padding, and
+    its derivative is multiplied by that ReLU's zero either way; a tie holds copies of one value
+    (an overlapping max pool before it repeats its largest value in neighbouring outputs), so
+    either choice sends the gradient to the same source.
+    """
+    smallest = BranchMargin(float("inf"), "")
+
+    def observe(layer: Layer, x: np.ndarray, path: str) -> None:
+        nonlocal smallest
+        if isinstance(layer, Activation) and layer.function == "relu":
+            distances, kind = np.abs(x[x != 0.0]), "relu"
+        elif isinstance(layer, MaxPool2D):
+            window = pair(layer.kernel)
+            stride = pair(layer.stride if layer.stride is not None else layer.kernel)
+            windows = _windows(_pad(x, pair(layer.padding), -np.inf), window, stride)
+            flat = windows.reshape(*windows.shape[:4], -1)
+            top = np.partition(flat, flat.shape[-1] - 2, axis=-1)[..., -2:]
+            gaps = top[..., 1] - top[..., 0]
+            distances, kind = gaps[gaps > 0.0], "max-pool"  # exact ties are copies, or padding
+        else:
+            return
+        scale = float(np.abs(x[np.isfinite(x)]).max(initial=0.0))
+        if distances.size and scale > 0.0:
+            margin = float(distances.min()) / scale
+            if margin < smallest.margin:
+                smallest = BranchMargin(margin, f"{path} {kind}")
+
+    forward(network, weights, inputs, observe)
+    return smallest
 
 
 def softmax_cross_entropy(network: Network, recipe: Recipe, logits: np.ndarray, labels: np.ndarray) -> float:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from dlarena.spec.network import Network
 from dlarena.spec.recipe import Recipe
+from dlarena.wording import counted
 
 # What a cell can measure: the speed of a training step or an inference step on synthetic tensors,
 # or training on real data to a test accuracy (the workload's ``training`` says how).
@@ -30,7 +31,7 @@ class Training:
 
     def describe(self) -> str:
         target = f" or until {self.target_accuracy:.1%} test accuracy" if self.target_accuracy else ""
-        return f"{self.dataset}, batch {self.batch_size}, {self.epochs} epochs{target}"
+        return f"{self.dataset}, batch {self.batch_size}, {counted(self.epochs, 'epoch')}{target}"
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,13 @@ class StoredResult:
     repetition: int = 0  # which of the cell's worker processes this was
 
 
+# The columns of a verdict (schema.py's verifications table), in the order they are written.
+_VERIFICATION_COLUMNS = (
+    "checked_at", "framework", "workload", "batch_size", "status", "message", "framework_version", "code_version",
+    "params", "forward_error", "loss_error", "gradient_error", "gradient_reference", "worst_parameter", "data",
+)
+
+
 class Store:
     def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
         self.connection = connection
@@ -240,19 +247,36 @@ class Store:
             )
 
     def record_verification(self, check: dict[str, Any], code_version: str) -> None:
+        """One verdict of `dlarena verify` (orchestrate/verify.PairCheck.as_dict)."""
+        extra = {key: check.get(key) for key in (
+            "forward64_error", "loss64_error", "gradient32_error", "float32_gradients", "kink_margin")}
+        data = {"problems": check["problems"], "framework_bugs": check.get("framework_bugs", []), **extra,
+                "stderr_tail": check["stderr_tail"][-STDERR_TAIL_CHARS:]}
+        self.copy_verification({
+            "checked_at": now(), "code_version": code_version, "data": json.dumps(data),
+            **{key: check[key] for key in _VERIFICATION_COLUMNS if key not in ("checked_at", "code_version", "data")},
+        })
+
+    def copy_verification(self, row: dict[str, Any]) -> None:
+        """Insert a verdict as it is (from another database: the machine's record, store/verdicts.py)."""
         with self.transaction() as db:
-            db.execute(
-                "INSERT INTO verifications (checked_at, framework, workload, batch_size, status, message,"
-                " framework_version, code_version, params, forward_error, loss_error, gradient_error,"
-                " gradient_reference, worst_parameter, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (now(), check["framework"], check["workload"], check["batch_size"], check["status"],
-                 check["message"], check["framework_version"], code_version, check["params"],
-                 check["forward_error"], check["loss_error"], check["gradient_error"],
-                 check["gradient_reference"], check["worst_parameter"],
-                 json.dumps({"problems": check["problems"], "forward64_error": check.get("forward64_error"),
-                             "loss64_error": check.get("loss64_error"),
-                             "stderr_tail": check["stderr_tail"][-STDERR_TAIL_CHARS:]})),
-            )
+            db.execute(f"INSERT INTO verifications ({', '.join(_VERIFICATION_COLUMNS)})"
+                       f" VALUES ({', '.join('?' for _ in _VERIFICATION_COLUMNS)})",
+                       tuple(row[key] for key in _VERIFICATION_COLUMNS))
+
+    def verification_rows(self, code_version: str) -> list[dict[str, Any]]:
+        """Every verdict recorded for dlarena's ``code_version``, oldest first."""
+        rows = self.connection.execute(
+            f"SELECT {', '.join(_VERIFICATION_COLUMNS)} FROM verifications WHERE code_version = ? ORDER BY id",
+            (code_version,)).fetchall()
+        return [dict(row) for row in rows]
+
+    def verifications(self, code_version: str) -> list[dict[str, Any]]:
+        """Framework, workload, framework version, status and time of each verdict for ``code_version``."""
+        rows = self.connection.execute(
+            "SELECT framework, workload, framework_version, status, checked_at FROM verifications"
+            " WHERE code_version = ? ORDER BY id", (code_version,)).fetchall()
+        return [dict(row) for row in rows]
 
     def verification_statuses(self) -> dict[tuple[str, str, str | None], str]:
         """The latest verification status per (framework, workload, framework version)."""
@@ -332,21 +356,63 @@ class Store:
         return [dict(row) for row in rows]
 
     def run_cells(self, run_id: str) -> list[dict[str, Any]]:
-        """A run's cells with how many ok processes each has and its final status, if it has one.
+        """A run's cells with their processes: planned (``repetitions``), ok, finished (every stored
+        process but an interrupted one), the latest one's status, and the final status with its
+        message, if the cell has one.
 
         Every status but ok and interrupted is final: a resumed run does not run that cell again.
         """
         rows = self.connection.execute(
             """
-            SELECT c.id AS cell_id, c.config, c.cell_key, c.timeout_s, c.repetitions,
+            SELECT c.id AS cell_id, c.config, c.cell_key, c.timeout_s, c.framework, c.workload,
+                   COALESCE(c.repetitions, runs.repetitions) AS repetitions,
                    (SELECT COUNT(*) FROM results WHERE cell_id = c.id AND status = 'ok') AS ok,
-                   (SELECT status FROM results WHERE cell_id = c.id AND status NOT IN ('ok', 'interrupted')
-                    ORDER BY id LIMIT 1) AS final_status
-            FROM cells c WHERE c.run_id = ? ORDER BY c.position
+                   (SELECT COUNT(*) FROM results WHERE cell_id = c.id AND status != 'interrupted') AS finished,
+                   (SELECT status FROM results WHERE cell_id = c.id ORDER BY id DESC LIMIT 1) AS latest_status,
+                   f.status AS final_status, f.message AS final_message
+            FROM cells c JOIN runs ON runs.id = c.run_id
+            LEFT JOIN results f ON f.id = (
+                SELECT id FROM results WHERE cell_id = c.id AND status NOT IN ('ok', 'interrupted')
+                ORDER BY id LIMIT 1)
+            WHERE c.run_id = ? ORDER BY c.position
             """,
             (run_id,),
         ).fetchall()
         return [dict(row) for row in rows]
+
+    def cell_counts(self, run_id: str) -> dict[str, int]:
+        """How many cells of a run are in each state (``cell_state``)."""
+        counts: dict[str, int] = {}
+        for cell in self.run_cells(run_id):
+            state = cell_state(cell)
+            counts[state] = counts.get(state, 0) + 1
+        return counts
+
+    def process_counts(self, run_id: str) -> tuple[int, int]:
+        """Worker processes of a run: finished so far, and planned in all (a cell whose process was
+        not ok runs no more, so its planned count is what it ran)."""
+        cells = self.run_cells(run_id)
+        finished = sum(cell["finished"] for cell in cells)
+        planned = sum(cell["finished"] if cell["final_status"] else max(cell["repetitions"], cell["ok"])
+                      for cell in cells)
+        return finished, planned
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run of the database, oldest first, with its cells counted by state and its processes."""
+        rows = self.connection.execute(
+            "SELECT id, suite_name, suite_version, started_at, finished_at, status, repetitions, argv, resumes"
+            " FROM runs ORDER BY started_at, rowid"
+        ).fetchall()
+        listing = []
+        for row in rows:
+            finished, planned = self.process_counts(row["id"])
+            listing.append({
+                "id": row["id"], "suite": row["suite_name"], "suite_version": row["suite_version"],
+                "started_at": row["started_at"], "finished_at": row["finished_at"], "status": row["status"],
+                "cells": self.cell_counts(row["id"]), "processes_finished": finished, "processes_planned": planned,
+                "resumes": len(json.loads(row["resumes"])), "command": json.loads(row["argv"]),
+            })
+        return listing
 
     def samples(self, cell_id: int, phase: str = "steady") -> list[float]:
         return [value for group in self.samples_by_process(cell_id, phase) for value in group]
@@ -376,6 +442,42 @@ class Store:
             "SELECT threads, gflops, matrix_size, library, run_id FROM peaks WHERE run_id = ? ORDER BY id", (run_id,)
         ).fetchall()
         return {int(row["threads"]): dict(row) for row in rows}
+
+
+def cell_state(cell: dict[str, Any]) -> str:
+    """A cell's state in a run, from a ``Store.run_cells`` row: its final status if a process ended
+    so; ``ok`` once every planned process is ok; else ``interrupted`` if its latest process was cut
+    by Ctrl-C, or ``pending`` (processes not yet run)."""
+    if cell["final_status"]:
+        return str(cell["final_status"])
+    if cell["ok"] >= cell["repetitions"]:
+        return "ok"
+    return "interrupted" if cell["latest_status"] == "interrupted" else "pending"
+
+
+def check_location(path: Path) -> None:
+    """Raise StoreError, writing nothing, if a database could not be created or written at ``path``.
+
+    A run calls this before it waits for the machine and creates the file only once it starts, so
+    that a refused or abandoned run leaves no empty database (nor a mistyped folder) behind.
+    """
+    if path.is_dir():
+        raise StoreError(f"the database path {path} is a folder; give a file path with --db")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise StoreError(f"cannot write the database {path}: permission denied; choose another --db")
+        return
+    folder = path.absolute().parent
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise StoreError(f"cannot create the database folder {folder}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if existing == folder:
+            raise StoreError(f"cannot write the database {path}: its folder is not writable; choose another --db")
+        raise StoreError(f"cannot create the database folder {folder}: {existing} is not writable;"
+                         " choose another --db")
 
 
 def _check_writable_location(path: Path) -> None:
