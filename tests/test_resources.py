@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import time
 
 from dlarena.measure.peak import probe
@@ -23,7 +24,12 @@ def test_the_sampler_sees_memory_grow_during_the_steady_state() -> None:
     held = []
     with ResourceSampler(interval_s=0.01) as sampler:
         for _ in range(8):
-            held.append(bytearray(8 * MIB))  # touched pages: bytearray zero-fills
+            # A fresh anonymous mapping, every page written: new resident memory whatever this process
+            # ran before. (A bytearray comes from malloc, which may hand back pages an earlier test freed
+            # and that are still resident: in CI 64 MiB of bytearrays grew the RSS by only 43 MiB.)
+            block = mmap.mmap(-1, 8 * MIB)
+            block.write(b"\x01" * (8 * MIB))
+            held.append(block)
             time.sleep(0.02)
         # at least one sample of the thread's own (the first and last are taken on entry and exit):
         # waited for, not assumed from the sleeps, which a busy machine may outlast the thread by
