@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 CONSTRAINTS := constraints.txt
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint envs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,13 @@ lint: $(VENV)/.test-installed
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 
+# The managed environments of the frameworks that cannot share .venv (Theano, Lasagne, Keras 2, MXNet,
+# Gluon, Chainer; PaddlePaddle): the conformance tests run them there. A present environment is kept.
+envs: $(VENV)/.test-installed
+	$(BIN)/dlarena env setup legacy paddle
+
 # pytest exits with 5 when it collects no test: a suite that tests nothing must not pass as green.
-test: $(VENV)/.test-installed lint
+test: $(VENV)/.test-installed lint envs
 	$(BIN)/python -m pytest -q; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$status
 

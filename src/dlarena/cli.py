@@ -236,10 +236,47 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_env(args: argparse.Namespace) -> int:
+    action = args.action or "show"
+    if action == "show":
+        return _show_snapshot(args.json)
+    from dlarena.environments import manage
+
+    if action == "list":
+        rows = manage.status()
+        if args.json:
+            print(json.dumps(rows, indent=1))
+            return 0
+        for row in rows:
+            if row["present"]:
+                state = (f"present  Python {row['python']}, NumPy {row['numpy']}, {_size(row['size_bytes'])}, "
+                         f"created in {row['setup_s']:.0f} s")
+            else:
+                state = f"absent   ({row['setup_command']})"
+            print(f"{row['name']:<8} {state}\n         {row['description']}; frameworks: "
+                  f"{', '.join(row['frameworks'])}\n         {row['folder']}")
+            for stale in row["stale_folders"]:
+                print(f"         older pins, unused: {stale} (`dlarena env remove {row['name']}` deletes all)")
+        print(f"\nenvironments folder: {manage.environments_home()} (set ${manage.ENVS_VARIABLE} to move it)")
+        return 0
+    if action == "setup":
+        for name in args.names:  # every name checked before anything is built
+            from dlarena.environments import environment_spec
+
+            environment_spec(name)
+        for name in args.names:
+            manage.setup(name, report=lambda message: print(message, file=sys.stderr))
+        return 0
+    for name in args.names:
+        removed = manage.remove(name)
+        print(f"{name}: removed {', '.join(map(str, removed))}" if removed else f"{name}: nothing to remove")
+    return 0
+
+
+def _show_snapshot(as_json: bool) -> int:
     from dlarena.environment import snapshot
 
     env = snapshot()
-    if args.json:
+    if as_json:
         print(json.dumps(env, indent=1))
     else:
         for key, value in env.items():
@@ -317,7 +354,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 # What a fixed set of choices is called in "unknown X" (argparse names it by its destination).
-_CHOICE_KINDS = {"what": "list", "action": "data command", "compile_cache": "compile cache",
+_CHOICE_KINDS = {"what": "list", "action": "command", "compile_cache": "compile cache",
                  "denormals": "subnormal mode"}
 
 
@@ -416,8 +453,18 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(handler=cmd_list)
 
-    env = commands.add_parser("env", help="show the machine and software snapshot stored with each run")
+    env = commands.add_parser(
+        "env", help="the machine snapshot stored with each run; set up, list or remove managed environments")
     env.add_argument("--json", action="store_true", help="machine-readable output")
+    env_actions = env.add_subparsers(dest="action", required=False, metavar="ACTION")
+    env_show = env_actions.add_parser("show", help="the machine and software snapshot stored with each run (default)")
+    env_show.add_argument("--json", action="store_true", help="machine-readable output")
+    env_list = env_actions.add_parser("list", help="the managed environments: present or not, Python, size, frameworks")
+    env_list.add_argument("--json", action="store_true", help="machine-readable output")
+    env_setup = env_actions.add_parser("setup", help="create managed environments under the cache folder")
+    env_setup.add_argument("names", nargs="+", metavar="NAME", help="environment names (see `dlarena env list`)")
+    env_remove = env_actions.add_parser("remove", help="delete managed environments (every pin version)")
+    env_remove.add_argument("names", nargs="+", metavar="NAME", help="environment names")
     env.set_defaults(handler=cmd_env)
 
     runs = commands.add_parser("runs", help="the runs of a database: suite, start, status, cells by status")

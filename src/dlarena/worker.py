@@ -83,6 +83,10 @@ COMPILE_CACHE_VARIABLES = {
     "TRITON_CACHE_DIR": "triton",
     "CUDA_CACHE_PATH": "cuda",
 }
+# A cold cell's private cache folder, for frameworks whose cache is moved by a flag inside another
+# variable rather than by a variable of its own (Theano's base_compiledir inside THEANO_FLAGS): their
+# module reads this before importing the framework.
+PRIVATE_CACHE_VARIABLE = "DLARENA_COMPILE_CACHE_DIR"
 # Caches that stay off unless a user's variable turns them on (JAX's persistent compilation cache):
 # removed in a cold cell.
 OPT_IN_CACHE_VARIABLES = ("JAX_COMPILATION_CACHE_DIR",)
@@ -105,6 +109,7 @@ def isolate_compile_caches(mode: str, parent: str | None = None) -> tuple[dict[s
     folder = tempfile.mkdtemp(prefix="dlarena-compile-cache-", dir=parent)
     for variable, name in COMPILE_CACHE_VARIABLES.items():
         os.environ[variable] = os.path.join(folder, name)
+    os.environ[PRIVATE_CACHE_VARIABLE] = folder
     removed = [variable for variable in OPT_IN_CACHE_VARIABLES if os.environ.pop(variable, None) is not None]
     flags = os.environ.get(TF_XLA_FLAGS_VARIABLE, "").split()
     kept = [flag for flag in flags if not flag.startswith(TF_XLA_CACHE_FLAG)]
@@ -132,6 +137,29 @@ def die_with_parent() -> None:
         return
 
 
+def apply_framework_variables(framework: str) -> dict[str, str]:
+    """The registry's variables for ``framework`` (thread controls it reads only from its environment),
+    set before anything imports it; the ones set, for the result."""
+    from dlarena.frameworks.registry import FRAMEWORKS
+
+    info = FRAMEWORKS.get(framework)
+    variables = dict(info.variables) if info else {}
+    os.environ.update(variables)
+    return variables
+
+
+def environment_record() -> dict[str, Any]:
+    """The interpreter and NumPy the worker ran on, and the managed environment when it ran in one."""
+    import platform
+
+    import numpy as np
+
+    from dlarena.environments.manage import IDENTITY_VARIABLE
+
+    return {"python": platform.python_version(), "numpy": np.__version__, "executable": sys.executable,
+            "managed": os.environ.get(IDENTITY_VARIABLE)}
+
+
 def limit_threads(threads: int) -> list[int]:
     """Pin this process to ``threads`` cores and tell the runtimes to use that many threads."""
     for name in THREAD_VARIABLES:
@@ -144,10 +172,11 @@ def limit_threads(threads: int) -> list[int]:
     return cores
 
 
-def _failure(error: BaseException) -> dict[str, str]:
+def _failure(error: BaseException, framework: str | None = None) -> dict[str, str]:
     """The status and message of an exception raised while building or stepping a cell."""
     from dlarena.data.dataset import DataError, DataMissing
     from dlarena.frameworks.base import Unavailable, Unsupported
+    from dlarena.frameworks.registry import FRAMEWORKS
 
     if isinstance(error, Unsupported):
         return {"status": "unsupported", "message": str(error)}
@@ -158,7 +187,8 @@ def _failure(error: BaseException) -> dict[str, str]:
     if isinstance(error, MemoryError):
         return {"status": "oom", "message": "the framework ran out of memory (MemoryError)"}
     text = f"{type(error).__name__}: {error}"
-    if any(marker in text for marker in OUT_OF_MEMORY_MARKERS):
+    info = FRAMEWORKS.get(framework or "")
+    if any(marker in text for marker in (*OUT_OF_MEMORY_MARKERS, *(info.oom_markers if info else ()))):
         traceback.print_exception(error)
         return {"status": "oom", "message": f"the framework ran out of memory: {text[:500]}"}
     traceback.print_exception(error)
@@ -202,7 +232,7 @@ def measure_cell(cell: Cell) -> dict[str, Any]:
         measure = train_cell if cell.scenario == "accuracy" else time_cell
         measure(cell, backend, request, result)
     except Exception as error:  # a framework's failure is data, with its traceback on stderr
-        result.update(_failure(error))
+        result.update(_failure(error, cell.framework))
     result["peak_rss_bytes"] = peak_rss_bytes()
     return result
 
@@ -359,7 +389,7 @@ def verify_cell(cell: Cell, folder: str, workloads: list[str] | None = None) -> 
         result["import_s"] = time.perf_counter() - start
         result["framework_version"] = backend.version()
     except Exception as error:  # the framework is absent or broken: every network shares its status
-        result.update(_failure(error))
+        result.update(_failure(error, cell.framework))
         return result
     with open(progress_path, "a", encoding="utf-8") as progress:
         for name in names:
@@ -415,7 +445,7 @@ def _verify_network(backend: Backend, cell: Cell, name: str, arrays_path: str) -
         np.savez(arrays_path, **arrays)  # type: ignore[arg-type]  # NumPy's stub types **kwds as bool
         record["status"] = "ok"
     except Exception as error:
-        record.update(_failure(error))
+        record.update(_failure(error, cell.framework))
     return record
 
 
@@ -435,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         die_with_parent()
     malloc = fix_malloc_thresholds()  # before anything allocates much: NumPy, a framework
     affinity = limit_threads(cell.threads)
+    variables = apply_framework_variables(cell.framework)
     compile_cache, cache_folder = isolate_compile_caches(
         cell.measurement.compile_cache, os.path.dirname(os.path.abspath(args.out)) if args.out else None)
     try:
@@ -448,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
 
             shutil.rmtree(cache_folder, ignore_errors=True)
     result["affinity"] = affinity
+    result["framework_variables"] = variables
+    result["environment"] = environment_record()
     result["malloc"] = malloc
     result["compile_cache"] = compile_cache
     text = json.dumps(result)

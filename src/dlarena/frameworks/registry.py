@@ -37,12 +37,42 @@ class FrameworkInfo:
     precisions: tuple[str, ...] = TIMED_PRECISIONS
     # The same framework without compilation: the report says after how many steps compiling paid off.
     eager_counterpart: str | None = None
+    # The managed environment its workers run in (dlarena/environments); None: dlarena's own interpreter.
+    environment: str | None = None
+    # Variables its worker sets before anything is imported: thread controls the framework reads only
+    # from its environment, quieter logs. The worker's own thread variables come first (worker.py).
+    variables: dict[str, str] = field(default_factory=dict)
+    # How it says it ran out of memory, besides the markers every framework shares (worker.py).
+    oom_markers: tuple[str, ...] = ()
 
     def is_installed(self) -> bool:
+        if self.environment is not None:
+            from dlarena.environments import manage
+
+            return manage.installed_record(self.environment) is not None
         return all(importlib.util.find_spec(name) is not None for name in self.imports)
 
+    def unavailable_message(self) -> str:
+        """Why it is unavailable here, with the command that makes it available."""
+        if self.environment is not None:
+            return (f"{self.name} runs in the managed environment {self.environment}, which is not set up "
+                    f"(run `dlarena env setup {self.environment}`)")
+        return f"{self.name} is not installed (pip install 'dlarena[{self.extra}]')"
+
     def versions(self) -> dict[str, str]:
-        """Versions of its distributions, read from package metadata (nothing is imported)."""
+        """Versions of its distributions, read from package metadata (nothing is imported); for a
+        framework in a managed environment, from the environment's record, with the environment's
+        identity (name, pin hash, Python, NumPy) so that a cell's key changes with it."""
+        if self.environment is not None:
+            from dlarena.environments import manage
+
+            record = manage.installed_record(self.environment)
+            if record is None:
+                return {}
+            packages = {name.lower(): version for name, version in record["packages"].items()}
+            found = {dist: packages[dist.lower()] for dist in self.distributions if dist.lower() in packages}
+            found[f"environment {self.environment}"] = manage.identity(record)
+            return found
         import importlib.metadata  # a tenth of a second: not for `dlarena --help`, which reads this table
 
         found = {}
@@ -126,6 +156,80 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             distributions=("onnx", "onnxruntime"),
             extra="onnxruntime",
             scenarios=("infer",),
+        ),
+        # The frameworks of the published comparisons that need NumPy < 1.24: one managed environment.
+        FrameworkInfo(
+            name="theano",
+            description="Theano 1.0.5: a symbolic graph, theano.function with updates, scan for recurrent layers",
+            module="dlarena.frameworks.theano_graph",
+            imports=("theano",),
+            distributions=("theano", "numpy"),
+            extra="",
+            environment="legacy",
+        ),
+        FrameworkInfo(
+            name="lasagne",
+            description="Lasagne 0.1 on Theano: lasagne.layers and lasagne.updates",
+            module="dlarena.frameworks.lasagne_layers",
+            imports=("lasagne", "theano"),
+            distributions=("lasagne", "theano", "numpy"),
+            extra="",
+            environment="legacy",
+        ),
+        FrameworkInfo(
+            name="keras2-theano",
+            description="Keras 2.3.1 on its Theano backend",
+            module="dlarena.frameworks.keras2",
+            imports=("keras", "theano"),
+            distributions=("keras", "theano", "numpy"),
+            extra="",
+            environment="legacy",
+            options={"backend": "theano"},
+            variables={"KERAS_BACKEND": "theano"},
+        ),
+        FrameworkInfo(
+            name="mxnet",
+            description="MXNet 1.9.1, symbolic Module API (as DLBench and Karmanov's MXNet rows)",
+            module="dlarena.frameworks.mxnet_module",
+            imports=("mxnet",),
+            distributions=("mxnet", "numpy"),
+            extra="",
+            environment="legacy",
+            # NaiveEngine runs every operator in the calling thread: exactly one engine thread
+            # (measured; the threaded engine keeps 6-8 threads, 1-2 of them busy, at one OMP thread).
+            variables={"MXNET_ENGINE_TYPE": "NaiveEngine"},
+            oom_markers=("std::bad_alloc",),
+        ),
+        FrameworkInfo(
+            name="gluon",
+            description="MXNet 1.9.1 Gluon, hybridized",
+            module="dlarena.frameworks.mxnet_gluon",
+            imports=("mxnet",),
+            distributions=("mxnet", "numpy"),
+            extra="",
+            environment="legacy",
+            variables={"MXNET_ENGINE_TYPE": "NaiveEngine"},
+            oom_markers=("std::bad_alloc",),
+        ),
+        FrameworkInfo(
+            name="chainer",
+            description="Chainer 7.8.1, define-by-run: chainer.links and chainer.optimizers",
+            module="dlarena.frameworks.chainer_links",
+            imports=("chainer",),
+            distributions=("chainer", "numpy"),
+            extra="",
+            environment="legacy",
+        ),
+        FrameworkInfo(
+            name="paddle",
+            description="PaddlePaddle 3, dynamic graph: paddle.nn layers and paddle.optimizer",
+            module="dlarena.frameworks.paddle_dygraph",
+            imports=("paddle",),
+            distributions=("paddlepaddle", "numpy"),
+            extra="",
+            environment="paddle",
+            # It logs a "No ccache found" warning at import (harmless: ccache only speeds its own builds).
+            variables={"GLOG_minloglevel": "2"},
         ),
     )
 }

@@ -49,7 +49,20 @@ class Executor(Protocol):
 
 
 def worker_command(cell: Cell, python: str | None = None, extra_args: Sequence[str] = ()) -> list[str]:
-    return [python or sys.executable, "-m", "dlarena.worker", "--cell", cell.to_json(), *extra_args]
+    """The worker's command line, as stored with its result: run by hand, it re-runs the cell.
+
+    A framework in a managed environment runs on that environment's interpreter, with its variables
+    given through env(1) so that the stored command carries them too."""
+    from dlarena.frameworks.registry import FRAMEWORKS
+
+    prefix: list[str] = []
+    info = FRAMEWORKS.get(cell.framework)
+    if python is None and info is not None and info.environment is not None:
+        from dlarena.environments import manage
+
+        python, variables = manage.launch(info.environment, require=False)
+        prefix = ["env", *(f"{name}={value}" for name, value in sorted(variables.items()))]
+    return [*prefix, python or sys.executable, "-m", "dlarena.worker", "--cell", cell.to_json(), *extra_args]
 
 
 class LocalExecutor:

@@ -111,7 +111,7 @@ def _unavailable(cell: Cell) -> StoredResult:
     stamp = _utc()
     return StoredResult(
         status="unavailable",
-        message=f"{cell.framework} is not installed (pip install 'dlarena[{info.extra}]')",
+        message=info.unavailable_message(),
         stderr_tail="", command=worker_command(cell), exit_code=None, wall_s=0.0,
         started_at=stamp, finished_at=stamp, data={},
     )

@@ -339,7 +339,7 @@ def _judge_network(
         first = outcomes32.get(framework, {}).get(name)
         if first is None:  # not installed
             info = FRAMEWORKS[framework]
-            check.message = f"{framework} is not installed (pip install 'dlarena[{info.extra}]')"
+            check.message = info.unavailable_message()
             continue
         check.status, check.message, check.stderr_tail = first.status, first.message, first.stderr_tail
         check.framework_version = first.framework_version
