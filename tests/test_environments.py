@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from dlarena.environments import ENVIRONMENTS, EnvironmentSpec, manage
 from dlarena.frameworks.registry import FRAMEWORKS
-from dlarena.orchestrate.executor import LocalExecutor, worker_command
+from dlarena.orchestrate.executor import Execution, LocalExecutor, worker_command
 from dlarena.orchestrate.orchestrator import execute_cell
 from dlarena.plan.cell import Cell, Measurement
 
@@ -79,7 +80,7 @@ def test_a_failed_setup_leaves_nothing(empty_home: Path, tmp_path: Path, monkeyp
                            constraints=str(constraints), packages=("numpy",))
     monkeypatch.setitem(ENVIRONMENTS, "broken", spec)
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip finds nothing to install, without the network
-    with pytest.raises(manage.EnvironmentError_, match="installing numpy failed .*nothing was kept"):
+    with pytest.raises(manage.EnvironmentError_, match=r"installing numpy failed .*nothing was kept"):
         manage.setup("broken")
     assert sorted(path.name for path in empty_home.iterdir()) == ["pins.txt"]
     assert manage.installed_record("broken") is None
@@ -122,3 +123,22 @@ def test_a_worker_runs_on_the_environments_interpreter_and_numpy() -> None:
     environment = result.data["environment"]
     assert environment["numpy"] == record["numpy"] and environment["python"] == record["python"]
     assert environment["managed"] == manage.identity(record)
+
+
+class ForeignWorker:
+    """An executor whose worker is another dlarena's: a real process printing a result of schema 0."""
+
+    def execute(self, cell: Cell, timeout_s: float, extra_args: Sequence[str] = ()) -> Execution:
+        text = json.dumps({"schema": 0, "status": "ok", "samples_s": [0.1, 0.1]})
+        command = [sys.executable, "-c", f"print({text!r})"]
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+        return Execution(command=command, data=json.loads(completed.stdout), exit_code=completed.returncode,
+                         timed_out=False, output_tail="", wall_s=0.0)
+
+
+def test_a_result_of_another_schema_is_refused_not_mixed() -> None:
+    cell = Cell("torch", "fcn5-small", "infer", batch_size=2, threads=1)
+    result = execute_cell(cell, 60.0, ForeignWorker()) if FRAMEWORKS["torch"].is_installed() else None
+    if result is None:
+        pytest.skip("torch is not installed")
+    assert result.status == "failed" and "schema 0" in result.message and not result.data

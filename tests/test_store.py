@@ -62,6 +62,12 @@ def test_result_samples_and_summary_are_stored(db_path: Path) -> None:
     assert store.samples_by_process(cell_ids[0]) == [[0.1, 0.2, 0.3, 0.4], [0.3, 0.5]]
     assert store.samples(cell_ids[0], "first") == [0.5, 0.5]
     assert store.samples(cell_ids[0], "warmup") == [0.2, 0.2]
+    # step times are stored once (the samples table), and the processes read back as the worker wrote them
+    stored_json = [row[0] for row in store.connection.execute("SELECT data FROM results WHERE cell_id = ?",
+                                                             (cell_ids[0],))]
+    assert all("samples_s" not in text and "warmup_s" not in text for text in stored_json)
+    assert [process["samples_s"] for process in store.ok_processes(cell_ids[0])] == [[0.1, 0.2, 0.3, 0.4], [0.3, 0.5]]
+    assert [process["warmup_s"] for process in store.ok_processes(cell_ids[0])] == [[0.2], [0.2]]
     store.record_result(cell_ids[1], _result("ok", [0.1]))
     store.record_result(cell_ids[1], _result("failed", repetition=1))
     failed = store.cell_rows(run_id)[1]

@@ -25,6 +25,7 @@ from dlarena.plan.suite import Suite
 from dlarena.report.units import format_bytes
 from dlarena.store.database import PlannedCell, Store, StoredResult, cell_state
 from dlarena.wording import counted
+from dlarena.worker import RESULT_SCHEMA
 
 STATUSES: tuple[str, ...] = (
     "ok", "failed", "timeout", "oom", "unsupported", "unavailable", "mismatch", "interrupted",
@@ -125,6 +126,10 @@ def execute_cell(cell: Cell, timeout_s: float, executor: Executor, repetition: i
     execution = executor.execute(cell, timeout_s)
     status, message = classify(execution, timeout_s)
     data = execution.data or {}
+    if data and data.get("schema") != RESULT_SCHEMA:  # a worker of another dlarena: never mix its figures
+        status, message = "failed", (f"the worker wrote a result of schema {data.get('schema')}, and this dlarena "
+                                     f"reads schema {RESULT_SCHEMA}")
+        data = {}
     if status == "ok" and not (data.get("samples_s") or data.get("accuracy", {}).get("epochs")):
         status, message = "failed", "the worker reported ok but measured no step"
     return StoredResult(

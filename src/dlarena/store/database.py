@@ -69,6 +69,8 @@ class StoredResult:
     repetition: int = 0  # which of the cell's worker processes this was
 
 
+# The worker result's step times: stored once, in the samples table, not again in the result's JSON.
+SAMPLE_KEYS = ("samples_s", "warmup_s")
 # The columns of a verdict (schema.py's verifications table), in the order they are written.
 _VERIFICATION_COLUMNS = (
     "checked_at", "framework", "workload", "batch_size", "status", "message", "framework_version", "code_version",
@@ -199,7 +201,7 @@ class Store:
                  data.get("import_s"), data.get("build_s"), data.get("first_step_s"), data.get("cores_used"),
                  data.get("peak_rss_bytes"), data.get("resources", {}).get("memory_growth_bytes"), result.wall_s,
                  result.started_at, result.finished_at, json.dumps(data.get("parity", {}), sort_keys=True),
-                 json.dumps(data)),
+                 json.dumps({key: value for key, value in data.items() if key not in SAMPLE_KEYS})),
             )
             result_id = cursor.lastrowid
             phases = [("first", [data["first_step_s"]] if "first_step_s" in data else []),
@@ -430,11 +432,22 @@ class Store:
         return list(groups.values())
 
     def ok_processes(self, cell_id: int) -> list[dict[str, Any]]:
-        """The worker results (JSON) of a cell's ok processes."""
+        """The worker results of a cell's ok processes, as the worker wrote them: the JSON with its
+        step times put back from the samples table (where alone they are stored)."""
         rows = self.connection.execute(
-            "SELECT data FROM results WHERE cell_id = ? AND status = 'ok' ORDER BY id", (cell_id,)
+            "SELECT id, data FROM results WHERE cell_id = ? AND status = 'ok' ORDER BY id", (cell_id,)
         ).fetchall()
-        return [json.loads(row[0]) for row in rows]
+        processes = {int(row["id"]): json.loads(row["data"]) for row in rows}
+        for process in processes.values():
+            process.update({key: [] for key in SAMPLE_KEYS})
+        for row in self.connection.execute(
+            "SELECT s.result_id, s.phase, s.seconds FROM samples s JOIN results r ON r.id = s.result_id"
+            " WHERE r.cell_id = ? AND r.status = 'ok' AND s.phase IN ('warmup', 'steady')"
+            " ORDER BY s.result_id, s.phase, s.step", (cell_id,),
+        ):
+            key = "samples_s" if row["phase"] == "steady" else "warmup_s"
+            processes[int(row["result_id"])][key].append(float(row["seconds"]))
+        return list(processes.values())
 
     def peaks(self, run_id: str) -> dict[int, dict[str, Any]]:
         """The peak probes of a run, by thread count."""
