@@ -21,7 +21,7 @@ from dlarena.wording import counted
         ("pytorch", FRAMEWORKS, ["torch"]),  # a valid name inside the typed one
         ("Torch", FRAMEWORKS, ["torch"]),  # case alone wins alone
         ("TensorFlow-XLA", FRAMEWORKS, ["tensorflow-xla"]),
-        ("keras", FRAMEWORKS, ["keras-jax", "keras-torch", "keras-tensorflow"]),  # the typed name inside valid ones
+        ("keras", FRAMEWORKS, ["keras-jax", "keras-torch", "keras2-theano"]),  # inside valid ones; the closest 3
         ("cifar-10", DATASETS, ["cifar10"]),  # separators are not part of a name
         ("cifar-10", CATALOGUE, ["cifar10-cnn", "cifar10-cnn-small"]),
         ("Fashion_MNIST", DATASETS, ["fashion-mnist"]),

@@ -254,7 +254,7 @@ def verify(
     (store/verdicts.py), where runs in every database find it.
     """
     from dlarena.environment import code_version
-    from dlarena.frameworks.registry import FRAMEWORKS, framework_info
+    from dlarena.frameworks.registry import default_frameworks, framework_info
     from dlarena.orchestrate import verify as checks
     from dlarena.plan.suite import available_cores
     from dlarena.spec.catalogue import CATALOGUE
@@ -284,7 +284,7 @@ def verify(
                     on_check(check)
 
             return checks.verify(
-                frameworks or list(FRAMEWORKS), names,
+                frameworks or list(default_frameworks()), names,
                 checks.VERIFY_FULL_BATCH_SIZE if full else checks.VERIFY_BATCH_SIZE,
                 threads=available_cores(), on_check=keep, on_progress=on_progress,
                 networks_per_worker=checks.FULL_NETWORKS_PER_WORKER if full else None,

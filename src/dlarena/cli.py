@@ -236,7 +236,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_env(args: argparse.Namespace) -> int:
-    action = args.action or "show"
+    action = args.env_action or "show"
     if action == "show":
         return _show_snapshot(args.json)
     from dlarena.environments import manage
@@ -354,7 +354,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 # What a fixed set of choices is called in "unknown X" (argparse names it by its destination).
-_CHOICE_KINDS = {"what": "list", "action": "command", "compile_cache": "compile cache",
+_CHOICE_KINDS = {"what": "list", "action": "data command", "env_action": "env command", "compile_cache": "compile cache",
                  "denormals": "subnormal mode"}
 
 
@@ -398,7 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run a suite of cells and store every result")
     run.add_argument("--suite", help="built-in suite name or suite TOML file (default: quick)")
-    run.add_argument("--frameworks", type=_names, help="comma-separated frameworks (default: the suite's)")
+    run.add_argument("--frameworks", type=_names,
+                     help="comma-separated frameworks (default: the suite's, or those of dlarena's own environment)")
     run.add_argument("--workloads", type=_names, help="comma-separated workloads (default: the suite's)")
     run.add_argument("--scenarios", type=_names, help="comma-separated scenarios: train, infer, accuracy")
     run.add_argument("--devices", type=_names, help="comma-separated devices: cpu, cuda")
@@ -438,7 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify = commands.add_parser(
         "verify", help="check that every framework computes the same numbers as the NumPy oracle and each other"
     )
-    verify.add_argument("--frameworks", type=_names, help="comma-separated frameworks (default: all installed)")
+    verify.add_argument("--frameworks", type=_names,
+                        help="comma-separated frameworks (default: those installed in dlarena's own environment)")
     verify.add_argument("--workloads", type=_names,
                         help="comma-separated workloads, or 'all' (default: the quick suite's)")
     verify.add_argument("--full", action="store_true", help="the published sizes instead of the small twins")
@@ -456,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     env = commands.add_parser(
         "env", help="the machine snapshot stored with each run; set up, list or remove managed environments")
     env.add_argument("--json", action="store_true", help="machine-readable output")
-    env_actions = env.add_subparsers(dest="action", required=False, metavar="ACTION")
+    env_actions = env.add_subparsers(dest="env_action", required=False, metavar="ACTION")
     env_show = env_actions.add_parser("show", help="the machine and software snapshot stored with each run (default)")
     env_show.add_argument("--json", action="store_true", help="machine-readable output")
     env_list = env_actions.add_parser("list", help="the managed environments: present or not, Python, size, frameworks")

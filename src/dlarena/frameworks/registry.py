@@ -254,6 +254,13 @@ if os.environ.get(FAULT_FRAMEWORKS_VARIABLE) == "1":
         )
 
 
+def default_frameworks() -> tuple[str, ...]:
+    """What a suite or `dlarena verify` runs when no framework is named: those of dlarena's own
+    environment. A framework in a managed environment runs when named (`--frameworks theano,...`),
+    so that a machine's results do not change shape with the environments it happens to have."""
+    return tuple(name for name, info in FRAMEWORKS.items() if info.environment is None)
+
+
 def precision_support(names: tuple[str, ...] | list[str] | None = None) -> str:
     """What each framework runs, grouped: `torch, jax: float32; other: float32, float16` (all by default)."""
     groups: dict[tuple[str, ...], list[str]] = {}

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from dlarena.errors import DlarenaError, UnknownNameError
-from dlarena.frameworks.registry import FRAMEWORKS, precision_support
+from dlarena.frameworks.registry import FRAMEWORKS, default_frameworks, precision_support
 from dlarena.plan.cell import COMPILE_CACHES, DENORMAL_MODES, Cell, Measurement
 from dlarena.plan.timeouts import default_timeout_s
 from dlarena.spec import SCENARIOS, TIMING_SCENARIOS
@@ -160,7 +160,7 @@ class Suite:
             _check_names(sweep)
             threads = _threads(sweep.threads, cores)
             repetitions = sweep.repetitions or self.repetitions
-            for framework in sweep.frameworks or tuple(FRAMEWORKS):
+            for framework in sweep.frameworks or default_frameworks():
                 for workload in sweep.workloads:
                     for scenario in sweep.scenarios:
                         for device, precision in itertools.product(sweep.devices, sweep.precisions):
@@ -239,7 +239,7 @@ def _check_names(sweep: Sweep) -> None:
     for device in sweep.devices:
         if device not in DEVICES:
             raise UnknownNameError("device", device, DEVICES)
-    frameworks = sweep.frameworks or tuple(FRAMEWORKS)
+    frameworks = sweep.frameworks or default_frameworks()
     for precision in sweep.precisions:
         if precision not in PRECISIONS:
             raise UnknownNameError("precision", precision, PRECISIONS)
