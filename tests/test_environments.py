@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,17 @@ def test_a_result_of_another_schema_is_refused_not_mixed() -> None:
     if result is None:
         pytest.skip("torch is not installed")
     assert result.status == "failed" and "schema 0" in result.message and not result.data
+
+
+def test_a_layer_the_registry_says_a_framework_lacks_is_unsupported_without_a_worker(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """The registry's declaration decides before any process starts (the gate would hold a worker)."""
+    gate = tmp_path / "never-opened"
+    monkeypatch.setenv("DLARENA_FAULT_GATE", str(gate))
+    info = replace(FRAMEWORKS["fault-gate"], unsupported_layers={"GRU": "its GRU puts the reset gate elsewhere"})
+    monkeypatch.setitem(FRAMEWORKS, "fault-gate", info)
+    result = execute_cell(Cell("fault-gate", "karmanov-gru-small", "train", batch_size=2, threads=1), 600.0,
+                          LocalExecutor())
+    assert result.status == "unsupported" and result.exit_code is None and result.wall_s == 0.0
+    assert result.message == "fault-gate cannot express GRU: its GRU puts the reset gate elsewhere"

@@ -354,8 +354,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 # What a fixed set of choices is called in "unknown X" (argparse names it by its destination).
-_CHOICE_KINDS = {"what": "list", "action": "data command", "env_action": "env command", "compile_cache": "compile cache",
-                 "denormals": "subnormal mode"}
+_CHOICE_KINDS = {"what": "list", "action": "data command", "env_action": "env command",
+                 "compile_cache": "compile cache", "denormals": "subnormal mode"}
 
 
 class _Parser(argparse.ArgumentParser):

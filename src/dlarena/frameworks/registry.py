@@ -44,6 +44,17 @@ class FrameworkInfo:
     variables: dict[str, str] = field(default_factory=dict)
     # How it says it ran out of memory, besides the markers every framework shares (worker.py).
     oom_markers: tuple[str, ...] = ()
+    # Layer types (spec/layers.py class names) it cannot express, with the reason: a cell of a network
+    # that has one is `unsupported` without starting a worker.
+    unsupported_layers: dict[str, str] = field(default_factory=dict)
+
+    def unsupported_reason(self, layer_types: set[str], scenario: str) -> str | None:
+        """Why it cannot run a network with these layer types in this scenario; None when it can."""
+        if scenario not in self.scenarios:
+            return f"{self.name} does not run the {scenario!r} scenario (it runs {', '.join(self.scenarios)})"
+        for layer_type in sorted(layer_types & set(self.unsupported_layers)):
+            return f"{self.name} cannot express {layer_type}: {self.unsupported_layers[layer_type]}"
+        return None
 
     def is_installed(self) -> bool:
         if self.environment is not None:

@@ -23,6 +23,7 @@ from dlarena.orchestrate.progress import Progress
 from dlarena.plan.cell import Cell
 from dlarena.plan.suite import Suite
 from dlarena.report.units import format_bytes
+from dlarena.spec.catalogue import get_workload
 from dlarena.store.database import PlannedCell, Store, StoredResult, cell_state
 from dlarena.wording import counted
 from dlarena.worker import RESULT_SCHEMA
@@ -118,9 +119,21 @@ def _unavailable(cell: Cell) -> StoredResult:
     )
 
 
+def _known_unsupported(cell: Cell, reason: str) -> StoredResult:
+    stamp = _utc()
+    return StoredResult(status="unsupported", message=reason, stderr_tail="", command=worker_command(cell),
+                        exit_code=None, wall_s=0.0, started_at=stamp, finished_at=stamp, data={})
+
+
 def execute_cell(cell: Cell, timeout_s: float, executor: Executor, repetition: int = 0) -> StoredResult:
-    """One worker process for ``cell``, classified."""
-    if not FRAMEWORKS[cell.framework].is_installed():
+    """One worker process for ``cell``, classified; none for a cell the registry already knows the
+    framework cannot run (a layer type it lacks)."""
+    info = FRAMEWORKS[cell.framework]
+    reason = info.unsupported_reason(get_workload(cell.workload).network.layer_types(), cell.scenario) \
+        if info.unsupported_layers else None
+    if reason is not None:
+        return _known_unsupported(cell, reason)
+    if not info.is_installed():
         return _unavailable(cell)
     started = _utc()
     execution = executor.execute(cell, timeout_s)

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from dlarena.spec.layers import (
+    Concat,
     Layer,
+    Residual,
     Shape,
     SpecError,
     sequence_backward_flops,
@@ -51,6 +53,16 @@ class Network:
     def label_shape(self) -> Shape:
         return () if self.label_kind == "sample" else (self.input_shape[0],)
 
+    def layer_types(self) -> set[str]:
+        """The names of every layer type in the network, containers (Residual, Concat) included."""
+        found: set[str] = set()
+        pending = list(self.layers)
+        while pending:
+            layer = pending.pop()
+            found.add(type(layer).__name__)
+            pending += [sub for group in _children(layer) for sub in group]
+        return found
+
     @property
     def params(self) -> int:
         return sequence_params(self.layers, self.input_shape)
@@ -69,3 +81,12 @@ class Network:
 
 
 LOSS_FLOPS_PER_LOGIT = 5
+
+
+def _children(layer: Layer) -> list[tuple[Layer, ...]]:
+    """The layer sequences inside a container layer (none for a leaf)."""
+    if isinstance(layer, Residual):
+        return [layer.body, layer.shortcut]
+    if isinstance(layer, Concat):
+        return list(layer.branches)
+    return []
