@@ -56,6 +56,26 @@ def test_the_probes_exact_outputs_are_subnormal_and_its_inputs_normal() -> None:
     assert exact.min() > 0 and exact.max() < tiny
 
 
+FLUSH_SCRIPT = """
+import json
+from dlarena.frameworks.denormals import classify, flush_calling_thread, probe_inputs
+a, b = probe_inputs()
+before = classify(a @ b)["measured"]
+switch = flush_calling_thread()
+print(json.dumps([before, classify(a @ b)["measured"], switch]))
+"""
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the MXCSR switch is x86-64's")
+def test_the_shared_switch_makes_numpys_own_threads_flush() -> None:
+    """The switch kernel-based frameworks get by default: NumPy keeps subnormals, and flushes after it
+    (one thread: OpenBLAS computes in the calling thread, whose MXCSR the switch set)."""
+    completed = subprocess.run([sys.executable, "-c", FLUSH_SCRIPT], capture_output=True, text=True, check=True,
+                               env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    before, after, switch = json.loads(completed.stdout)
+    assert (before, after) == ("keep", "flush") and "MXCSR" in switch
+
+
 def test_all_zero_is_flush_none_is_keep_and_some_is_mixed() -> None:
     kept = np.full((PROBE_ROWS, PROBE_COLUMNS), 2.56e-39, dtype=np.float32)
     assert classify(kept) == {"measured": "keep", "flushed_outputs": 0, "outputs": kept.size}

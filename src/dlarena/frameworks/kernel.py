@@ -256,6 +256,10 @@ class Model(ABC):
         """Wait for queued device work (a CPU framework that runs synchronously needs nothing)."""
         return None
 
+    def device_memory_peak_bytes(self) -> int | None:
+        """The framework allocator's peak on a GPU, where it tells (the worker reads it from the runner)."""
+        return None
+
     def trainable_params(self) -> int:
         """The parameter count as the framework reports it; by default the bound parameters' sizes."""
         return sum(int(self.read(binding.handle).size) for binding in self.bindings())
@@ -296,6 +300,9 @@ class _Wrapped:
 
     def sync(self) -> None:
         self.model.sync()
+
+    def device_memory_peak_bytes(self) -> int | None:
+        return self.model.device_memory_peak_bytes()
 
     def parity(self) -> Parity:
         parity = self.model.parity()
@@ -392,3 +399,10 @@ class KernelBackend:
 
     def denormal_product(self, a: np.ndarray, b: np.ndarray, device: str) -> np.ndarray:
         raise NotImplementedError
+
+    def flush_denormals(self) -> str | None:
+        """Flush-to-zero in the worker's thread (denormals.flush_calling_thread): a module whose
+        framework has its own switch overrides this; the probe measures what really happened."""
+        from dlarena.frameworks.denormals import flush_calling_thread
+
+        return flush_calling_thread()
