@@ -1,4 +1,8 @@
-"""The PyTorch backend against the spec: structure, parameter counts, steps, init, parity, errors."""
+"""The PyTorch backend against the spec: structure, parameter counts, steps, init, parity, errors.
+
+It runs on the kernel (frameworks/kernel.py): a runner is a KernelRunner whose ``model`` is the
+module's Model, with the ``nn.Module`` tree in ``model.net`` and the last step's output in ``last``.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import torch
 
 from dlarena.frameworks import pytorch as pt
 from dlarena.frameworks.base import StepRequest, Unavailable, Unsupported
+from dlarena.frameworks.kernel import KernelRunner
 from dlarena.frameworks.registry import load_backend
 from dlarena.spec import (
     GRU,
@@ -148,25 +153,18 @@ def request(
     )
 
 
-def prepare(network: Network, scenario: str = "train", **kwargs: Any) -> pt.TrainRunner | pt.InferRunner:
+def prepare(network: Network, scenario: str = "train", **kwargs: Any) -> KernelRunner:
     return pt.Backend(threads=THREADS).prepare(request(network, scenario, **kwargs))
 
 
-def train(network: Network, **kwargs: Any) -> pt.TrainRunner:
-    runner = prepare(network, "train", **kwargs)
-    assert isinstance(runner, pt.TrainRunner)
-    return runner
+def net(runner: KernelRunner) -> torch.nn.Module:
+    assert isinstance(runner.model, pt.Model)
+    return runner.model.net
 
 
-def infer(network: Network, **kwargs: Any) -> pt.InferRunner:
-    runner = prepare(network, "infer", **kwargs)
-    assert isinstance(runner, pt.InferRunner)
-    return runner
-
-
-def final_loss(runner: pt.TrainRunner) -> float:
-    assert runner.loss is not None
-    return runner.loss.item()
+def final_loss(runner: KernelRunner) -> float:
+    assert runner.scenario == "train" and isinstance(runner.last, torch.Tensor)
+    return runner.last.item()
 
 
 def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -183,27 +181,27 @@ def test_trainable_parameter_count_equals_the_spec(name: str) -> None:
 @pytest.mark.parametrize("name", NETWORKS)
 def test_infer_step_gives_the_spec_output_shape_and_changes_nothing(name: str) -> None:
     network = NETWORKS[name]
-    runner = infer(network)
-    before = snapshot(runner.model)
+    runner = prepare(network, "infer")
+    before = snapshot(net(runner))
     runner.step()
     runner.sync()
-    first = runner.output
-    assert first is not None and first.shape == (BATCH, *network.output_shape)
+    first = runner.last
+    assert isinstance(first, torch.Tensor) and first.shape == (BATCH, *network.output_shape)
     runner.step()  # dropout is off and batch norm uses its running statistics: the same output
-    assert runner.output is not None and torch.equal(runner.output, first)
-    for key, value in snapshot(runner.model).items():
+    assert isinstance(runner.last, torch.Tensor) and torch.equal(runner.last, first)
+    for key, value in snapshot(net(runner)).items():
         assert torch.equal(value, before[key]), key
 
 
 @pytest.mark.parametrize("name", NETWORKS)
 def test_train_step_updates_every_trainable_parameter_with_a_finite_loss(name: str) -> None:
     network = NETWORKS[name]
-    runner = train(network)
-    before = {key: p.detach().clone() for key, p in runner.model.named_parameters()}
+    runner = prepare(network, "train")
+    before = {key: p.detach().clone() for key, p in net(runner).named_parameters()}
     runner.step()
     runner.sync()
     assert math.isfinite(final_loss(runner))
-    for key, param in runner.model.named_parameters():
+    for key, param in net(runner).named_parameters():
         if param.requires_grad:
             assert not torch.equal(param, before[key]), f"{key} did not change"
         else:
@@ -213,21 +211,21 @@ def test_train_step_updates_every_trainable_parameter_with_a_finite_loss(name: s
 @pytest.mark.parametrize("name", LSTM_NETWORKS)
 def test_lstm_recurrent_bias_is_frozen_at_zero(name: str) -> None:
     recipe = Recipe(Optimizer("adam", lr=0.01, weight_decay=0.1), Init("uniform", scale=0.1))
-    runner = train(NETWORKS[name], recipe=recipe)
+    runner = prepare(NETWORKS[name], "train", recipe=recipe)
     for _ in range(2):
         runner.step()
-    hh = {key: p for key, p in runner.model.named_parameters() if ".bias_hh_l" in key}
+    hh = {key: p for key, p in net(runner).named_parameters() if ".bias_hh_l" in key}
     assert len(hh) == 2  # two layers
     for key, param in hh.items():
         assert not param.requires_grad, key
         assert torch.count_nonzero(param) == 0, key
-    ih = [p for key, p in runner.model.named_parameters() if ".bias_ih_l" in key]
+    ih = [p for key, p in net(runner).named_parameters() if ".bias_ih_l" in key]
     assert ih and all(p.requires_grad and torch.count_nonzero(p) > 0 for p in ih)
 
 
 def test_gru_keeps_both_biases_trainable() -> None:
     runner = prepare(NETWORKS["gru-last"], "train")
-    biases = [p for key, p in runner.model.named_parameters() if ".bias_" in key]
+    biases = [p for key, p in net(runner).named_parameters() if ".bias_" in key]
     assert len(biases) == 4 and all(p.requires_grad for p in biases)
 
 
@@ -235,12 +233,12 @@ def test_gru_keeps_both_biases_trainable() -> None:
 def test_uniform_init_respects_its_scale(name: str) -> None:
     scale = 0.05
     runner = prepare(NETWORKS[name], "infer", recipe=Recipe(SGD.optimizer, Init("uniform", scale=scale)))
-    for module in runner.model.modules():
+    for module in net(runner).modules():
         if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
             assert torch.all(module.weight == 1) and torch.all(module.bias == 0)
-    norms = {id(p) for m in runner.model.modules() if isinstance(m, pt._NORMS) for p in m.parameters()}
+    norms = {id(p) for m in net(runner).modules() if isinstance(m, pt._NORMS) for p in m.parameters()}
     values = torch.cat([
-        p.detach().flatten() for p in runner.model.parameters() if p.requires_grad and id(p) not in norms
+        p.detach().flatten() for p in net(runner).parameters() if p.requires_grad and id(p) not in norms
     ])
     assert values.abs().max() <= scale
     assert values.abs().max() > 0.9 * scale
@@ -254,7 +252,7 @@ def test_glorot_and_he_initialisation() -> None:
         classes=10,
     )
     for init in ("glorot_uniform", "he_normal"):
-        model = prepare(network, "infer", recipe=Recipe(SGD.optimizer, Init(init))).model
+        model = net(prepare(network, "infer", recipe=Recipe(SGD.optimizer, Init(init))))
         assert isinstance(model, torch.nn.Sequential)
         conv, norm, dense = model[0], model[1], model[3]
         assert isinstance(conv, torch.nn.Conv2d) and isinstance(dense, torch.nn.Linear)
@@ -275,9 +273,9 @@ def test_the_seed_fixes_weights_and_batch() -> None:
     network = NETWORKS["resnet"]
     a, b, c = (prepare(network, "train", seed=seed) for seed in (7, 7, 8))
     assert torch.equal(a.inputs, b.inputs) and torch.equal(a.labels, b.labels)
-    assert all(torch.equal(x, y) for x, y in zip(a.model.parameters(), b.model.parameters(), strict=True))
+    assert all(torch.equal(x, y) for x, y in zip(net(a).parameters(), net(b).parameters(), strict=True))
     assert not torch.equal(a.inputs, c.inputs)
-    assert not torch.equal(next(a.model.parameters()), next(c.model.parameters()))
+    assert not torch.equal(next(net(a).parameters()), next(net(c).parameters()))
 
 
 def test_synthetic_batch_shapes_and_ranges() -> None:
@@ -302,7 +300,7 @@ def test_synthetic_batch_shapes_and_ranges() -> None:
 def test_loss_is_cross_entropy_with_the_recipes_reduction(name: str, reduction: str, expected: float) -> None:
     # Near-zero weights give near-uniform logits, so the first loss is log(classes) per label.
     recipe = Recipe(SGD.optimizer, Init("uniform", scale=1e-4), loss_reduction=reduction)  # type: ignore[arg-type]
-    runner = train(NETWORKS[name], recipe=recipe)
+    runner = prepare(NETWORKS[name], "train", recipe=recipe)
     runner.step()
     assert final_loss(runner) == pytest.approx(expected, rel=1e-3)
 
@@ -321,9 +319,10 @@ def test_loss_is_cross_entropy_with_the_recipes_reduction(name: str, reduction: 
     ],
 )
 def test_optimizer_follows_the_recipe(optimizer: Optimizer, kind: type, settings: dict[str, object]) -> None:
-    runner = train(NETWORKS["lstm-last"], recipe=Recipe(optimizer, Init("glorot_uniform")))
-    assert type(runner.optimizer) is kind
-    (group,) = runner.optimizer.param_groups
+    runner = prepare(NETWORKS["lstm-last"], "train", recipe=Recipe(optimizer, Init("glorot_uniform")))
+    assert isinstance(runner.model, pt.Model)
+    assert type(runner.model.optimizer) is kind
+    (group,) = runner.model.optimizer.param_groups
     for key, value in settings.items():
         assert group[key] == value, key
     assert sum(p.numel() for p in group["params"]) == NETWORKS["lstm-last"].params  # trainable only
@@ -338,10 +337,10 @@ def test_gradient_clipping_bounds_the_update() -> None:
     for clip_norm in (None, clip):
         recipe = Recipe(plain, Init("glorot_uniform"), grad_clip_norm=clip_norm)
         runner = prepare(NETWORKS["lstm-lm"], "train", recipe=recipe)
-        before = [p.detach().clone() for p in runner.model.parameters()]
+        before = [p.detach().clone() for p in net(runner).parameters()]
         runner.step()
         with torch.no_grad():
-            squares = [((p - b) ** 2).sum() for p, b in zip(runner.model.parameters(), before, strict=True)]
+            squares = [((p - b) ** 2).sum() for p, b in zip(net(runner).parameters(), before, strict=True)]
         deltas[clip_norm] = math.sqrt(float(sum(squares)))
     assert deltas[None] > 10 * clip  # the test means something: unclipped, the update is larger
     assert deltas[clip] == pytest.approx(clip, rel=1e-3)
@@ -355,6 +354,10 @@ def test_parity_record() -> None:
     assert cnn.details["interop_threads"] == torch.get_num_interop_threads()
     assert isinstance(cnn.details["mkldnn"], bool)
     assert cnn.details["blas"] is None or isinstance(cnn.details["blas"], str)
+    assert cnn.details["threads_source"] == "torch.get_num_threads()"
+    # The worker reads the GPU allocator's peak from the runner by name: the kernel's runner must
+    # pass it on (None on the CPU, where the figure comes from the process's RSS instead).
+    assert prepare(NETWORKS["cnn"], "train").device_memory_peak_bytes() is None
     assert prepare(NETWORKS["lstm-lm"], "infer").parity().layout is None
 
 
@@ -410,10 +413,11 @@ def test_small_catalogue_workload_builds_trains_and_infers(name: str) -> None:
         assert runner.trainable_params() == wl.params
         runner.step()
         runner.sync()
-        if isinstance(runner, pt.TrainRunner):
-            assert runner.loss is not None and math.isfinite(runner.loss.item())
+        assert isinstance(runner.last, torch.Tensor)
+        if scenario == "train":
+            assert math.isfinite(runner.last.item())
         else:
-            assert runner.output is not None and runner.output.shape == (2, *wl.network.output_shape)
+            assert runner.last.shape == (2, *wl.network.output_shape)
 
 
 @pytest.mark.slow  # Inductor compiles C++ on the CPU: ~20 s cold, ~5 s cached; one tiny network only
@@ -425,10 +429,9 @@ def test_torch_compile_matches_eager_on_a_tiny_mlp() -> None:
         layers=(Dense(16), Activation("relu"), Dense(4)), classes=4,
     )
     eager, compiled = pt.Backend(threads=THREADS), pt.Backend(threads=THREADS, compile=True)
-    runs: dict[str, tuple[pt.TrainRunner, pt.InferRunner]] = {}
+    runs: dict[str, tuple[KernelRunner, KernelRunner]] = {}
     for backend in (eager, compiled):
         trainer, inferrer = (backend.prepare(request(network, scenario)) for scenario in ("train", "infer"))
-        assert isinstance(trainer, pt.TrainRunner) and isinstance(inferrer, pt.InferRunner)
         for _ in range(2):
             trainer.step()
             inferrer.step()
@@ -436,7 +439,7 @@ def test_torch_compile_matches_eager_on_a_tiny_mlp() -> None:
     (eager_train, eager_infer), (comp_train, comp_infer) = runs["torch"], runs["torch-compile"]
     assert comp_train.parity().execution == "inductor" and comp_infer.parity().execution == "inductor"
     assert final_loss(comp_train) == pytest.approx(final_loss(eager_train), rel=1e-5)
-    for p, q in zip(comp_train.model.parameters(), eager_train.model.parameters(), strict=True):
+    for p, q in zip(net(comp_train).parameters(), net(eager_train).parameters(), strict=True):
         torch.testing.assert_close(p, q)
-    assert comp_infer.output is not None and eager_infer.output is not None
-    torch.testing.assert_close(comp_infer.output, eager_infer.output)
+    assert isinstance(comp_infer.last, torch.Tensor) and isinstance(eager_infer.last, torch.Tensor)
+    torch.testing.assert_close(comp_infer.last, eager_infer.last)

@@ -143,7 +143,7 @@ def _neg_inf_padding_class() -> type:
 def _initialisers(init: Init | None, kind: str) -> dict[str, Any]:
     """Initializer arguments of one Keras layer of ``kind`` (dense, conv, embedding, recurrent).
 
-    As pytorch.initialise: ``uniform`` for every parameter, biases included; ``glorot_uniform`` and
+    As spec.weights.initial_weights: ``uniform`` for every parameter, biases included; ``glorot_uniform`` and
     ``he_normal`` for kernels, recurrent kernels and embedding tables, with zero biases;
     ``framework_default`` keeps Keras' own. Keras' ``HeNormal`` is truncated, PyTorch's
     ``kaiming_normal_`` is not: VarianceScaling with an untruncated normal matches it. ``None`` is

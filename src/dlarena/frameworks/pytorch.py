@@ -4,14 +4,14 @@
 Only a worker process imports this module, after it has set thread limits and CPU affinity.
 The network is built as an ordinary ``nn.Module`` tree from the spec, the way a PyTorch user would
 write it, and stepped with the usual loop: ``zero_grad``, forward, loss, ``backward``, ``step``.
+The kernel (kernel.py) supplies the starting weights, the batch, the layouts and the runners.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Iterable
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported, require, require_check_precision
-from dlarena.spec import Network, Recipe, Workload
+from dlarena.frameworks import kernel
+from dlarena.frameworks.base import Parity, Unavailable, Unsupported
+from dlarena.spec import Workload
 from dlarena.spec.layers import (
     GRU,
     LSTM,
@@ -41,9 +42,17 @@ from dlarena.spec.layers import (
 )
 from dlarena.spec.weights import layer_params, walk
 
-DEVICES: tuple[str, ...] = ("cpu", "cuda")
+# recipe optimizer -> torch.optim class and keywords. Adam's two betas travel as one ``betas``
+# tuple, which Model.__init__ assembles from the two fields.
+SPELLING: kernel.OptimizerSpelling = {
+    "sgd": ("SGD", {"lr": "lr", "momentum": "momentum", "nesterov": "nesterov", "weight_decay": "weight_decay"}),
+    "adam": ("Adam", {"lr": "lr", "beta1": "beta1", "beta2": "beta2", "eps": "eps", "weight_decay": "weight_decay"}),
+    "adadelta": ("Adadelta", {"lr": "lr", "rho": "rho", "eps": "eps", "weight_decay": "weight_decay"}),
+    "rmsprop": ("RMSprop", {"lr": "lr", "rho": "alpha", "eps": "eps", "weight_decay": "weight_decay"}),
+}
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -99,8 +108,8 @@ class RecurrentOutput(nn.Module):
 # Spec -> nn.Module
 
 
-def _pool_padding_fits(kernel: int | tuple[int, int], padding: int | tuple[int, int]) -> bool:
-    kernels = (kernel, kernel) if isinstance(kernel, int) else kernel
+def _pool_padding_fits(kernel_size: int | tuple[int, int], padding: int | tuple[int, int]) -> bool:
+    kernels = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
     paddings = (padding, padding) if isinstance(padding, int) else padding
     return all(2 * p <= k for k, p in zip(kernels, paddings, strict=True))
 
@@ -109,7 +118,8 @@ def _lstm(layer: LSTM, n_in: int) -> nn.LSTM:
     rnn = nn.LSTM(n_in, layer.hidden, num_layers=layer.layers, batch_first=True)
     # The spec's LSTM has one bias per gate; PyTorch's has two (b_ih and b_hh) that it simply adds.
     # Keeping nn.LSTM (its fused CPU and cuDNN kernels) and freezing every b_hh at zero computes
-    # exactly the spec's LSTM with exactly its parameter count: b_hh is no longer trainable.
+    # exactly the spec's LSTM with exactly its parameter count: b_hh is no longer trainable (and,
+    # bound to no canonical parameter, never loaded).
     for name, param in rnn.named_parameters():
         if name.startswith("bias_hh"):
             nn.init.zeros_(param)
@@ -122,16 +132,12 @@ def _build_layer(layer: Layer, shape: Shape) -> nn.Module:
     if isinstance(layer, Dense):
         return nn.Linear(shape[-1], layer.units, bias=layer.bias)  # over the last axis, sequences too
     if isinstance(layer, Conv2D):
-        return nn.Conv2d(
-            shape[0], layer.filters, layer.kernel, stride=layer.stride, padding=layer.padding,
-            bias=layer.bias,
-        )
+        return nn.Conv2d(shape[0], layer.filters, layer.kernel, stride=layer.stride, padding=layer.padding,
+                         bias=layer.bias)
     if isinstance(layer, (MaxPool2D, AvgPool2D)):
         if not _pool_padding_fits(layer.kernel, layer.padding):
-            raise Unsupported(
-                f"PyTorch pooling needs padding at most half the kernel; {type(layer).__name__} has "
-                f"kernel {layer.kernel} and padding {layer.padding}"
-            )
+            raise Unsupported(f"PyTorch pooling needs padding at most half the kernel; {type(layer).__name__} has "
+                              f"kernel {layer.kernel} and padding {layer.padding}")
         if isinstance(layer, MaxPool2D):
             return nn.MaxPool2d(layer.kernel, stride=layer.stride, padding=layer.padding)
         return nn.AvgPool2d(layer.kernel, stride=layer.stride, padding=layer.padding, count_include_pad=True)
@@ -170,118 +176,30 @@ def build_sequence(layers: tuple[Layer, ...], shape: Shape) -> nn.Sequential:
     return nn.Sequential(*modules)
 
 
-def build_model(network: Network) -> nn.Sequential:
-    """The network as an ``nn.Sequential`` mapping a batch of inputs to logits."""
-    return build_sequence(network.layers, network.input_shape)
+def _module_at(net: nn.Module, path: str) -> nn.Module:
+    """The module built for the spec layer at ``path`` ("7.body.0", "9.branches.2.1")."""
+    module: Any = net
+    for part in path.split("."):
+        module = module[int(part)] if part.isdigit() else getattr(module, part)
+    return module.rnn if isinstance(module, RecurrentOutput) else module
 
 
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+def _torch_name(layer: Layer, role: str, sublayer: str) -> str:
+    """The attribute holding a canonical parameter (recurrent ones per stacked layer, ``sublayer`` "layer1")."""
+    if isinstance(layer, LSTM | GRU):
+        k = sublayer.removeprefix("layer")
+        return {"input_kernel": f"weight_ih_l{k}", "recurrent_kernel": f"weight_hh_l{k}", "bias": f"bias_ih_l{k}",
+                "input_bias": f"bias_ih_l{k}", "recurrent_bias": f"bias_hh_l{k}"}[role]
+    return {"kernel": "weight", "bias": "bias", "gamma": "weight", "beta": "bias", "table": "weight"}[role]
 
 
-def initialise(model: nn.Module, recipe: Recipe) -> None:
-    """Apply the recipe's initialisation to every trainable parameter (the caller seeds torch).
-
-    Batch norm always starts at gamma 1, beta 0; frozen parameters (the LSTM's b_hh) stay zero.
-    ``glorot_uniform`` and ``he_normal`` act on weight matrices and kernels (tensors of rank 2 or
-    more, the embedding table included) and set biases to zero.
-    """
-    init = recipe.init
-    norm_params = {id(p) for m in model.modules() if isinstance(m, _NORMS) for p in m.parameters()}
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, _NORMS):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-        if init.name == "framework_default":
-            return
-        for param in model.parameters():
-            if not param.requires_grad or id(param) in norm_params:
-                continue
-            if init.name == "uniform":
-                nn.init.uniform_(param, -init.scale, init.scale)
-            elif param.dim() < 2:
-                nn.init.zeros_(param)
-            elif init.name == "glorot_uniform":
-                nn.init.xavier_uniform_(param)
-            elif init.name == "he_normal":
-                nn.init.kaiming_normal_(param, mode="fan_in", nonlinearity="relu")
-            else:
-                raise Unsupported(f"the PyTorch backend does not know the initialisation {init.name!r}")
-
-
-def make_optimizer(params: list[nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
-    opt = recipe.optimizer
-    if opt.name == "sgd":
-        return torch.optim.SGD(
-            params, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov, weight_decay=opt.weight_decay
-        )
-    if opt.name == "adam":
-        return torch.optim.Adam(
-            params, lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps, weight_decay=opt.weight_decay
-        )
-    if opt.name == "adadelta":
-        return torch.optim.Adadelta(
-            params, lr=opt.lr, rho=opt.rho, eps=opt.eps, weight_decay=opt.weight_decay
-        )
-    if opt.name == "rmsprop":
-        return torch.optim.RMSprop(
-            params, lr=opt.lr, alpha=opt.rho, eps=opt.eps, weight_decay=opt.weight_decay
-        )
-    raise Unsupported(f"the PyTorch backend does not know the optimizer {opt.name!r}")
-
-
-LossFn = Callable[[Tensor, Tensor], Tensor]
-
-
-def make_loss(network: Network, recipe: Recipe, batch_size: int) -> LossFn:
-    """Softmax cross-entropy on logits, reduced as the recipe says."""
-    if network.label_kind == "token":
-        classes = network.classes
-        if recipe.loss_reduction == "sum_over_batch":
-            def token_sum_over_batch(logits: Tensor, labels: Tensor) -> Tensor:
-                loss = F.cross_entropy(logits.reshape(-1, classes), labels.reshape(-1), reduction="sum")
-                return loss / batch_size
-
-            return token_sum_over_batch
-
-        def token_mean(logits: Tensor, labels: Tensor) -> Tensor:
-            return F.cross_entropy(logits.reshape(-1, classes), labels.reshape(-1))
-
-        return token_mean
-    if recipe.loss_reduction == "sum_over_batch":
-        def sample_sum_over_batch(logits: Tensor, labels: Tensor) -> Tensor:
-            return F.cross_entropy(logits, labels, reduction="sum") / batch_size
-
-        return sample_sum_over_batch
-    return F.cross_entropy
-
-
-def synthetic_batch(
-    network: Network, batch_size: int, device: torch.device, seed: int
-) -> tuple[Tensor, Tensor]:
-    """Inputs and labels made once, on the device, from a seeded generator."""
-    gen = torch.Generator(device=device).manual_seed(seed)
-    shape = (batch_size, *network.input_shape)
-    if network.input_kind == "tokens":
-        inputs = torch.randint(0, network.vocab, shape, generator=gen, device=device, dtype=torch.int64)
-    else:
-        inputs = torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
-    label_shape = (batch_size, *network.label_shape)
-    labels = torch.randint(0, network.classes, label_shape, generator=gen, device=device, dtype=torch.int64)
-    return inputs, labels
+# --------------------------------------------------------------------------------------------------
+# The kernel's Model
 
 
 def _blas() -> str | None:
     match = re.search(r"BLAS_INFO=([^,\s]+)", torch.__config__.show())
     return match.group(1) if match else None
-
-
-# --------------------------------------------------------------------------------------------------
-# Runners
-
-
-def _no_sync() -> None:
-    return None
 
 
 # Dynamo's counters of this process's lookups in Inductor's FX-graph cache and AOTAutograd's cache:
@@ -297,34 +215,119 @@ def _compile_cache_counters() -> dict[str, int]:
     return {name: int(counters[group][name]) for group, name in _CACHE_COUNTERS}
 
 
-class _Runner:
-    """What train and infer runners share: the model, its batch, the device and the parity record."""
+class Model(kernel.Model):
+    """The spec's network as an ``nn.Sequential`` in NCHW; Linear and recurrent weights are stored
+    (out, in), with PyTorch's gate orders (the canonical ones: LSTM i, f, g, o; GRU r, z, n)."""
 
-    def __init__(
-        self, model: nn.Module, inputs: Tensor, labels: Tensor, device: torch.device, compiled: bool
-    ) -> None:
-        self.model = model
-        self.inputs = inputs
-        self.labels = labels
-        self.device = device
-        self.compiled = compiled
-        self._sync: Callable[[], None] = torch.cuda.synchronize if device.type == "cuda" else _no_sync
-        self._image = inputs.dim() == 4
+    conventions = kernel.Conventions(dense_kernel="out_in", conv_kernel="oihw", recurrent_kernel="out_in")
+
+    def __init__(self, workload: Workload, precision: str, device: str, batch_size: int, training: bool,
+                 compile: bool = False) -> None:
+        super().__init__(workload, precision, device, batch_size, training)
+        self.where = torch.device(device)
+        self.compiled = compile
+        self.net = build_sequence(self.network.layers, self.network.input_shape).to(
+            device=self.where, dtype=getattr(torch, precision))
+        self.net.train(training)
+        self.params = [p for p in self.net.parameters() if p.requires_grad]
+        self.handles: dict[str, Tensor] = {}
+        for path, layer, shape in walk(self.network.layers, self.network.input_shape):
+            module = _module_at(self.net, path)
+            for spec in layer_params(path, layer, shape):
+                sublayer = spec.name[len(path) + 1:].rpartition(".")[0]
+                self.handles[spec.name] = getattr(module, _torch_name(layer, spec.role, sublayer))
+        # torch-compile: in training, forward and loss form one graph and AOTAutograd derives its
+        # backward graph (the optimizer step stays eager); in inference, the forward alone. Both
+        # compile lazily, at their first call.
+        self.forward: Callable[[Tensor], Tensor] = torch.compile(self.net) if compile else self.net
+        self.objective: Callable[[Tensor, Tensor], Tensor] = (
+            torch.compile(self._objective) if compile else self._objective)
+        if training:
+            name, arguments = kernel.optimizer_arguments(self.recipe.optimizer, SPELLING, "torch")
+            if "beta1" in arguments:
+                arguments["betas"] = (arguments.pop("beta1"), arguments.pop("beta2"))
+            self.optimizer: torch.optim.Optimizer = getattr(torch.optim, name)(self.params, **arguments)
+
+    def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Summed softmax cross-entropy over every label position, divided by ``kernel.loss_divisor``."""
+        summed = F.cross_entropy(logits.reshape(-1, self.network.classes), labels.reshape(-1), reduction="sum")
+        return summed / kernel.loss_divisor(self.network, self.recipe, labels.shape[0])
+
+    def _objective(self, inputs: Tensor, labels: Tensor) -> Tensor:
+        return self._loss(self.net(inputs), labels)
+
+    @contextlib.contextmanager
+    def _evaluating(self) -> Iterator[None]:
+        """Eval mode (dropout off, batch norm on running statistics), back to training mode after."""
+        self.net.eval()
+        try:
+            yield
+        finally:
+            self.net.train(self.training)
+
+    # ---- the kernel's contract
+
+    def bindings(self) -> list[kernel.Binding]:
+        return self.bind(self.handles)
+
+    def read(self, handle: Tensor) -> np.ndarray:
+        return handle.detach().cpu().numpy().copy()  # a copy: on the CPU, numpy() shares the parameter
+
+    def write(self, handle: Tensor, value: np.ndarray) -> None:
+        with torch.no_grad():
+            handle.copy_(torch.from_numpy(value))
+
+    def device_batch(self, array: np.ndarray) -> Tensor:
+        return torch.from_numpy(array).to(self.where)
+
+    def reset_statistics(self) -> None:
+        for module in self.net.modules():
+            if isinstance(module, _NORMS):
+                module.reset_running_stats()
+
+    def logits(self, inputs: Tensor) -> np.ndarray:
+        # no_grad rather than inference_mode: tensors made under inference_mode cannot meet
+        # autograd later, and torch.compile guards would recompile for each mode switch.
+        with self._evaluating(), torch.no_grad():
+            return self.forward(inputs).cpu().numpy()
+
+    def infer_step(self, inputs: Tensor) -> Tensor:
+        with torch.inference_mode():
+            return self.forward(inputs)  # a tensor: no copy to the host in the timed step
+
+    def gradients(self, inputs: Tensor, labels: Tensor) -> tuple[float, dict[str, np.ndarray]]:
+        # The compiled forward (torch-compile is verified through its compiled graph), the loss eager.
+        with self._evaluating():
+            self.net.zero_grad(set_to_none=True)
+            loss = self._loss(self.forward(inputs), labels)
+            loss.backward()  # type: ignore[no-untyped-call]
+        return float(loss.detach()), {name: (tensor.grad if tensor.grad is not None else torch.zeros_like(tensor))
+                                       .detach().cpu().numpy() for name, tensor in self.handles.items()}
+
+    def train_step(self, inputs: Tensor, labels: Tensor) -> Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.objective(inputs, labels)
+        loss.backward()  # type: ignore[no-untyped-call]
+        if self.recipe.grad_clip_norm is not None:
+            nn.utils.clip_grad_norm_(self.params, self.recipe.grad_clip_norm)
+        self.optimizer.step()
+        return loss.detach()
 
     def sync(self) -> None:
-        self._sync()
-
-    def trainable_params(self) -> int:
-        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        if self.where.type == "cuda":
+            torch.cuda.synchronize(self.where)
 
     def device_memory_peak_bytes(self) -> int | None:
         """The caching allocator's peak on a GPU (what tensors held, not what it reserved)."""
-        return int(torch.cuda.max_memory_allocated(self.device)) if self.device.type == "cuda" else None
+        return int(torch.cuda.max_memory_allocated(self.where)) if self.where.type == "cuda" else None
+
+    def trainable_params(self) -> int:
+        return sum(p.numel() for p in self.params)
 
     def parity(self) -> Parity:
-        on_cuda = self.device.type == "cuda"
-        first = next(self.model.parameters(), None)
+        on_cuda = self.where.type == "cuda"
         details: dict[str, Any] = {
+            "threads_source": "torch.get_num_threads()",
             "interop_threads": torch.get_num_interop_threads(),
             "mkldnn": torch.backends.mkldnn.is_available(),  # type: ignore[no-untyped-call]
             "blas": _blas(),
@@ -334,206 +337,16 @@ class _Runner:
         if on_cuda:
             # cuDNN convolutions use TF32 by default (torch.backends.cudnn.allow_tf32), matmuls do not.
             details["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
-            details["device_name"] = torch.cuda.get_device_name(self.device)
+            details["device_name"] = torch.cuda.get_device_name(self.where)
+        first = next(self.net.parameters(), None)
         return Parity(
             threads=torch.get_num_threads(),
             dtype=str(first.dtype).removeprefix("torch.") if first is not None else None,
-            layout="NCHW" if self._image else None,
             execution="inductor" if self.compiled else "eager",
             tf32=torch.backends.cuda.matmul.allow_tf32 if on_cuda else None,
             cudnn_benchmark=torch.backends.cudnn.benchmark if on_cuda else None,
             details=details,
         )
-
-
-class TrainRunner(_Runner):
-    """One step is ``zero_grad``, forward and loss, ``backward``, optional clipping, ``step``."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        inputs: Tensor,
-        labels: Tensor,
-        device: torch.device,
-        compiled: bool,
-        loss_of: Callable[[Tensor, Tensor], Tensor],
-        optimizer: torch.optim.Optimizer,
-        clip_norm: float | None,
-    ) -> None:
-        super().__init__(model, inputs, labels, device, compiled)
-        self.loss_of = loss_of  # inputs, labels -> loss: the model's forward and the loss together
-        self.optimizer = optimizer
-        self.clip_norm = clip_norm
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.loss: Tensor | None = None  # the last step's loss, kept without a device sync
-        model.train()
-
-    def step(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss_of(self.inputs, self.labels)
-        loss.backward()  # type: ignore[no-untyped-call]
-        if self.clip_norm is not None:
-            nn.utils.clip_grad_norm_(self.params, self.clip_norm)
-        self.optimizer.step()
-        self.loss = loss
-
-
-class InferRunner(_Runner):
-    """One step is a forward pass under ``torch.inference_mode`` with the model in eval mode."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        inputs: Tensor,
-        labels: Tensor,
-        device: torch.device,
-        compiled: bool,
-        forward: Callable[[Tensor], Tensor],
-    ) -> None:
-        super().__init__(model, inputs, labels, device, compiled)
-        self.forward = forward
-        self.output: Tensor | None = None  # the last step's logits
-        model.eval()
-
-    def step(self) -> None:
-        with torch.inference_mode():
-            self.output = self.forward(self.inputs)
-
-
-class Trainer(TrainRunner):
-    """The train runner fed real batches (the accuracy scenario); see base.Trainer."""
-
-    def __init__(
-        self, runner: TrainRunner, forward: Callable[[Tensor], Tensor], network: Network,
-    ) -> None:
-        super().__init__(runner.model, runner.inputs, runner.labels, runner.device, runner.compiled,
-                         runner.loss_of, runner.optimizer, runner.clip_norm)
-        self.forward = forward
-        self.bindings = canonical_bindings(self.model, network)
-
-    def load_weights(self, weights: dict[str, np.ndarray]) -> None:
-        load_canonical(self.model, self.bindings, weights)
-
-    def train_step(self, inputs: np.ndarray, labels: np.ndarray) -> Tensor:
-        self.inputs = torch.from_numpy(inputs).to(self.device)
-        self.labels = torch.from_numpy(labels).to(self.device)
-        self.step()
-        assert self.loss is not None
-        return self.loss.detach()
-
-    def predict(self, inputs: np.ndarray) -> np.ndarray:
-        self.model.eval()
-        try:
-            # no_grad rather than inference_mode: tensors made under inference_mode cannot meet
-            # autograd later, and torch.compile guards would recompile for each mode switch.
-            with torch.no_grad():
-                logits: np.ndarray = self.forward(torch.from_numpy(inputs).to(self.device)).cpu().numpy()
-        finally:
-            self.model.train()
-        return logits
-
-
-# --------------------------------------------------------------------------------------------------
-# Verification: canonical weights in and out
-
-
-def _module_at(model: nn.Module, path: str) -> nn.Module:
-    """The module built for the spec layer at ``path`` ("7.body.0", "9.branches.2.1")."""
-    module: Any = model
-    for part in path.split("."):
-        module = module[int(part)] if part.isdigit() else getattr(module, part)
-    if isinstance(module, RecurrentOutput):
-        return module.rnn
-    return module  # type: ignore[no-any-return]
-
-
-# How each canonical parameter sits in torch: (attribute of the module, canonical -> torch transform).
-# Dense kernels are stored transposed (out, in); recurrent kernels too, with the same gate order.
-_TRANSPOSED = {"kernel", "input_kernel", "recurrent_kernel"}
-
-
-def _torch_name(layer: Layer, role: str, sublayer: str) -> str:
-    if isinstance(layer, LSTM | GRU):
-        k = sublayer.removeprefix("layer")
-        return {"input_kernel": f"weight_ih_l{k}", "recurrent_kernel": f"weight_hh_l{k}", "bias": f"bias_ih_l{k}",
-                "input_bias": f"bias_ih_l{k}", "recurrent_bias": f"bias_hh_l{k}"}[role]
-    return {"kernel": "weight", "bias": "bias", "gamma": "weight", "beta": "bias", "table": "weight"}[role]
-
-
-Bindings = list[tuple[str, Tensor, bool]]  # canonical name, torch tensor, stored transposed
-
-
-def canonical_bindings(model: nn.Module, network: Network) -> Bindings:
-    """Where each canonical parameter of ``network`` lives in ``model``."""
-    bindings: Bindings = []
-    for path, layer, shape in walk(network.layers, network.input_shape):
-        module = _module_at(model, path)
-        for spec in layer_params(path, layer, shape):
-            sublayer = spec.name[len(path) + 1:].rpartition(".")[0]
-            tensor = getattr(module, _torch_name(layer, spec.role, sublayer))
-            transposed = spec.role in _TRANSPOSED and not isinstance(layer, Conv2D)
-            bindings.append((spec.name, tensor, transposed))
-    return bindings
-
-
-def load_canonical(model: nn.Module, bindings: Bindings, weights: dict[str, np.ndarray]) -> None:
-    """Copy canonical weights in; batch norm's running statistics restart at mean 0, variance 1."""
-    with torch.no_grad():
-        for name, tensor, transposed in bindings:
-            value = weights[name].T if transposed else weights[name]
-            tensor.copy_(torch.from_numpy(np.ascontiguousarray(value)))
-        for module in model.modules():
-            if isinstance(module, _NORMS):
-                module.reset_running_stats()
-
-
-class Checker:
-    """The network in inference mode with canonical weights; see base.Checker."""
-
-    def __init__(self, workload: Workload, device: torch.device, compile: bool, precision: str) -> None:
-        self.network, self.recipe = workload.network, workload.recipe
-        self.device = device
-        self.model = build_model(self.network).to(device=device, dtype=getattr(torch, precision))
-        self.model.eval()
-        # torch-compile is verified through its compiled graph, not the eager module it came from.
-        # One verify worker builds every network in turn, and Dynamo counts the compiled variants of
-        # nn.Sequential.forward across all of them: past its recompile_limit (8) it runs the rest
-        # eagerly, silently (measured: the 5th network of a worker ran eager). A reset starts each
-        # network's Dynamo state afresh, as a new process would; Inductor's compiled code is kept.
-        if compile:
-            torch._dynamo.reset()
-        self.run: Callable[[Tensor], Tensor] = torch.compile(self.model) if compile else self.model
-        self.bindings = canonical_bindings(self.model, self.network)
-
-    def trainable_params(self) -> int:
-        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-
-    def load_weights(self, weights: dict[str, np.ndarray]) -> None:
-        load_canonical(self.model, self.bindings, weights)
-
-    def export_weights(self) -> dict[str, np.ndarray]:
-        return {name: (tensor.detach().cpu().numpy().T if transposed else tensor.detach().cpu().numpy()).copy()
-                for name, tensor, transposed in self.bindings}
-
-    def _inputs(self, inputs: np.ndarray) -> Tensor:
-        return torch.from_numpy(inputs).to(self.device)
-
-    def forward(self, inputs: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            logits: np.ndarray = self.run(self._inputs(inputs)).cpu().numpy()
-        return logits
-
-    def loss_and_gradients(self, inputs: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
-        loss_fn = make_loss(self.network, self.recipe, inputs.shape[0])
-        self.model.zero_grad(set_to_none=True)
-        loss = loss_fn(self.run(self._inputs(inputs)), torch.from_numpy(labels).to(self.device))
-        loss.backward()  # type: ignore[no-untyped-call]
-        grads = {}
-        for name, tensor, transposed in self.bindings:
-            value = tensor.grad if tensor.grad is not None else torch.zeros_like(tensor)
-            grad = value.detach().cpu().numpy()
-            grads[name] = (grad.T if transposed else grad).copy()
-        return float(loss.detach()), grads
 
 
 # --------------------------------------------------------------------------------------------------
@@ -550,10 +363,14 @@ def flush_denormals() -> str:
     return "torch.set_flush_denormal(True)"
 
 
-class Backend:
+class Backend(kernel.KernelBackend):
     """PyTorch eager (``torch``) or through ``torch.compile`` with Inductor (``torch-compile``)."""
 
+    model_class = Model
+    devices = ("cpu", "cuda")
+
     def __init__(self, threads: int, compile: bool = False) -> None:
+        super().__init__(threads, compile=compile)
         self.compile = compile
         self.name = "torch-compile" if compile else "torch"
         torch.set_num_threads(threads)
@@ -564,14 +381,19 @@ class Backend:
     def version(self) -> str:
         return str(torch.__version__)
 
-    def _device(self, name: str) -> torch.device:
-        if name == "cuda":
-            if not torch.cuda.is_available():
-                raise Unavailable(f"CUDA is not available to this PyTorch {torch.__version__}")
-            return torch.device("cuda")
-        if name == "cpu":
-            return torch.device("cpu")
-        raise Unsupported(f"the PyTorch backend runs on {' or '.join(DEVICES)}, not {name!r}")
+    def _device(self, device: str) -> str:
+        if device == "cuda" and not torch.cuda.is_available():
+            raise Unavailable(f"CUDA is not available to this PyTorch {torch.__version__}")
+        return super()._device(device)
+
+    def checker(self, workload: Workload, device: str, precision: str = "float32") -> kernel.KernelChecker:
+        # One verify worker builds every network in turn, and Dynamo counts the compiled variants of
+        # nn.Sequential.forward across all of them: past its recompile_limit (8) it runs the rest
+        # eagerly, silently (measured: the 5th network of a worker ran eager). A reset starts each
+        # network's Dynamo state afresh, as a new process would; Inductor's compiled code is kept.
+        if self.compile:
+            torch._dynamo.reset()
+        return super().checker(workload, device, precision)
 
     def flush_denormals(self) -> str:
         return flush_denormals()
@@ -582,42 +404,3 @@ class Backend:
         where = self._device(device)
         product: np.ndarray = torch.mm(torch.from_numpy(a).to(where), torch.from_numpy(b).to(where)).cpu().numpy()
         return product
-
-    def checker(self, workload: Workload, device: str, precision: str = "float32") -> Checker:
-        require_check_precision(precision, "PyTorch")
-        return Checker(workload, self._device(device), self.compile, precision)
-
-    def prepare(self, request: StepRequest) -> TrainRunner | InferRunner:
-        require(request, "PyTorch")
-        device = self._device(request.device)
-        workload = request.workload
-        network, recipe = workload.network, workload.recipe
-
-        torch.manual_seed(request.seed)
-        model = build_model(network)
-        initialise(model, recipe)
-        model.to(device)
-        inputs, labels = synthetic_batch(network, request.batch_size, device, request.seed)
-
-        if request.scenario == "infer":
-            forward: Callable[[Tensor], Tensor] = torch.compile(model) if self.compile else model
-            return InferRunner(model, inputs, labels, device, self.compile, forward)
-
-        loss_fn = make_loss(network, recipe, request.batch_size)
-
-        def loss_of(x: Tensor, y: Tensor) -> Tensor:
-            return loss_fn(model(x), y)
-
-        # Compiled, forward and loss form one graph and AOTAutograd derives its backward graph; the
-        # optimizer step stays eager.
-        compiled_loss: LossFn = torch.compile(loss_of) if self.compile else loss_of
-        optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], recipe)
-        return TrainRunner(
-            model, inputs, labels, device, self.compile, compiled_loss, optimizer, recipe.grad_clip_norm
-        )
-
-    def trainer(self, request: StepRequest) -> Trainer:
-        runner = self.prepare(replace(request, scenario="train"))
-        assert isinstance(runner, TrainRunner)
-        forward: Callable[[Tensor], Tensor] = torch.compile(runner.model) if self.compile else runner.model
-        return Trainer(runner, forward, request.workload.network)
