@@ -186,6 +186,10 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             distributions=("lasagne", "theano", "numpy"),
             extra="",
             environment="legacy",
+            unsupported_layers={"GRU": "Lasagne 0.1's GRULayer adds one bias per gate outside the reset gate "
+                                       "(c = tanh(W_xc x + r*(W_hc h) + b_c)); the spec's GRU (cuDNN form) "
+                                       "multiplies a recurrent bias b_hn by the reset gate, which Lasagne's GRU "
+                                       "has no parameter for"},
         ),
         FrameworkInfo(
             name="keras2-theano",
