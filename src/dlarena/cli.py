@@ -194,12 +194,14 @@ def cmd_list(args: argparse.Namespace) -> int:
         items = [
             {"name": info.name, "installed": info.is_installed(), "versions": info.versions(),
              "scenarios": list(info.scenarios), "precisions": list(info.precisions), "extra": info.extra,
-             "description": info.description}
+             "environment": info.environment, "description": info.description}
             for info in FRAMEWORKS.values()
         ]
         lines = [
             f"{item['name']:<16} {'installed' if item['installed'] else 'missing  '}  {item['description']}"
             + (f" ({', '.join(f'{k} {v}' for k, v in item['versions'].items())})" if item["versions"] else "")
+            + (f" (`dlarena env setup {item['environment']}`)" if item["environment"] and not item["installed"]
+               else "")
             for item in items
         ]
     elif args.what == "workloads":
