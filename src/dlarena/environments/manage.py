@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import dlarena
+from dlarena.data.cache import size_on_disk
 from dlarena.environments import ENVIRONMENTS, EnvironmentSpec, environment_spec
 from dlarena.errors import DlarenaError
 
@@ -171,16 +172,6 @@ packages = {d.metadata["Name"]: d.version for d in metadata.distributions() if d
 print(json.dumps({"python": platform.python_version(), "numpy": numpy.__version__, "packages": packages,
                   "executable": sys.executable}))
 """
-
-
-def size_on_disk(path: Path) -> int:
-    total = 0
-    for root, _, files in os.walk(path):
-        for file in files:
-            full = Path(root) / file
-            if not full.is_symlink():
-                total += full.stat().st_size
-    return total
 
 
 def setup(name: str, report: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
