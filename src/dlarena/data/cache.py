@@ -22,10 +22,15 @@ def data_home(home: Path | None = None) -> Path:
         return Path(home)
     if os.environ.get(DATA_ENV):
         return Path(os.environ[DATA_ENV]).expanduser()
+    return cache_base() / "data"
+
+
+def cache_base() -> Path:
+    """dlarena's cache folder: ``$XDG_CACHE_HOME/dlarena``, else ``~/.cache/dlarena``."""
     xdg = os.environ.get(XDG_CACHE_ENV)
     # The specification says a relative $XDG_CACHE_HOME is invalid and must be ignored.
     base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / XDG_CACHE_DEFAULT
-    return base / "dlarena" / "data"
+    return base / "dlarena"
 
 
 def dataset_folder(name: str, home: Path | None = None) -> Path:

@@ -24,12 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import dlarena
-from dlarena.data.cache import size_on_disk
+from dlarena.data.cache import cache_base, size_on_disk
 from dlarena.environments import ENVIRONMENTS, EnvironmentSpec, environment_spec
 from dlarena.errors import DlarenaError
 
 ENVS_VARIABLE = "DLARENA_ENVS"  # moves the environments' folder (tests, CI, a larger disk)
-XDG_CACHE_VARIABLE = "XDG_CACHE_HOME"
 RECORD_FILE = "environment.json"
 RECORD_SCHEMA = 1
 WORKER_PATH = "worker-path"  # holds only a link to dlarena's package: the worker's PYTHONPATH
@@ -51,9 +50,7 @@ def environments_home() -> Path:
     """``$DLARENA_ENVS``, else ``$XDG_CACHE_HOME/dlarena/envs``, else ``~/.cache/dlarena/envs``."""
     if os.environ.get(ENVS_VARIABLE):
         return Path(os.environ[ENVS_VARIABLE]).expanduser()
-    xdg = os.environ.get(XDG_CACHE_VARIABLE)
-    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
-    return base / "dlarena" / "envs"
+    return cache_base() / "envs"
 
 
 def pin_hash(spec: EnvironmentSpec) -> str:

@@ -18,10 +18,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from dlarena.data.cache import cache_base
 from dlarena.store.database import Store, StoreError
 
 RECORD_VARIABLE = "DLARENA_VERDICTS"
-XDG_CACHE_VARIABLE = "XDG_CACHE_HOME"
 RECORD_NAME = "verifications.db"
 
 Key = tuple[str, str, str | None]  # framework, workload, framework version
@@ -32,9 +32,7 @@ def record_path() -> Path:
     (the XDG Base Directory specification's place for non-essential files, as the data cache)."""
     if os.environ.get(RECORD_VARIABLE):
         return Path(os.environ[RECORD_VARIABLE]).expanduser()
-    xdg = os.environ.get(XDG_CACHE_VARIABLE)
-    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
-    return base / "dlarena" / RECORD_NAME
+    return cache_base() / RECORD_NAME
 
 
 def open_record(create: bool) -> Store | None:
