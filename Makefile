@@ -26,9 +26,18 @@ demo: $(VENV)/.demo-installed
 	$(BIN)/dlarena report --output results/report.md
 	$(BIN)/dlarena export --format csv --output results/quick.csv
 
+# The worker runner (src/dlarena_runner) runs in every managed environment, on the oldest interpreter a
+# framework needs: CNTK's Python 3.6, named once as dlarena_runner.MINIMUM_PYTHON. vermin fails the build
+# on any syntax or library call newer than that; --eval-annotations because Python 3.6 evaluates the
+# runner's annotations, and `X | Y` types are found only with the union-types feature.
+RUNNER := src/dlarena_runner
+RUNNER_MIN_PYTHON = $(shell $(BIN)/python -c 'import dlarena_runner as r; print("%d.%d" % r.MINIMUM_PYTHON)')
+VERMIN := $(BIN)/vermin --no-config-file --no-tips --violations --eval-annotations --feature union-types
+
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
+	$(VERMIN) --target=$(RUNNER_MIN_PYTHON)- $(RUNNER)
 
 # The managed environments of the frameworks that cannot share .venv (Theano, Lasagne, Keras 2, MXNet,
 # Gluon, Chainer; PaddlePaddle): the conformance tests run them there. A present environment is kept.
@@ -36,8 +45,12 @@ envs: $(VENV)/.test-installed
 	$(BIN)/dlarena env setup legacy paddle
 
 # pytest exits with 5 when it collects no test: a suite that tests nothing must not pass as green.
+# Most tests wait on one single-threaded worker process: one test process per core (pytest-xdist, at
+# most MAX_TEST_PROCESSES: each may hold a framework worker of 1-3 GB) keeps the cores busy, and
+# loadgroup keeps the tests of one module-scoped fixture in one process (tests/ marks them).
+MAX_TEST_PROCESSES := 4
 test: $(VENV)/.test-installed lint envs
-	$(BIN)/python -m pytest -q; status=$$?; \
+	$(BIN)/python -m pytest -q -n auto --maxprocesses $(MAX_TEST_PROCESSES) --dist loadgroup; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$status
 
 clean:

@@ -51,6 +51,7 @@ from dlarena.plan.cell import (
     DEFAULT_WARMUP_STEPS,
 )
 from dlarena.worker import fix_malloc_thresholds, limit_threads
+from dlarena_runner.resources import cpu_seconds
 
 # The most dlarena's harness may add to a hand-written loop's median step time (issue 4: the harness
 # adds no overhead; 2% is the tolerance within which "none" is claimed).
@@ -387,12 +388,6 @@ HAND_LOOPS: dict[str, Callable[[HandNet, int, int], Loop]] = {
 }
 
 
-def _cpu_seconds() -> float:
-    """Process CPU time, all threads, as dlarena's timing loop reads it."""
-    times = os.times()
-    return times.user + times.system
-
-
 def run_hand(framework: str, workload: str, batch: int, threads: int, min_time_s: float) -> dict[str, Any]:
     """Build one hand-written loop and time it as dlarena's worker times a cell with the default
     ``Measurement`` and ``min_time_s`` (the same stopping rule; no resource sampler thread)."""
@@ -409,7 +404,7 @@ def run_hand(framework: str, workload: str, batch: int, threads: int, min_time_s
         step()
         sync()
     samples: list[float] = []
-    cpu_start, loop_start = _cpu_seconds(), clock()
+    cpu_start, loop_start = cpu_seconds(), clock()  # as dlarena's timing loop reads it
     while len(samples) < DEFAULT_MAX_STEPS:
         start = clock()
         step()
@@ -418,7 +413,7 @@ def run_hand(framework: str, workload: str, batch: int, threads: int, min_time_s
         samples.append(end - start)
         if len(samples) >= DEFAULT_MIN_STEPS and end - loop_start >= min(min_time_s, DEFAULT_MAX_TIME_S):
             break
-    loop_cpu_s = _cpu_seconds() - cpu_start
+    loop_cpu_s = cpu_seconds() - cpu_start
     return {
         "status": "ok", "framework": framework, "workload": workload, "batch_size": batch, "params": params,
         "threads": framework_threads, "affinity": affinity, "first_step_s": first_step_s, "samples_s": samples,

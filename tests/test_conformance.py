@@ -49,6 +49,9 @@ MANAGED_VERIFIED_WORKLOADS = [*QUICK_WORKLOADS, "karmanov-gru-small", "mnist-cnn
 THEANO_COMPILED = {name for name, info in FRAMEWORKS.items() if "theano" in info.imports}
 THEANO_VERIFIED_WORKLOADS = ["fcn5-small", "karmanov-cnn-small", "mnist-cnn-small"]
 MANAGED = [name for name in INSTALLED if FRAMEWORKS[name].environment is not None]
+# Under pytest-xdist (`make test`), the tests of one module-scoped fixture run in one test process, so
+# that the fixture is built once; the other tests spread over both processes.
+VERIFY_GROUP = pytest.mark.xdist_group("conformance-verify")
 
 
 def verified_workloads(framework: str) -> list[str]:
@@ -159,6 +162,7 @@ def test_verified_networks_cover_every_layer_of_the_quick_suite() -> None:
 
 
 @pytest.mark.slow
+@VERIFY_GROUP
 @pytest.mark.parametrize(("framework", "workload"), VERIFIED_PAIRS)
 def test_same_network_same_numbers(verdicts: dict[tuple[str, str], PairCheck], framework: str, workload: str) -> None:
     _needs(framework)
@@ -209,6 +213,7 @@ def trained() -> dict[str, StoredResult]:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("conformance-training")
 @pytest.mark.parametrize("framework", REAL)
 def test_same_data_same_training(trained: dict[str, StoredResult], framework: str) -> None:
     _needs(framework)
@@ -247,6 +252,7 @@ def _known_bug(framework: str, version: str | None, workload: str) -> str | None
 
 
 @pytest.mark.slow
+@VERIFY_GROUP
 def test_framework_bugs_found_are_known(verdicts: dict[tuple[str, str], PairCheck]) -> None:
     found = {(check.framework, check.workload) for check in verdicts.values() if check.framework_bugs}
     expected = {(check.framework, check.workload) for check in verdicts.values()

@@ -27,6 +27,9 @@ from dlarena.report.export import tidy
 from dlarena.report.markdown import denormals_note, render
 from dlarena.store.database import Store
 
+# Its module-scoped runs are built once: under pytest-xdist its tests stay in one test process.
+pytestmark = pytest.mark.xdist_group("denormal-runs")
+
 SUITE = """
 name = "denormals"
 frameworks = ["fault-none"]

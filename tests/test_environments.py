@@ -100,6 +100,27 @@ def test_identity_enters_the_versions_that_key_a_cell(empty_home: Path) -> None:
     assert cell.key("c", first) != cell.key("c", info.versions())
 
 
+def test_a_launch_links_both_worker_packages_to_this_checkout_and_relinks_a_moved_one(
+        empty_home: Path, tmp_path: Path) -> None:
+    import dlarena
+    import dlarena_runner
+
+    spec = ENVIRONMENTS["legacy"]
+    _write_record(spec, "1.23.5")
+    _, variables = manage.launch(spec.name)
+    worker_path = Path(variables["PYTHONPATH"])
+    packages = {module.__name__: Path(module.__file__ or "").resolve().parent for module in (dlarena, dlarena_runner)}
+    assert sorted(path.name for path in worker_path.iterdir()) == sorted(packages)
+    for name, package in packages.items():
+        assert (worker_path / name).resolve() == package
+    moved = tmp_path / "an-older-checkout"  # the runner's link left pointing where a checkout used to be
+    moved.mkdir()
+    (worker_path / "dlarena_runner").unlink()
+    (worker_path / "dlarena_runner").symlink_to(moved, target_is_directory=True)
+    manage.launch(spec.name)
+    assert (worker_path / "dlarena_runner").resolve() == packages["dlarena_runner"]
+
+
 def test_list_shows_older_pins_and_remove_deletes_every_folder(empty_home: Path) -> None:
     stale = empty_home / "legacy-000000000000"
     stale.mkdir()

@@ -26,6 +26,9 @@ from dlarena.measure.compare import MIN_PROCESSES
 from dlarena.plan.cell import Cell
 from dlarena.store.database import PlannedCell, Store, StoredResult
 
+# Its module-scoped runs are built once: under pytest-xdist its tests stay in one test process.
+pytestmark = pytest.mark.xdist_group("report-runs")
+
 ENVIRONMENT = {"cpu_model": "test cpu", "cores": 2, "memory_bytes": 1 << 30, "os": "Linux", "python": "3.11"}
 VERSION = "1.0"
 # Each process's steps spread symmetrically around its own median, and the process medians around the

@@ -6,8 +6,8 @@ import mmap
 import time
 
 from dlarena.measure.peak import probe
-from dlarena.measure.resources import peak_rss_bytes
-from dlarena.measure.sampler import ResourceSampler
+from dlarena_runner.resources import peak_rss_bytes
+from dlarena_runner.sampler import ResourceSampler
 
 MIB = 1 << 20
 # Bound on waiting for the sampler thread's first sample: only reached if the thread never samples.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from dlarena.measure.stats import summarise
-from dlarena.measure.timing import run_timed
 from dlarena.plan.cell import Measurement
+from dlarena_runner.timing import run_timed
 
 
 class FakeDevice:

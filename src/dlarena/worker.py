@@ -17,12 +17,11 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from dlarena.plan.cell import Cell
+from dlarena_runner.record import write_result
 
 if TYPE_CHECKING:
     from dlarena.frameworks.base import Backend, StepRequest
-    from dlarena.measure.sampler import ResourceSampler
-
-RESULT_SCHEMA = 1
+    from dlarena_runner.sampler import ResourceSampler
 
 # Variables read at import time by the thread pools of the BLAS and OpenMP runtimes that frameworks
 # link against, and by TensorFlow. Setting them is necessary but not sufficient (see DEVELOPERS.md):
@@ -208,10 +207,10 @@ def measure_cell(cell: Cell) -> dict[str, Any]:
     from dlarena.frameworks import denormals
     from dlarena.frameworks.base import StepRequest, Unavailable, Unsupported
     from dlarena.frameworks.registry import framework_info, load_backend
-    from dlarena.measure.resources import peak_rss_bytes
     from dlarena.spec.catalogue import get_workload
+    from dlarena_runner.resources import peak_rss_bytes
 
-    result: dict[str, Any] = {"schema": RESULT_SCHEMA, "cell": cell.to_dict(), "status": "failed"}
+    result: dict[str, Any] = {"cell": cell.to_dict(), "status": "failed"}
     try:
         workload = get_workload(cell.workload)
         if cell.scenario not in framework_info(cell.framework).scenarios:
@@ -239,7 +238,7 @@ def measure_cell(cell: Cell) -> dict[str, Any]:
 
 def _sampler(cell: Cell) -> ResourceSampler | None:
     """The resource sampler the cell asks for, or None when its interval is 0 (sampling off)."""
-    from dlarena.measure.sampler import ResourceSampler
+    from dlarena_runner.sampler import ResourceSampler
 
     interval = cell.measurement.sample_interval_s
     return ResourceSampler(interval, _gpu_index(cell.device)) if interval > 0 else None
@@ -249,8 +248,8 @@ def time_cell(cell: Cell, backend: Backend, request: StepRequest, result: dict[s
     """The train and infer scenarios: build, warm up and time steps on a synthetic batch.
 
     ``result`` is filled as the cell goes, so that a failure while stepping keeps its build figures."""
-    from dlarena.measure.resources import current_rss_bytes
-    from dlarena.measure.timing import run_timed
+    from dlarena_runner.resources import current_rss_bytes
+    from dlarena_runner.timing import run_timed
 
     start = time.perf_counter()
     runner = backend.prepare(request)
@@ -285,9 +284,9 @@ def train_cell(cell: Cell, backend: Backend, request: StepRequest, result: dict[
     """The accuracy scenario: load the real data, train from the shared starting weights, test."""
     from dlarena.data import load_dataset
     from dlarena.frameworks.base import Unsupported
-    from dlarena.measure.resources import current_rss_bytes
     from dlarena.measure.training import train_to_accuracy
     from dlarena.spec.weights import initial_weights
+    from dlarena_runner.resources import current_rss_bytes
 
     workload = request.workload
     plan = workload.training
@@ -376,8 +375,7 @@ def verify_cell(cell: Cell, folder: str, workloads: list[str] | None = None) -> 
     from dlarena.frameworks.registry import load_backend
 
     names = workloads or [cell.workload]
-    result: dict[str, Any] = {"schema": RESULT_SCHEMA, "cell": cell.to_dict(), "status": "failed",
-                              "workloads": {}}
+    result: dict[str, Any] = {"cell": cell.to_dict(), "status": "failed", "workloads": {}}
     os.makedirs(folder, exist_ok=True)
     progress_path = os.path.join(folder, VERIFY_PROGRESS_FILE)
     try:
@@ -483,14 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     result["environment"] = environment_record()
     result["malloc"] = malloc
     result["compile_cache"] = compile_cache
-    text = json.dumps(result)
-    if args.out:
-        partial = args.out + ".partial"
-        with open(partial, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(partial, args.out)  # the orchestrator never reads a half-written result
-    else:
-        print(text)
+    write_result(result, args.out)
     return 0
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import dlarena
+import dlarena_runner
 from dlarena.data.cache import cache_base, size_on_disk
 from dlarena.environments import ENVIRONMENTS, EnvironmentSpec, environment_spec
 from dlarena.errors import DlarenaError
@@ -31,7 +32,10 @@ from dlarena.errors import DlarenaError
 ENVS_VARIABLE = "DLARENA_ENVS"  # moves the environments' folder (tests, CI, a larger disk)
 RECORD_FILE = "environment.json"
 RECORD_SCHEMA = 1
-WORKER_PATH = "worker-path"  # holds only a link to dlarena's package: the worker's PYTHONPATH
+WORKER_PATH = "worker-path"  # holds only links to dlarena's packages: the worker's PYTHONPATH
+# The packages a worker imports, linked into worker-path: dlarena_runner (Python 3.6+, see its docstring)
+# and, until the worker side moves behind it, the whole of dlarena.
+WORKER_PACKAGES = (dlarena, dlarena_runner)
 # Set for every worker in a managed environment: its identity, stored with each result.
 IDENTITY_VARIABLE = "DLARENA_ENVIRONMENT"
 PIN_HASH_LENGTH = 12
@@ -103,19 +107,27 @@ def _pyenv_interpreters(major: int, minor: int) -> list[Path]:
     return [path for path in found if path.exists()]
 
 
+def interpreter(major: int, minor: int) -> str | None:
+    """An interpreter of Python ``major.minor``: this one, one on PATH, or one of pyenv's; None if none."""
+    candidates: list[str] = []
+    if sys.version_info[:2] == (major, minor):
+        candidates.append(getattr(sys, "_base_executable", sys.executable))
+    on_path = shutil.which(f"python{major}.{minor}")
+    if on_path:
+        candidates.append(on_path)
+    candidates += [str(path) for path in _pyenv_interpreters(major, minor)]
+    for candidate in candidates:
+        if _version_of(candidate) == (major, minor):
+            return candidate
+    return None
+
+
 def find_interpreter(spec: EnvironmentSpec) -> str:
     """The newest interpreter in the environment's range: this one, one on PATH, or one of pyenv's."""
     for major, minor in spec.python_versions():
-        candidates: list[str] = []
-        if sys.version_info[:2] == (major, minor):
-            candidates.append(getattr(sys, "_base_executable", sys.executable))
-        on_path = shutil.which(f"python{major}.{minor}")
-        if on_path:
-            candidates.append(on_path)
-        candidates += [str(path) for path in _pyenv_interpreters(major, minor)]
-        for candidate in candidates:
-            if _version_of(candidate) == (major, minor):
-                return candidate
+        found = interpreter(major, minor)
+        if found is not None:
+            return found
     wanted = " to ".join(dict.fromkeys(f"{major}.{minor}" for major, minor in spec.python))
     raise EnvironmentError_(
         f"environment {spec.name} needs Python {wanted}, and no such interpreter is on PATH or in pyenv; "
@@ -148,17 +160,19 @@ def _installer(python: Path) -> list[str]:
 
 
 def _link_worker(target: Path) -> Path:
-    """``target/worker-path/dlarena`` -> this dlarena's package (relinked when it moved)."""
-    package = Path(dlarena.__file__).resolve().parent
+    """``target/worker-path/dlarena`` and ``.../dlarena_runner`` -> this checkout's packages (each
+    relinked when it moved)."""
     path = target / WORKER_PATH
     path.mkdir(exist_ok=True)
-    link = path / "dlarena"
-    if link.is_symlink() and Path(os.readlink(link)) == package:
-        return path
-    temporary = path / f"dlarena.{os.getpid()}.tmp"
-    temporary.unlink(missing_ok=True)
-    temporary.symlink_to(package, target_is_directory=True)
-    os.replace(temporary, link)  # atomic: a worker starting now sees the old link or the new one
+    for module in WORKER_PACKAGES:
+        package = Path(str(module.__file__)).resolve().parent
+        link = path / module.__name__
+        if link.is_symlink() and Path(os.readlink(link)) == package:
+            continue
+        temporary = path / f"{module.__name__}.{os.getpid()}.tmp"
+        temporary.unlink(missing_ok=True)
+        temporary.symlink_to(package, target_is_directory=True)
+        os.replace(temporary, link)  # atomic: a worker starting now sees the old link or the new one
     return path
 
 

@@ -8,7 +8,6 @@ handling (indexing the arrays), training steps and testing are timed apart.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -16,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+
+from dlarena_runner.resources import cpu_seconds
 
 Clock = Callable[[], float]
 
@@ -103,11 +104,6 @@ def predict_all(trainer: Trainable, inputs: np.ndarray, batch_size: int) -> np.n
     return np.concatenate(parts)
 
 
-def _cpu_seconds() -> float:
-    times = os.times()
-    return times.user + times.system
-
-
 def train_to_accuracy(
     trainer: Trainable,
     train: tuple[np.ndarray, np.ndarray],
@@ -127,7 +123,7 @@ def train_to_accuracy(
     run = TrainingRun(target_accuracy=target_accuracy)
     with steady or nullcontext():
         for epoch in range(1, epochs + 1):
-            cpu_start = _cpu_seconds()
+            cpu_start = cpu_seconds()
             order = epoch_order(len(inputs), seed, epoch)
             train_s = data_s = 0.0
             losses = []
@@ -145,7 +141,7 @@ def train_to_accuracy(
                     run.first_step_s = step_s
                 else:
                     run.samples_s.append(step_s)
-            run.loop_cpu_s += _cpu_seconds() - cpu_start
+            run.loop_cpu_s += cpu_seconds() - cpu_start
             run.loop_wall_s += train_s + data_s
             loss = float(np.mean([float(value) for value in losses]))  # may wait for the device: after timing
             start = clock()

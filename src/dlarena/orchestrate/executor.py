@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from dlarena.measure.resources import current_rss_bytes
 from dlarena.plan.cell import Cell
+from dlarena_runner.resources import current_rss_bytes
 
 # How much of the worker's output to keep: the end of a traceback, or of a crash report.
 OUTPUT_TAIL_BYTES = 8192

@@ -26,7 +26,7 @@ from dlarena.report.units import format_bytes
 from dlarena.spec.catalogue import get_workload
 from dlarena.store.database import PlannedCell, Store, StoredResult, cell_state
 from dlarena.wording import counted
-from dlarena.worker import RESULT_SCHEMA
+from dlarena_runner.record import RESULT_SCHEMA
 
 STATUSES: tuple[str, ...] = (
     "ok", "failed", "timeout", "oom", "unsupported", "unavailable", "mismatch", "interrupted",

@@ -1,19 +1,20 @@
 """Resources sampled beside the timed loop: resident memory, and on a GPU its use, power and memory.
 
-A daemon thread wakes every ``Measurement.sample_interval_s`` (10 Hz by default) and reads counters
-that cost microseconds (a line of /proc, an NVML query), so that the steps it runs beside are not
-slowed beyond noise; ``benchmarks/sampler_overhead.py`` measures this. Stdlib only, NVML through ``pynvml`` where it
-is installed (package ``nvidia-ml-py``).
+A daemon thread wakes every ``interval_s`` (the cell's ``Measurement.sample_interval_s``) and reads
+counters that cost microseconds (a line of /proc, an NVML query), so that the steps it runs beside are
+not slowed beyond noise; ``benchmarks/sampler_overhead.py`` measures this. Stdlib only and Python 3.6+
+(see the package's docstring), NVML through ``pynvml`` where it is installed (package
+``nvidia-ml-py``).
 """
-
-from __future__ import annotations
 
 import threading
 from types import TracebackType
-from typing import Any
+from typing import Any, Dict, List, Optional, Tuple, Type
 
-from dlarena.measure.resources import current_rss_bytes
-from dlarena.plan.cell import DEFAULT_SAMPLE_INTERVAL_S
+from dlarena_runner.resources import current_rss_bytes
+
+# One GPU reading: utilisation in percent, power in watts, device memory used in bytes.
+GpuReading = Tuple[float, float, int]
 
 
 class _Nvml:
@@ -26,8 +27,7 @@ class _Nvml:
         self.nvml = pynvml
         self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
 
-    def read(self) -> tuple[float, float, int]:
-        """Utilisation in percent, power in watts, device memory used in bytes."""
+    def read(self) -> GpuReading:
         utilisation = self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu
         power = self.nvml.nvmlDeviceGetPowerUsage(self.handle) / 1000.0  # milliwatts
         memory = self.nvml.nvmlDeviceGetMemoryInfo(self.handle).used
@@ -35,14 +35,17 @@ class _Nvml:
 
 
 class ResourceSampler:
-    """``with ResourceSampler(): <timed loop>``, then ``report()``."""
+    """``with ResourceSampler(interval_s): <timed loop>``, then ``report()``.
 
-    def __init__(self, interval_s: float = DEFAULT_SAMPLE_INTERVAL_S, gpu_index: int | None = None) -> None:
+    The interval has no default here: the one default is the cell's (``plan.cell.Measurement``).
+    """
+
+    def __init__(self, interval_s: float, gpu_index: Optional[int] = None) -> None:
         self.interval_s = interval_s
-        self.rss: list[int] = []
-        self.gpu: list[tuple[float, float, int]] = []
+        self.rss: List[int] = []
+        self.gpu: List[GpuReading] = []
         self.gpu_message = ""
-        self._nvml: _Nvml | None = None
+        self._nvml: Optional[_Nvml] = None
         if gpu_index is not None:
             try:
                 self._nvml = _Nvml(gpu_index)
@@ -60,20 +63,23 @@ class ResourceSampler:
         while not self._stop.wait(self.interval_s):
             self._sample()
 
-    def __enter__(self) -> ResourceSampler:
+    def __enter__(self) -> "ResourceSampler":
         self._sample()
         self._thread.start()
         return self
 
     def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None,
+        self,
+        kind: Optional[Type[BaseException]],
+        error: Optional[BaseException],
+        trace: Optional[TracebackType],
     ) -> None:
         self._stop.set()
         self._thread.join()
         self._sample()
 
-    def report(self) -> dict[str, Any]:
-        report: dict[str, Any] = {"interval_s": self.interval_s, "samples": len(self.rss)}
+    def report(self) -> Dict[str, Any]:
+        report: Dict[str, Any] = {"interval_s": self.interval_s, "samples": len(self.rss)}
         if self.rss:
             report.update(rss_start_bytes=self.rss[0], rss_end_bytes=self.rss[-1], rss_peak_bytes=max(self.rss),
                           memory_growth_bytes=self.rss[-1] - self.rss[0])

@@ -1,29 +1,27 @@
 """The timed loop: warm up, then step until both a minimum count and a minimum duration are reached.
 
-Stdlib only: this runs inside the worker next to the framework, and must not add work to a step.
+Stdlib only and Python 3.6+ (see the package's docstring): this runs inside the worker next to the
+framework, and must not add work to a step.
 """
 
-from __future__ import annotations
-
-import os
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
-from typing import Any
+from contextlib import ExitStack
+from typing import Any, Callable, ContextManager, List, Optional
 
-from dlarena.plan.cell import Measurement
+from dlarena_runner.resources import cpu_seconds
 
 Clock = Callable[[], float]
 
 
-@dataclass
 class Timings:
-    first_step_s: float = 0.0  # the first call: compilation, JIT, tracing, allocator growth
-    warmup_s: list[float] = field(default_factory=list)
-    samples_s: list[float] = field(default_factory=list)  # steady state, one per step
-    loop_wall_s: float = 0.0
-    loop_cpu_s: float = 0.0  # process CPU time (all threads) during the steady-state loop
+    """What the loop measured, in seconds."""
+
+    def __init__(self) -> None:
+        self.first_step_s = 0.0  # the first call: compilation, JIT, tracing, allocator growth
+        self.warmup_s: List[float] = []
+        self.samples_s: List[float] = []  # steady state, one per step
+        self.loop_wall_s = 0.0
+        self.loop_cpu_s = 0.0  # process CPU time (all threads) during the steady-state loop
 
     @property
     def cores_used(self) -> float:
@@ -31,21 +29,18 @@ class Timings:
         return self.loop_cpu_s / self.loop_wall_s if self.loop_wall_s > 0 else 0.0
 
 
-def _cpu_seconds() -> float:
-    times = os.times()
-    return times.user + times.system
-
-
 def run_timed(
     step: Callable[[], None],
     sync: Callable[[], None],
-    settings: Measurement,
+    settings: Any,
     clock: Clock = time.perf_counter,
-    steady: AbstractContextManager[Any] | None = None,
+    steady: Optional[ContextManager[Any]] = None,
 ) -> Timings:
     """Time ``step`` as ``settings`` says, reading the clock only after ``sync``.
 
-    ``steady`` is entered around the steady-state loop alone (a resource sampler).
+    ``settings`` is any object with ``warmup_steps``, ``min_steps``, ``max_steps``, ``min_time_s``
+    and ``max_time_s`` (the host's ``plan.cell.Measurement``, or its JSON read back in an old
+    interpreter). ``steady`` is entered around the steady-state loop alone (a resource sampler).
     """
     timings = Timings()
     sync()
@@ -61,8 +56,10 @@ def run_timed(
         timings.warmup_s.append(clock() - start)
 
     samples = timings.samples_s
-    with steady or nullcontext():
-        cpu_start, loop_start = _cpu_seconds(), clock()
+    with ExitStack() as context:  # contextlib.nullcontext is Python 3.7+
+        if steady is not None:
+            context.enter_context(steady)
+        cpu_start, loop_start = cpu_seconds(), clock()
         elapsed = 0.0
         while len(samples) < settings.max_steps:
             start = clock()
@@ -75,5 +72,5 @@ def run_timed(
             if enough or (len(samples) >= settings.min_steps and elapsed >= settings.max_time_s):
                 break
         timings.loop_wall_s = elapsed
-        timings.loop_cpu_s = _cpu_seconds() - cpu_start
+        timings.loop_cpu_s = cpu_seconds() - cpu_start
     return timings

@@ -1,9 +1,9 @@
-"""Process resources read from the kernel (stdlib only; runs inside the worker)."""
+"""Process resources read from the kernel (stdlib only, Python 3.6+; runs inside the worker)."""
 
-from __future__ import annotations
-
+import os
 import resource
 import sys
+from typing import Union
 
 # ru_maxrss is in kilobytes on Linux and in bytes on macOS (getrusage(2) on each system).
 _MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
@@ -20,7 +20,7 @@ def peak_rss_bytes() -> int:
     return max(own, children) * _MAXRSS_UNIT
 
 
-def current_rss_bytes(pid: int | str = "self") -> int:
+def current_rss_bytes(pid: Union[int, str] = "self") -> int:
     """Resident set size of a process (this one by default) now, from /proc (0 where it is absent or gone)."""
     try:
         with open(f"/proc/{pid}/statm") as statm:
@@ -28,3 +28,9 @@ def current_rss_bytes(pid: int | str = "self") -> int:
     except (OSError, ValueError, IndexError):
         return 0
     return pages * resource.getpagesize()
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process so far, user and system, all its threads (not its children)."""
+    times = os.times()
+    return times.user + times.system
