@@ -1,29 +1,37 @@
-"""ONNX Runtime (``onnxruntime``): the network exported to ONNX, run by an ``InferenceSession``.
+"""ONNX Runtime (``onnxruntime``): the network written as an ONNX graph, run by an ``InferenceSession``.
 
 Only a worker process imports this module, after it has set thread limits and CPU affinity.
 The ONNX graph is written directly from the spec with ``onnx.helper`` (no exporter in between), the
-canonical weights become its initializers, and ``onnx.checker`` validates it with strict shape
-inference. The session runs on the CPU execution provider with every graph optimisation on
-(constant folding, Conv+BatchNorm+ReLU and MatMul+Add fusions, layout transformations), the way
-ONNX Runtime's performance guide recommends for inference. ONNX Runtime computes no gradients, so
-the framework runs the ``infer`` scenario only.
+weights are its initializers, and ``onnx.checker`` validates it with strict shape inference. The
+session runs on the CPU execution provider (or CUDA's) with every graph optimisation on (constant
+folding, Conv+BatchNorm+ReLU and MatMul+Add fusions, layout transformations), the way ONNX Runtime's
+performance guide recommends for inference. ONNX Runtime computes no gradients, so the framework runs
+the ``infer`` scenario only. The kernel (kernel.py) supplies the starting weights, the batch, the
+layouts and the runners.
+
+ONNX Runtime takes weights only as initializers inside the model it loads, so the model's bindings
+point into NumPy arrays this module keeps, one per initializer in ONNX's layout (a binding is the
+initializer and an index into it: a recurrent layer's ``W`` and ``R`` have a leading directions axis,
+its ``B`` holds the input and the recurrent bias): ``write`` stores into them and drops the session,
+and the session is (re)built from them on first use. The kernel loads the weights and then places
+the batch (``device_batch``), which builds the session: a runner's session is made while the cell
+is built, as before, never in a timed step.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
-from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported, require, require_check_precision
-from dlarena.frameworks.layout import GRU_CANONICAL, GRU_KERAS, LSTM_CANONICAL, LSTM_ONNX, reorder_gates
-from dlarena.spec import Network, Recipe, Workload
+from dlarena.frameworks import kernel, layout
+from dlarena.frameworks.base import Parity, Unavailable, Unsupported, require_check_precision
+from dlarena.spec import Network, Workload
 from dlarena.spec.layers import (
     GRU,
     LSTM,
@@ -41,11 +49,9 @@ from dlarena.spec.layers import (
     MaxPool2D,
     Residual,
     Shape,
+    pair,
 )
-from dlarena.spec.weights import ParamSpec, parameter_specs
-
-DEVICES: tuple[str, ...] = ("cpu", "cuda")
-SCENARIOS: tuple[str, ...] = ("infer",)
+from dlarena.spec.weights import parameter_specs
 
 # ONNX opset 21 with IR version 10 (both introduced by onnx 1.16): every operator used here has a
 # CPU and a CUDA kernel in onnxruntime 1.31, whose supported opsets go well beyond 21.
@@ -75,12 +81,9 @@ ALLOW_SPINNING = "0"
 LOG_SEVERITY_ERROR = 3
 
 _ACTIVATIONS: dict[str, str] = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}
-_BIAS_ROLES = frozenset({"bias", "input_bias", "recurrent_bias"})
-_NUMPY_TO_ONNX: dict[type[np.generic], int] = {np.float32: TensorProto.FLOAT, np.int64: TensorProto.INT64}
 
-
-def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else value
+# Where a canonical parameter lives: an initializer and the index of its part (``()``: all of it).
+Slot = tuple[str, tuple[int | slice, ...]]
 
 
 def _is_recurrent(layer: Layer | None) -> bool:
@@ -89,40 +92,6 @@ def _is_recurrent(layer: Layer | None) -> bool:
 
 # --------------------------------------------------------------------------------------------------
 # Spec -> ONNX graph
-
-ToCanonical = Callable[[dict[str, np.ndarray]], np.ndarray]
-
-
-@dataclass(frozen=True)
-class Binding:
-    """Where a canonical parameter lives in the ONNX model: a function of its initializers."""
-
-    name: str
-    to_canonical: ToCanonical
-
-
-def _initializer_value(initializer: str) -> ToCanonical:
-    def read(arrays: dict[str, np.ndarray]) -> np.ndarray:
-        return arrays[initializer]
-
-    return read
-
-
-def _recurrent_kernel_value(initializer: str, onnx_gates: str, canonical_gates: str) -> ToCanonical:
-    """ONNX ``W``/``R`` ``[1, G*H, n]`` (ONNX gate order) -> canonical ``(n, G*H)``."""
-    def read(arrays: dict[str, np.ndarray]) -> np.ndarray:
-        return reorder_gates(arrays[initializer][0].T, onnx_gates, canonical_gates)
-
-    return read
-
-
-def _recurrent_bias_value(initializer: str, half: int, onnx_gates: str, canonical_gates: str) -> ToCanonical:
-    """Half ``half`` of ONNX ``B`` ``[1, 2*G*H]`` (input bias, recurrent bias) -> canonical ``(G*H,)``."""
-    def read(arrays: dict[str, np.ndarray]) -> np.ndarray:
-        size = arrays[initializer].shape[1] // 2
-        return reorder_gates(arrays[initializer][0, half * size:(half + 1) * size], onnx_gates, canonical_gates)
-
-    return read
 
 
 @dataclass(frozen=True)
@@ -134,16 +103,14 @@ class Value:
 
 
 class GraphBuilder:
-    """Writes the nodes and initializers for one network and its weights into ``graph`` in place.
+    """Writes the nodes of one network into ``graph``; its initializers' values go to ``values``
+    (zeros until the kernel loads weights) and each canonical parameter's place to ``handles``."""
 
-    Large initializers are appended to the graph of the final model directly: protobuf copies a
-    message on every ``make_graph``/``make_model``, which cost seconds for the published FCNs.
-    """
-
-    def __init__(self, weights: dict[str, np.ndarray], graph: onnx.GraphProto) -> None:
-        self.weights = weights
-        self.graph = graph
-        self.bindings: list[Binding] = []
+    def __init__(self, network: Network, dtype: np.dtype[Any], graph: onnx.GraphProto) -> None:
+        self.graph, self.dtype = graph, dtype
+        self.shapes = {spec.name: spec.shape for spec in parameter_specs(network)}
+        self.values: dict[str, np.ndarray] = {}
+        self.handles: dict[str, Slot] = {}
         self._names: set[str] = set()
         self._axes: dict[int, str] = {}
 
@@ -156,20 +123,15 @@ class GraphBuilder:
         return name
 
     def constant(self, hint: str, array: np.ndarray) -> str:
-        """An initializer that holds no parameter (running statistics, axes, frozen zeros)."""
+        """An initializer (running statistics, axes, frozen zeros, or a parameter's storage)."""
         name = self._unique(hint)
-        array = np.ascontiguousarray(array)
-        tensor = self.graph.initializer.add()
-        tensor.name = name
-        tensor.data_type = _NUMPY_TO_ONNX[array.dtype.type]
-        tensor.dims.extend(array.shape)
-        tensor.raw_data = array.tobytes()
+        self.values[name] = array
         return name
 
     def parameter(self, canonical: str) -> str:
-        """A canonical parameter stored as it is (dense and conv kernels, biases, BN, tables)."""
-        name = self.constant(canonical, self.weights[canonical])
-        self.bindings.append(Binding(canonical, _initializer_value(name)))
+        """A canonical parameter stored whole in the canonical layout (kernels, biases, BN, tables)."""
+        name = self.constant(canonical, np.zeros(self.shapes[canonical], self.dtype))
+        self.handles[canonical] = (name, ())
         return name
 
     def node(self, op: str, inputs: list[str], hint: str, outputs: int = 1, **attributes: Any) -> list[str]:
@@ -218,11 +180,9 @@ class GraphBuilder:
             inputs = [x, self.parameter(f"{path}.kernel")]
             if layer.bias:
                 inputs.append(self.parameter(f"{path}.bias"))
-            (kh, kw), (ph, pw) = _pair(layer.kernel), _pair(layer.padding)
-            return Value(self.op(
-                "Conv", inputs, path, kernel_shape=[kh, kw], strides=list(_pair(layer.stride)),
-                pads=[ph, pw, ph, pw],
-            ))
+            (kh, kw), (ph, pw) = pair(layer.kernel), pair(layer.padding)
+            return Value(self.op("Conv", inputs, path, kernel_shape=[kh, kw], strides=list(pair(layer.stride)),
+                                 pads=[ph, pw, ph, pw]))
         if isinstance(layer, MaxPool2D | AvgPool2D):
             return Value(self._pool(layer, x, path))
         if isinstance(layer, GlobalAvgPool2D):
@@ -232,8 +192,8 @@ class GraphBuilder:
             channels = shape[0]
             inputs = [
                 x, self.parameter(f"{path}.gamma"), self.parameter(f"{path}.beta"),
-                self.constant(f"{path}.running_mean", np.zeros(channels, np.float32)),
-                self.constant(f"{path}.running_var", np.ones(channels, np.float32)),
+                self.constant(f"{path}.running_mean", np.zeros(channels, self.dtype)),
+                self.constant(f"{path}.running_var", np.ones(channels, self.dtype)),
             ]
             return Value(self.op("BatchNormalization", inputs, path, epsilon=layer.eps))
         if isinstance(layer, Flatten):
@@ -251,26 +211,27 @@ class GraphBuilder:
         raise Unsupported(f"the ONNX Runtime backend has no translation for the layer type {type(layer).__name__}")
 
     def _dense(self, layer: Dense, value: Value, shape: Shape, path: str) -> Value:
-        kernel = self.parameter(f"{path}.kernel")
+        kernel_name = self.parameter(f"{path}.kernel")
         bias = self.parameter(f"{path}.bias") if layer.bias else None
         if len(shape) == 1 and bias is not None:
-            return Value(self.op("Gemm", [value.name, kernel, bias], path))
+            return Value(self.op("Gemm", [value.name, kernel_name, bias], path))
         # Sequences: MatMul over the last axis (either major order), then the bias broadcast.
-        out = self.op("MatMul", [value.name, kernel], path)
+        out = self.op("MatMul", [value.name, kernel_name], path)
         if bias is not None:
             out = self.op("Add", [out, bias], path)
         return Value(out, value.time_major)
 
     def _pool(self, layer: MaxPool2D | AvgPool2D, x: str, path: str) -> str:
-        kernel = _pair(layer.kernel)
-        stride = _pair(layer.stride if layer.stride is not None else layer.kernel)
-        ph, pw = _pair(layer.padding)
-        if ph >= kernel[0] or pw >= kernel[1]:  # PoolAttributes refuses such a node at session creation
+        kernel_size = pair(layer.kernel)
+        stride = pair(layer.stride if layer.stride is not None else layer.kernel)
+        ph, pw = pair(layer.padding)
+        if ph >= kernel_size[0] or pw >= kernel_size[1]:  # PoolAttributes refuses such a node at session creation
             raise Unsupported(
                 f"ONNX pooling needs padding smaller than the kernel; {type(layer).__name__} has kernel "
                 f"{layer.kernel} and padding {layer.padding}"
             )
-        attributes: dict[str, Any] = {"kernel_shape": list(kernel), "strides": list(stride), "pads": [ph, pw, ph, pw]}
+        attributes: dict[str, Any] = {"kernel_shape": list(kernel_size), "strides": list(stride),
+                                      "pads": [ph, pw, ph, pw]}
         if isinstance(layer, MaxPool2D):
             # ONNX max pooling takes the maximum over the window's cells inside the input: padding
             # never wins, as the spec's minus infinity.
@@ -286,37 +247,27 @@ class GraphBuilder:
 
     def _recurrent(self, layer: LSTM | GRU, value: Value, path: str, keep_time_major: bool) -> Value:
         """One ONNX LSTM or GRU node per stacked layer, time-major: ONNX Runtime's CPU kernels
-        reject the batch-first ``layout=1``."""
+        reject the batch-first ``layout=1``. ``W``, ``R`` are ``(1, G*H, n)`` (one direction) and
+        ``B`` is ``(1, 2*G*H)``: the input bias, then the recurrent bias."""
         x = self.time_major(value, path).name
         lstm = isinstance(layer, LSTM)
         op = "LSTM" if lstm else "GRU"
-        onnx_gates = LSTM_ONNX if lstm else GRU_KERAS  # ONNX GRU gates are z, r, h
-        canonical_gates = LSTM_CANONICAL if lstm else GRU_CANONICAL
         attributes: dict[str, Any] = {"hidden_size": layer.hidden}
         if not lstm:
             attributes["linear_before_reset"] = 1  # the spec's reset-after GRU
+        rows = layer.gates * layer.hidden
         for k in range(layer.layers):
             sub = f"{path}.layer{k}"
             inputs = [x]
             for role, onnx_name in (("input_kernel", "W"), ("recurrent_kernel", "R")):
-                canonical = f"{sub}.{role}"
-                kernel = reorder_gates(self.weights[canonical], canonical_gates, onnx_gates).T[None]
-                inputs.append(self.constant(f"{sub}.{onnx_name}", kernel))
-                read = _recurrent_kernel_value(inputs[-1], onnx_gates, canonical_gates)
-                self.bindings.append(Binding(canonical, read))
-            # ONNX's B is (input bias, recurrent bias); the spec's LSTM has one bias per gate, so
-            # its recurrent half is a frozen zero.
-            halves = [f"{sub}.bias", None] if lstm else [f"{sub}.input_bias", f"{sub}.recurrent_bias"]
-            parts = [
-                reorder_gates(self.weights[half], canonical_gates, onnx_gates) if half is not None
-                else np.zeros(layer.gates * layer.hidden, np.float32)
-                for half in halves
-            ]
-            inputs.append(self.constant(f"{sub}.B", np.concatenate(parts)[None]))
+                columns = self.shapes[f"{sub}.{role}"][0]
+                inputs.append(self.constant(f"{sub}.{onnx_name}", np.zeros((1, rows, columns), self.dtype)))
+                self.handles[f"{sub}.{role}"] = (inputs[-1], (0,))
+            # The spec's LSTM has one bias per gate, so the recurrent half of its B is a frozen zero.
+            inputs.append(self.constant(f"{sub}.B", np.zeros((1, 2 * rows), self.dtype)))
+            halves = [f"{sub}.bias"] if lstm else [f"{sub}.input_bias", f"{sub}.recurrent_bias"]
             for index, half in enumerate(halves):
-                if half is not None:
-                    read = _recurrent_bias_value(inputs[-1], index, onnx_gates, canonical_gates)
-                    self.bindings.append(Binding(half, read))
+                self.handles[half] = (inputs[-1], (0, slice(index * rows, (index + 1) * rows)))
             if k == layer.layers - 1 and not layer.return_sequences:
                 # Y_h (1, N, H) is the last step's output; Y (T, 1, N, H) is left out.
                 state = self._unique(f"{sub}/{op}:h")
@@ -334,181 +285,149 @@ class GraphBuilder:
         return self._axes[axis]
 
 
-@dataclass(frozen=True)
-class Exported:
-    """An ONNX model, its serialised form (what sessions load) and where its parameters are."""
-
-    model: onnx.ModelProto
-    serialized: bytes
-    bindings: list[Binding]
-
-
-def build_model(network: Network, weights: dict[str, np.ndarray], batch: int | str) -> Exported:
-    """The network as a validated ONNX model mapping ``inputs`` to ``logits``."""
-    total_bytes = sum(value.nbytes for value in weights.values())
-    if total_bytes >= PROTOBUF_LIMIT_BYTES:
-        raise Unsupported(
-            f"the ONNX model would hold {total_bytes / 2**30:.1f} GiB of weights, over protobuf's 2 GiB; "
-            "this backend keeps weights inside the model"
-        )
-    model = onnx.ModelProto()
-    model.ir_version = IR_VERSION
-    model.producer_name = "dlarena"
+def _new_model(name: str) -> onnx.ModelProto:
+    model = onnx.ModelProto(ir_version=IR_VERSION, producer_name="dlarena")
     model.opset_import.append(helper.make_opsetid("", OPSET))
-    graph = model.graph
-    graph.name = "dlarena"
-    builder = GraphBuilder(weights, graph)
-    out = builder.sequence(network.layers, Value(INPUT_NAME), network.input_shape, "")
-    out = builder.batch_major(out, "output")
-    graph.node.append(helper.make_node("Identity", [out.name], [OUTPUT_NAME], name=OUTPUT_NAME))
-    input_type = TensorProto.INT64 if network.input_kind == "tokens" else TensorProto.FLOAT
-    graph.input.append(helper.make_tensor_value_info(INPUT_NAME, input_type, [batch, *network.input_shape]))
-    graph.output.append(
-        helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [batch, *network.output_shape])
-    )
-    serialized = model.SerializeToString()
-    # Strict shape inference also proves that the declared output shape is the one computed.
-    onnx.checker.check_model(serialized, full_check=True)
-    return Exported(model, serialized, builder.bindings)
+    model.graph.name = name
+    return model
 
 
-def read_weights(exported: Exported) -> dict[str, np.ndarray]:
-    """The canonical weights, read back from the model's initializers."""
-    arrays = {tensor.name: numpy_helper.to_array(tensor) for tensor in exported.model.graph.initializer}
-    return {binding.name: np.array(binding.to_canonical(arrays), dtype=np.float32) for binding in exported.bindings}
-
-
-def count_params(exported: Exported) -> int:
-    """Parameters in the model (frozen zeros, running statistics and constants are not)."""
-    return sum(value.size for value in read_weights(exported).values())
-
-
-# --------------------------------------------------------------------------------------------------
-# Initialisation and data
-
-
-def _fans(spec: ParamSpec) -> tuple[int, int]:
-    """Fan-in and fan-out as PyTorch computes them for the same tensor."""
-    shape = spec.shape
-    if spec.role == "kernel" and len(shape) == 4:
-        receptive = shape[2] * shape[3]
-        return shape[1] * receptive, shape[0] * receptive
-    if spec.role == "table":
-        return shape[1], shape[0]  # torch's (vocab, dim) weight reads as (out, in)
-    return shape[0], shape[1]  # dense (in, out), recurrent (in, G*H)
-
-
-def initial_weights(network: Network, recipe: Recipe, seed: int) -> dict[str, np.ndarray]:
-    """Canonical weights drawn as the recipe says: the same distributions as the torch backend.
-
-    Batch norm starts at gamma 1, beta 0; ``uniform`` covers every other parameter, biases included;
-    ``glorot_uniform`` and ``he_normal`` (fan-in, ReLU gain) draw kernels and tables and zero the
-    biases. ONNX has no initialisers of its own, so ``framework_default`` draws Glorot-uniform kernels.
-    """
-    rng = np.random.default_rng(seed)
-    init = recipe.init
-
-    def uniform(limit: float, shape: Shape) -> np.ndarray:
-        # Drawn in float32 directly: float64 draws and a cast take seconds for the published FCNs.
-        value = rng.random(shape, dtype=np.float32)
-        value *= np.float32(2 * limit)
-        value -= np.float32(limit)
-        return value
-
-    weights: dict[str, np.ndarray] = {}
-    for spec in parameter_specs(network):
-        if spec.role == "gamma":
-            value = np.ones(spec.shape, np.float32)
-        elif spec.role == "beta":
-            value = np.zeros(spec.shape, np.float32)
-        elif init.name == "uniform":
-            value = uniform(init.scale, spec.shape)
-        elif spec.role in _BIAS_ROLES:
-            value = np.zeros(spec.shape, np.float32)
-        elif init.name == "he_normal":
-            value = rng.standard_normal(spec.shape, dtype=np.float32)
-            value *= np.float32(math.sqrt(2.0 / _fans(spec)[0]))
-        elif init.name in ("glorot_uniform", "framework_default"):
-            fan_in, fan_out = _fans(spec)
-            value = uniform(math.sqrt(6.0 / (fan_in + fan_out)), spec.shape)
-        else:
-            raise Unsupported(f"the ONNX Runtime backend does not know the initialisation {init.name!r}")
-        weights[spec.name] = value
-    return weights
-
-
-def synthetic_inputs(network: Network, batch_size: int, seed: int) -> np.ndarray:
-    """Inputs made once from a seeded generator (inference needs no labels)."""
-    rng = np.random.default_rng(seed)
-    shape = (batch_size, *network.input_shape)
-    if network.input_kind == "tokens":
-        return rng.integers(0, network.vocab, shape, dtype=np.int64)
-    return rng.standard_normal(shape, dtype=np.float32)
-
-
-# --------------------------------------------------------------------------------------------------
-# Sessions
-
-
-@dataclass(frozen=True)
-class Device:
-    name: str  # "cpu" or "cuda"
-    providers: list[Any]  # for InferenceSession: names or (name, options)
-    ort_device: str  # OrtValue device type
-    device_id: int = 0
-
-
-def _session(exported: Exported, options: Any, device: Device) -> Any:
-    session = ort.InferenceSession(exported.serialized, sess_options=options, providers=device.providers)
+def _session(serialized: bytes, options: Any, device: str) -> Any:
+    providers: list[Any] = [(CUDA_PROVIDER, {"device_id": 0}), CPU_PROVIDER] if device == "cuda" else [CPU_PROVIDER]
+    session = ort.InferenceSession(serialized, sess_options=options, providers=providers)
     # A CUDA provider whose libraries fail to load falls back to the CPU with only a log line.
-    if device.name == "cuda" and CUDA_PROVIDER not in session.get_providers():
+    if device == "cuda" and CUDA_PROVIDER not in session.get_providers():
         raise Unavailable(f"onnxruntime {ort.__version__} could not start its {CUDA_PROVIDER} (CUDA or cuDNN missing?)")
     return session
 
 
 # --------------------------------------------------------------------------------------------------
-# Runner
+# The kernel's Model
 
 
-class InferRunner:
-    """One step is ``run_with_iobinding`` on pre-bound input and output buffers.
+class Model(kernel.Model):
+    """The spec's network as an ONNX graph in NCHW. Dense kernels ``(in, out)`` and convolution
+    kernels ``OIHW`` are canonical; recurrent kernels are ``(G*H, in)`` with ONNX's gate orders
+    (LSTM i, o, f, c; GRU z, r, h)."""
 
-    Binding both ends once leaves nothing per step but the run itself: no wrapping of the NumPy
-    input, no output allocation, no conversion back to NumPy (on the GPU, no host copies).
-    """
+    conventions = kernel.Conventions(recurrent_kernel="out_in", lstm_gates=layout.LSTM_ONNX,
+                                     gru_gates=layout.GRU_KERAS)
 
-    def __init__(
-        self, session: Any, exported: Exported, inputs: np.ndarray, output_shape: tuple[int, ...], device: Device
-    ) -> None:
-        self.session = session
-        self.exported = exported
-        self.device = device
-        self._image = inputs.ndim == 4
-        self.inputs = ort.OrtValue.ortvalue_from_numpy(inputs, device.ort_device, device.device_id)
-        self.output = ort.OrtValue.ortvalue_from_shape_and_type(
-            list(output_shape), np.float32, device.ort_device, device.device_id
-        )
-        self.io = session.io_binding()
-        self.io.bind_ortvalue_input(INPUT_NAME, self.inputs)
-        self.io.bind_ortvalue_output(OUTPUT_NAME, self.output)
-        self._run = session.run_with_iobinding
+    def __init__(self, workload: Workload, precision: str, device: str, batch_size: int, training: bool,
+                 *, session_options: Any) -> None:
+        super().__init__(workload, precision, device, batch_size, training)
+        network = self.network
+        weight_bytes = sum(math.prod(spec.shape) for spec in parameter_specs(network)) * self.dtype.itemsize
+        if weight_bytes >= PROTOBUF_LIMIT_BYTES:
+            raise Unsupported(
+                f"the ONNX model would hold {weight_bytes / 2**30:.1f} GiB of weights, over protobuf's 2 GiB; "
+                "this backend keeps weights inside the model"
+            )
+        self.session_options = session_options
+        self.proto = _new_model("dlarena")
+        graph = self.proto.graph
+        builder = GraphBuilder(network, self.dtype, graph)
+        out = builder.batch_major(builder.sequence(network.layers, Value(INPUT_NAME), network.input_shape, ""),
+                                  "output")
+        graph.node.append(helper.make_node("Identity", [out.name], [OUTPUT_NAME], name=OUTPUT_NAME))
+        batch: int | str = batch_size or SYMBOLIC_BATCH
+        element = helper.np_dtype_to_tensor_dtype(self.dtype)
+        inputs = TensorProto.INT64 if network.input_kind == "tokens" else element
+        graph.input.append(helper.make_tensor_value_info(INPUT_NAME, inputs, [batch, *network.input_shape]))
+        graph.output.append(helper.make_tensor_value_info(OUTPUT_NAME, element, [batch, *network.output_shape]))
+        self.values, self.handles = builder.values, builder.handles
+        self._live: Any = None  # the session over the current values; None after a write
+        self._bound: Any = None  # the input that infer_step's IO binding holds
+        self._io: Any = None
+        self._output: Any = None
+        self._run: Any = None
 
-    def step(self) -> None:
-        self._run(self.io)
+    def _session(self) -> Any:
+        """The session over the current values, built after the last write: the model is serialised
+        with the values as initializers (which are then dropped from it: the session holds its own
+        copy) and checked with strict shape inference, which also proves the declared output shape.
+
+        Initializers are added to the final model's graph in place: protobuf copies a message on every
+        ``make_graph``/``make_model``, which cost seconds for the published FCNs."""
+        if self._live is None:
+            initializers = self.proto.graph.initializer
+            for name, value in self.values.items():
+                tensor = initializers.add()
+                tensor.name = name
+                tensor.data_type = helper.np_dtype_to_tensor_dtype(value.dtype)
+                tensor.dims.extend(value.shape)
+                tensor.raw_data = value.tobytes()
+            serialized = self.proto.SerializeToString()
+            del initializers[:]
+            onnx.checker.check_model(serialized, full_check=True)
+            self._live = _session(serialized, self.session_options, self.device)
+        return self._live
+
+    # ---- the kernel's contract
+
+    def bindings(self) -> list[kernel.Binding]:
+        return self.bind(self.handles)
+
+    def read(self, handle: Slot) -> np.ndarray:
+        name, index = handle
+        return self.values[name][index].copy()
+
+    def write(self, handle: Slot, value: np.ndarray) -> None:
+        name, index = handle
+        self.values[name][index] = value
+        self._live = self._bound = None  # the next use builds a session over the new values
+
+    def device_batch(self, array: np.ndarray) -> Any:
+        """An OrtValue on the session's device. The session is built here if a write made it stale:
+        the kernel places the batch right after loading the weights, so the runner's session is
+        made while the cell is built, and a device ONNX Runtime cannot start is found before a step."""
+        self._session()
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
+
+    def logits(self, inputs: Any) -> np.ndarray:
+        session = self._session()
+        io = session.io_binding()
+        io.bind_ortvalue_input(INPUT_NAME, inputs)
+        io.bind_output(OUTPUT_NAME, "cpu")
+        session.run_with_iobinding(io)
+        return np.asarray(io.copy_outputs_to_cpu()[0])
+
+    def infer_step(self, inputs: Any) -> Any:
+        """``run_with_iobinding`` on input and output buffers bound once: nothing per step but the run
+        itself (no wrapping of the NumPy input, no output allocation, no conversion back to NumPy; on
+        the GPU, no host copies)."""
+        if inputs is not self._bound:
+            session = self._session()
+            self._output = ort.OrtValue.ortvalue_from_shape_and_type(
+                [inputs.shape()[0], *self.network.output_shape], self.dtype, self.device, 0)
+            self._io = session.io_binding()
+            self._io.bind_ortvalue_input(INPUT_NAME, inputs)
+            self._io.bind_ortvalue_output(OUTPUT_NAME, self._output)
+            self._run, self._bound = session.run_with_iobinding, inputs
+        self._run(self._io)
+        return self._output
+
+    def gradients(self, inputs: Any, labels: Any) -> tuple[float, dict[str, np.ndarray]]:
+        raise Unsupported("ONNX Runtime computes no gradients")
+
+    def train_step(self, inputs: Any, labels: Any) -> Any:
+        raise Unsupported("ONNX Runtime runs inference only; it has no 'train' scenario (no gradients, no optimizers)")
 
     def sync(self) -> None:
         # A CPU run is synchronous; a CUDA run synchronises its stream before it returns unless
         # told otherwise, and synchronize_outputs makes that explicit at no cost.
-        if self.device.name == "cuda":
-            self.io.synchronize_outputs()
+        if self.device == "cuda" and self._io is not None:
+            self._io.synchronize_outputs()
 
     def trainable_params(self) -> int:
-        return count_params(self.exported)
+        """Parameters in the model (frozen zeros, running statistics and constants are not)."""
+        return sum(int(self.values[name][index].size) for name, index in self.handles.values())
 
     def parity(self) -> Parity:
-        options = self.session.get_session_options()
+        session = self._session()
+        options = session.get_session_options()
         details: dict[str, Any] = {
-            "providers": list(self.session.get_providers()),
+            "providers": list(session.get_providers()),
             "onnxruntime": str(ort.__version__),
             "onnx": str(onnx.__version__),
             "opset": OPSET,
@@ -521,74 +440,31 @@ class InferRunner:
             "io_binding": True,
         }
         tf32 = cudnn_benchmark = None
-        if self.device.name == "cuda":
+        if self.device == "cuda":
             # Left at the provider's defaults (TF32 on, exhaustive cuDNN algorithm search) and read back.
-            cuda: dict[str, str] = dict(self.session.get_provider_options().get(CUDA_PROVIDER, {}))
+            cuda: dict[str, str] = dict(session.get_provider_options().get(CUDA_PROVIDER, {}))
             details["cuda_provider_options"] = cuda
             tf32 = cuda["use_tf32"] == "1" if "use_tf32" in cuda else None
             search = cuda.get("cudnn_conv_algo_search")
             cudnn_benchmark = search == "EXHAUSTIVE" if search is not None else None
-        return Parity(
-            threads=int(options.intra_op_num_threads),
-            dtype="float32",
-            layout="NCHW" if self._image else None,
-            execution="onnxruntime",
-            tf32=tf32,
-            cudnn_benchmark=cudnn_benchmark,
-            details=details,
-        )
-
-
-# --------------------------------------------------------------------------------------------------
-# Verification: canonical weights in and out
-
-
-class Checker:
-    """The network as an ONNX model with canonical weights; see base.Checker.
-
-    Weights live in the model's initializers, so loading builds a new model and session, and
-    exporting reads the initializers back into the canonical layouts.
-    """
-
-    def __init__(self, workload: Workload, options: Any, device: Device) -> None:
-        self.network, self.recipe = workload.network, workload.recipe
-        self.options = options
-        self.device = device
-        self._build(initial_weights(self.network, self.recipe, seed=0))
-
-    def _build(self, weights: dict[str, np.ndarray]) -> None:
-        self.exported = build_model(self.network, weights, SYMBOLIC_BATCH)
-        self.session = _session(self.exported, self.options, self.device)
-
-    def trainable_params(self) -> int:
-        return count_params(self.exported)
-
-    def load_weights(self, weights: dict[str, np.ndarray]) -> None:
-        self._build({name: np.asarray(value, np.float32) for name, value in weights.items()})
-
-    def export_weights(self) -> dict[str, np.ndarray]:
-        return read_weights(self.exported)
-
-    def forward(self, inputs: np.ndarray) -> np.ndarray:
-        dtype = np.int64 if self.network.input_kind == "tokens" else np.float32
-        (logits,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(inputs, dtype=dtype)})
-        return np.asarray(logits, dtype=np.float32)
-
-    def loss_and_gradients(self, inputs: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
-        raise Unsupported("ONNX Runtime computes no gradients")
+        return Parity(threads=int(options.intra_op_num_threads), execution="onnxruntime", tf32=tf32,
+                      cudnn_benchmark=cudnn_benchmark, details=details)
 
 
 # --------------------------------------------------------------------------------------------------
 # Backend
 
 
-class Backend:
+class Backend(kernel.KernelBackend):
     """ONNX Runtime's InferenceSession over a graph built from the spec (``onnxruntime``)."""
 
     name = "onnxruntime"
+    model_class = Model
+    devices = ("cpu", "cuda")
+    scenarios = ("infer",)
 
-    def __init__(self, threads: int) -> None:
-        self.threads = threads
+    def __init__(self, threads: int, **options: Any) -> None:
+        super().__init__(threads, **options)
         self.flush = False  # flush subnormals to zero (flush_denormals), in every session's options
         ort.set_default_logger_severity(LOG_SEVERITY_ERROR)
 
@@ -609,6 +485,20 @@ class Backend:
             options.add_session_config_entry(DENORMAL_AS_ZERO, "1")
         return options
 
+    def build(self, workload: Workload, precision: str, device: str, batch_size: int, training: bool) -> Model:
+        return Model(workload, precision, self._device(device), batch_size, training,
+                     session_options=self.session_options(), **self.options)
+
+    def _device(self, device: str) -> str:
+        if device == "cuda" and CUDA_PROVIDER not in ort.get_available_providers():
+            raise Unavailable(f"this onnxruntime {ort.__version__} has no {CUDA_PROVIDER}")
+        return super()._device(device)
+
+    def checker(self, workload: Workload, device: str, precision: str = "float32") -> kernel.KernelChecker:
+        # Inference only: the float64 pass of verify exists for gradients, which ONNX Runtime lacks.
+        require_check_precision(precision, "ONNX Runtime", ("float32",))
+        return super().checker(workload, device, precision)
+
     def flush_denormals(self) -> str:
         # Each session's thread pool takes it from its options; the calling thread only from the
         # process's first session (measured here: a later session's setting left it as the first
@@ -618,46 +508,12 @@ class Backend:
 
     def denormal_product(self, a: np.ndarray, b: np.ndarray, device: str) -> np.ndarray:
         """A one-node MatMul graph in a session with the cell's options, after the cell's session."""
-        where = self._device(device)
-        model = onnx.ModelProto(ir_version=IR_VERSION, producer_name="dlarena")
-        model.opset_import.append(helper.make_opsetid("", OPSET))
-        model.graph.name = "denormal_probe"
+        model = _new_model("denormal_probe")
         model.graph.node.append(helper.make_node("MatMul", ["a", "b"], [OUTPUT_NAME]))
         model.graph.input.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(value.shape))
                                  for name, value in (("a", a), ("b", b)))
         model.graph.output.append(
             helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [a.shape[0], b.shape[1]]))
-        session = _session(Exported(model, model.SerializeToString(), []), self.session_options(), where)
+        session = _session(model.SerializeToString(), self.session_options(), self._device(device))
         (product,) = session.run([OUTPUT_NAME], {"a": a, "b": b})
         return np.asarray(product)
-
-    def _device(self, name: str) -> Device:
-        if name == "cuda":
-            if CUDA_PROVIDER not in ort.get_available_providers():
-                raise Unavailable(f"this onnxruntime {ort.__version__} has no {CUDA_PROVIDER}")
-            return Device("cuda", [(CUDA_PROVIDER, {"device_id": 0}), CPU_PROVIDER], "cuda")
-        if name == "cpu":
-            return Device("cpu", [CPU_PROVIDER], "cpu")
-        raise Unsupported(f"the ONNX Runtime backend runs on {' or '.join(DEVICES)}, not {name!r}")
-
-    def checker(self, workload: Workload, device: str, precision: str = "float32") -> Checker:
-        # Inference only: the float64 pass of verify exists for gradients, which ONNX Runtime lacks.
-        require_check_precision(precision, "ONNX Runtime", ("float32",))
-        return Checker(workload, self.session_options(), self._device(device))
-
-    def prepare(self, request: StepRequest) -> InferRunner:
-        if request.scenario not in SCENARIOS:
-            raise Unsupported(
-                f"ONNX Runtime runs inference only; it has no {request.scenario!r} scenario (no gradients, "
-                "no optimizers)"
-            )
-        require(request, "ONNX Runtime", scenarios=SCENARIOS)
-        device = self._device(request.device)
-        network = request.workload.network
-        weights = initial_weights(network, request.workload.recipe, request.seed)
-        exported = build_model(network, weights, request.batch_size)
-        session = _session(exported, self.session_options(), device)
-        inputs = synthetic_inputs(network, request.batch_size, request.seed)
-        return InferRunner(
-            session, exported, inputs, (request.batch_size, *network.output_shape), device
-        )
