@@ -12,7 +12,7 @@ from dlarena.frameworks import kernel
 from dlarena.frameworks.base import StepRequest, Unsupported
 from dlarena.spec import Network, reference
 from dlarena.spec.catalogue import get_workload
-from dlarena.spec.layers import LSTM, Activation, Conv2D, Dense, Dropout, Flatten
+from dlarena.spec.layers import LSTM, Activation, BatchNorm, Conv2D, Dense, Dropout, Flatten
 from dlarena.spec.recipe import Optimizer
 from dlarena.spec.weights import canonical_batch, canonical_weights
 
@@ -36,6 +36,17 @@ def test_channels_last_plan_makes_the_dense_see_the_same_features() -> None:
     np.testing.assert_allclose(feature_map.transpose(1, 2, 0).reshape(-1) @ converted, expected, rtol=1e-12)
     np.testing.assert_array_equal(plan["4.kernel"].to_canonical(converted), dense)
     assert plan["0.kernel"].to_framework(np.zeros((2, 3, 3, 3))).shape == (3, 3, 3, 2)  # (kh, kw, in, out)
+
+
+def test_flattens_into_dense_are_those_whose_dense_rows_the_plan_permutes() -> None:
+    """A channels-last module flattens these maps as they lie and puts every other one back in (C, H, W)."""
+    assert kernel.flattens_into_dense(_conv_net()) == {"2"}  # Flatten, Dropout, Dense
+    normalised = Network(input_shape=(3, 5, 4), input_kind="image", classes=6, layers=(
+        Conv2D(filters=2, kernel=3, padding=1), Flatten(), BatchNorm(), Dense(units=6)))
+    assert kernel.flattens_into_dense(normalised) == frozenset()  # the batch norm's features are canonical
+    assert kernel.layout_plan(normalised, NHWC)["3.kernel"].rows_chw is None
+    sequence = Network(input_shape=(4, 3), input_kind="vector", classes=2, layers=(Flatten(), Dense(units=2)))
+    assert kernel.flattens_into_dense(sequence) == frozenset()  # no (C, H, W) map: nothing to reorder
 
 
 def test_channels_first_plan_leaves_the_rows_alone_and_transposes_where_asked() -> None:

@@ -6,10 +6,11 @@ fixes its backend when it is first imported, so this module never imports keras 
 keras; every other function imports it (from ``sys.modules``, at no cost) where it needs it.
 
 The network is a functional ``keras.Model`` of Keras layers in Keras' own image layout,
-``channels_last``: the synthetic batch is made channels-last once at prepare time and canonical
-weights are converted with ``layout.py``. The optimizer, the loss and ``jit_compile="auto"`` go
-through ``model.compile``, so that Keras decides per backend whether to compile (XLA under JAX
-always; no XLA for TensorFlow on a CPU-only machine; eager for PyTorch).
+``channels_last`` (the kernel converts the batch and the canonical weights). The optimizer, the
+loss and ``jit_compile="auto"`` go through ``model.compile``, so that Keras decides per backend
+whether to compile (XLA under JAX always; no XLA for TensorFlow on a CPU-only machine; eager for
+PyTorch). The kernel (kernel.py) supplies the starting weights, the batch, the runners, the checker
+and the trainer.
 
 Training loop: Keras' own ``model.train_on_batch`` (what Karmanov and Shatnawi timed) against the
 custom step of Keras' guides "Writing a training loop from scratch" (JAX: ``stateless_call`` +
@@ -32,7 +33,7 @@ The custom step is faster on every backend (train_on_batch adds per call a metri
 tracker, the structure checks and a NumPy copy of the logs; under JAX also the copy of the whole
 state back into the Keras variables), and so is the compiled forward, or it ties (torch). Both are
 kept: ``TRAIN_LOOP`` and ``INFER_PATH`` hold the choice, ``Backend(train_loop=, infer_path=)``
-re-measures it. The accuracy scenario's ``Trainer`` runs the same two steps on real batches.
+re-measures it. The accuracy scenario's trainer and the checker's forward run the same steps.
 """
 
 from __future__ import annotations
@@ -45,37 +46,16 @@ import math
 import os
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from dlarena.frameworks import layout
-from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported, require, require_check_precision
-from dlarena.spec import Network, Recipe, Workload
-from dlarena.spec.layers import (
-    GRU,
-    LSTM,
-    Activation,
-    AvgPool2D,
-    BatchNorm,
-    Concat,
-    Conv2D,
-    Dense,
-    Dropout,
-    Embedding,
-    Flatten,
-    GlobalAvgPool2D,
-    Layer,
-    MaxPool2D,
-    Residual,
-    Shape,
-)
-from dlarena.spec.recipe import Init
-from dlarena.spec.weights import layer_params, walk
+from dlarena.frameworks import kernel, layout
+from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported
+from dlarena.spec import Network, Workload
+from dlarena.spec import layers as spec
 
 BACKENDS: tuple[str, ...] = ("jax", "torch", "tensorflow")
-DEVICES: tuple[str, ...] = ("cpu", "cuda")
 
 # Training loops: Keras' own ``model.train_on_batch``, or a custom step written as the Keras guides
 # "Writing a training loop from scratch" do for each backend. Inference: ``model.predict_on_batch``
@@ -89,8 +69,25 @@ INFER_PATH: dict[str, str] = {"jax": "custom", "torch": "custom", "tensorflow": 
 # intra-op pool of ``threads`` threads is all the parallelism a cell gets.
 TF_INTEROP_THREADS = 1
 
-# He et al.'s gain for ReLU: variance 2 / fan_in.
-HE_SCALE = 2.0
+# The recipe's weight decay is PyTorch's (coupled: wd * w added to the gradient); Keras' own
+# ``weight_decay`` is decoupled (AdamW-style). An L2 penalty of wd/2 * sum(w^2) on every parameter
+# gives PyTorch's exactly, so the field is spelled as this pseudo-keyword, which Model turns into
+# the layers' regularizers instead of an optimizer argument.
+L2_PENALTY = "l2_penalty"
+
+# Keras' SGD keeps ``v = m*v - lr*g`` where PyTorch keeps ``v = m*v + g`` and steps ``lr*v``: the
+# same updates for a constant learning rate, Nesterov included. Adadelta is PyTorch's. Keras' Adam
+# adds epsilon after the bias correction of the step size (Kingma and Ba's "epsilon hat"): in
+# PyTorch's form its eps is ``eps / sqrt(1 - beta2^t)``, 30 times larger at the first step and equal
+# in the long run, so the two differ where gradients are below about 1e-6. RMSprop: see Model.
+SPELLING: kernel.OptimizerSpelling = {
+    "sgd": ("SGD", {"lr": "learning_rate", "momentum": "momentum", "nesterov": "nesterov",
+                    "weight_decay": L2_PENALTY}),
+    "adam": ("Adam", {"lr": "learning_rate", "beta1": "beta_1", "beta2": "beta_2", "eps": "epsilon",
+                      "weight_decay": L2_PENALTY}),
+    "adadelta": ("Adadelta", {"lr": "learning_rate", "rho": "rho", "eps": "epsilon", "weight_decay": L2_PENALTY}),
+    "rmsprop": ("RMSprop", {"lr": "learning_rate", "rho": "rho", "eps": "epsilon", "weight_decay": L2_PENALTY}),
+}
 
 
 def _keras() -> Any:
@@ -100,12 +97,8 @@ def _keras() -> Any:
     return keras
 
 
-def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else value
-
-
 # --------------------------------------------------------------------------------------------------
-# Layers Keras has not
+# What Keras has not: minus-infinity padding, the recipe's loss
 
 
 @functools.cache
@@ -136,67 +129,55 @@ def _neg_inf_padding_class() -> type:
     return NegInfPadding2D
 
 
+@functools.cache
+def _cross_entropy_class() -> type:
+    keras = _keras()
+    base: Any = keras.losses.Loss
+
+    class SummedCrossEntropy(base):  # type: ignore[misc]
+        """Per sample: the softmax cross-entropy summed over its label positions, divided by
+        ``kernel.loss_divisor`` of one sample; Keras' default reduction then averages the samples,
+        which makes it the summed cross-entropy of the batch over ``loss_divisor(batch)``."""
+
+        def __init__(self, divisor: int) -> None:
+            super().__init__(name="summed_cross_entropy")
+            self.divisor = divisor
+
+        def call(self, labels: Any, logits: Any) -> Any:
+            entropy = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+            if len(entropy.shape) > 1:
+                entropy = keras.ops.sum(entropy, axis=tuple(range(1, len(entropy.shape))))
+            return entropy if self.divisor == 1 else entropy / self.divisor
+
+    return SummedCrossEntropy
+
+
 # --------------------------------------------------------------------------------------------------
 # Spec -> keras.Model
 
 
-def _initialisers(init: Init | None, kind: str) -> dict[str, Any]:
-    """Initializer arguments of one Keras layer of ``kind`` (dense, conv, embedding, recurrent).
-
-    As spec.weights.initial_weights: ``uniform`` for every parameter, biases included; ``glorot_uniform`` and
-    ``he_normal`` for kernels, recurrent kernels and embedding tables, with zero biases;
-    ``framework_default`` keeps Keras' own. Keras' ``HeNormal`` is truncated, PyTorch's
-    ``kaiming_normal_`` is not: VarianceScaling with an untruncated normal matches it. ``None`` is
-    for a model whose weights are loaded afterwards (the checker): zeros, because under JAX every
-    random initializer of a new shape costs an XLA compilation of seconds. Each call makes new
-    instances, seeded from Python's ``random``.
-    """
-    initializers = _keras().initializers
-    names = {"dense": ("kernel", "bias"), "conv": ("kernel", "bias"), "embedding": ("embeddings",),
-             "recurrent": ("kernel", "recurrent", "bias")}[kind]
-    if init is None:
-        return {f"{name}_initializer": initializers.Zeros() for name in names}
-    if init.name == "framework_default":
-        return {}
-    kwargs: dict[str, Any] = {}
-    for name in names:
-        if init.name == "uniform":
-            value = initializers.RandomUniform(-init.scale, init.scale)
-        elif name == "bias":
-            value = initializers.Zeros()
-        elif init.name == "glorot_uniform":
-            value = initializers.GlorotUniform()
-        elif init.name == "he_normal":
-            # PyTorch's fan_in of an embedding table (vocab, dim) is dim, Keras' fan_in is vocab.
-            mode = "fan_out" if kind == "embedding" else "fan_in"
-            value = initializers.VarianceScaling(HE_SCALE, mode, "untruncated_normal")
-        else:
-            raise Unsupported(f"the Keras backend does not know the initialisation {init.name!r}")
-        kwargs[f"{name}_initializer"] = value
-    return kwargs
-
-
 class _Builder:
-    """Builds a network with the functional API and remembers which Keras layer holds what.
+    """Builds a network with the functional API; ``handles`` maps each canonical parameter to
+    ``(Keras variable, row or None)``: a GRU's two biases are rows 0 and 1 of one ``(2, 3H)`` bias.
 
-    ``layers`` maps a spec path to the Keras layers holding its parameters (one per stacked layer
-    of an LSTM or GRU); ``flattened`` maps the path of a Dense or BatchNorm fed by a channels-last
-    Flatten to the ``(C, H, W)`` it flattened, whose canonical rows follow channels-first order.
-    ``dtype`` is that of float inputs; the layers take Keras' floatx.
+    Every parameter starts at zero (the kernel loads the starting weights): under JAX every random
+    initializer of a new shape would cost an XLA compilation of seconds.
     """
 
-    def __init__(self, init: Init | None, weight_decay: float, dtype: str = "float32") -> None:
+    def __init__(self, network: Network, weight_decay: float, dtype: str) -> None:
         self.keras = _keras()
-        self.init = init
         self.dtype = dtype
-        self.layers: dict[str, list[Any]] = {}
-        self.flattened: dict[str, Shape] = {}
-        # Keras' weight_decay is decoupled (AdamW-style); PyTorch's adds wd * w to the gradient,
-        # which an L2 penalty of wd/2 * sum(w^2) on every parameter gives exactly.
+        self.dense_flattens = kernel.flattens_into_dense(network)  # flattened as the map lies, (H, W, C)
+        self.handles: dict[str, tuple[Any, int | None]] = {}
+        self.norms: list[Any] = []
         self.regularizer = self.keras.regularizers.L2(weight_decay / 2) if weight_decay else None
 
-    def _regularized(self, *names: str) -> dict[str, Any]:
-        return {f"{name}_regularizer": self.regularizer for name in names} if self.regularizer else {}
+    def _arguments(self, *names: str) -> dict[str, Any]:
+        """Zero initializers, and the weight decay's regularizers, for the named parameters."""
+        arguments: dict[str, Any] = {f"{name}_initializer": "zeros" for name in names}
+        if self.regularizer:
+            arguments.update({f"{name}_regularizer": self.regularizer for name in names})
+        return arguments
 
     def model(self, network: Network) -> Any:
         keras = self.keras
@@ -207,207 +188,120 @@ class _Builder:
             inputs = keras.Input(shape=(height, width, channels), dtype=self.dtype)
         else:
             inputs = keras.Input(shape=network.input_shape, dtype=self.dtype)
-        outputs, _ = self.sequence(network.layers, inputs, network.input_shape, "", None)
+        outputs, _ = self.sequence(network.layers, inputs, network.input_shape, "", False)
         return keras.Model(inputs, outputs)
 
     def sequence(
-        self, layers: tuple[Layer, ...], x: Any, shape: Shape, prefix: str, flat: Shape | None
-    ) -> tuple[Any, Shape | None]:
+        self, layers: tuple[spec.Layer, ...], x: Any, shape: spec.Shape, prefix: str, flat: bool
+    ) -> tuple[Any, bool]:
         for index, layer in enumerate(layers):
             x, flat = self.layer(layer, x, shape, f"{prefix}{index}", flat)
             shape = layer.out_shape(shape)
         return x, flat
 
-    def layer(self, layer: Layer, x: Any, shape: Shape, path: str, flat: Shape | None) -> tuple[Any, Shape | None]:
-        """Apply ``layer`` to ``x``; ``flat`` is the (C, H, W) whose flatten ``x`` still is, if any."""
+    def layer(self, layer: spec.Layer, x: Any, shape: spec.Shape, path: str, flat: bool) -> tuple[Any, bool]:
+        """Apply ``layer`` to ``x``; ``flat``: ``x`` is still a flattened image, in channels-last order."""
         kl = self.keras.layers
-        if isinstance(layer, Residual | Concat) and flat is not None:
+        if isinstance(layer, spec.Residual | spec.Concat) and flat:
             raise Unsupported("the Keras backend cannot branch over a flattened image (channels-last order)")
-        if isinstance(layer, Dense):
-            if flat is not None:
-                self.flattened[path] = flat
-            dense = kl.Dense(layer.units, use_bias=layer.bias, **_initialisers(self.init, "dense"),
-                             **self._regularized("kernel", "bias"))
-            self.layers[path] = [dense]
-            return dense(x), None
-        if isinstance(layer, Conv2D):
-            kernel, stride, padding = _pair(layer.kernel), _pair(layer.stride), _pair(layer.padding)
-            conv_args = {"use_bias": layer.bias, **_initialisers(self.init, "conv"),
-                         **self._regularized("kernel", "bias")}
-            if stride == (1, 1) and all(2 * p == k - 1 for k, p in zip(kernel, padding, strict=True)):
+        if isinstance(layer, spec.Dense):
+            dense = kl.Dense(layer.units, use_bias=layer.bias,
+                             **self._arguments("kernel", "bias"))
+            x = dense(x)
+            self._bind(path, dense, layer.bias)
+            return x, False
+        if isinstance(layer, spec.Conv2D):
+            kernel_size, stride, padding = spec.pair(layer.kernel), spec.pair(layer.stride), spec.pair(layer.padding)
+            conv_args = {"use_bias": layer.bias, **self._arguments("kernel", "bias")}
+            if stride == (1, 1) and all(2 * p == k - 1 for k, p in zip(kernel_size, padding, strict=True)):
                 # Stride 1 and k = 2p + 1: "same" pads p on both sides, exactly the spec's padding.
-                conv = kl.Conv2D(layer.filters, kernel, strides=stride, padding="same", **conv_args)
+                conv = kl.Conv2D(layer.filters, kernel_size, strides=stride, padding="same", **conv_args)
             else:
                 if padding != (0, 0):
                     x = kl.ZeroPadding2D(padding)(x)
-                conv = kl.Conv2D(layer.filters, kernel, strides=stride, padding="valid", **conv_args)
-            self.layers[path] = [conv]
-            return conv(x), None
-        if isinstance(layer, MaxPool2D | AvgPool2D):
-            kernel, padding = _pair(layer.kernel), _pair(layer.padding)
-            stride = _pair(layer.stride if layer.stride is not None else layer.kernel)
-            if isinstance(layer, MaxPool2D):
-                if stride == (1, 1) and all(2 * p == k - 1 for k, p in zip(kernel, padding, strict=True)):
+                conv = kl.Conv2D(layer.filters, kernel_size, strides=stride, padding="valid", **conv_args)
+            x = conv(x)
+            self._bind(path, conv, layer.bias)
+            return x, False
+        if isinstance(layer, spec.MaxPool2D | spec.AvgPool2D):
+            kernel_size, padding = spec.pair(layer.kernel), spec.pair(layer.padding)
+            stride = spec.pair(layer.stride if layer.stride is not None else layer.kernel)
+            if isinstance(layer, spec.MaxPool2D):
+                if stride == (1, 1) and all(2 * p == k - 1 for k, p in zip(kernel_size, padding, strict=True)):
                     # Every backend's "same" max pool ignores the padding: the spec's minus infinity.
-                    return kl.MaxPooling2D(kernel, strides=stride, padding="same")(x), None
+                    return kl.MaxPooling2D(kernel_size, strides=stride, padding="same")(x), False
                 if padding != (0, 0):
                     x = _neg_inf_padding_class()(padding)(x)
-                return kl.MaxPooling2D(kernel, strides=stride, padding="valid")(x), None
+                return kl.MaxPooling2D(kernel_size, strides=stride, padding="valid")(x), False
             # Zeros counted in the average (count_include_pad); Keras' "same" would leave them out.
             if padding != (0, 0):
                 x = kl.ZeroPadding2D(padding)(x)
-            return kl.AveragePooling2D(kernel, strides=stride, padding="valid")(x), None
-        if isinstance(layer, GlobalAvgPool2D):
-            return kl.GlobalAveragePooling2D()(x), None
-        if isinstance(layer, BatchNorm):
-            if flat is not None:
-                self.flattened[path] = flat
+            return kl.AveragePooling2D(kernel_size, strides=stride, padding="valid")(x), False
+        if isinstance(layer, spec.GlobalAvgPool2D):
+            return kl.GlobalAveragePooling2D()(x), False
+        if isinstance(layer, spec.BatchNorm):
             # Keras' momentum is the weight of the old running statistic, the spec's of the new one.
             # Keras updates the running variance with the biased batch variance, PyTorch with the
             # unbiased one (a factor n/(n-1) in the statistic, never in the training step itself).
-            norm = kl.BatchNormalization(axis=-1, momentum=1.0 - layer.momentum, epsilon=layer.eps,
-                                         **self._regularized("gamma", "beta"))
-            self.layers[path] = [norm]
-            return norm(x), flat  # still in flattened channels-last order
-        if isinstance(layer, Activation):
+            regularizers = {f"{name}_regularizer": self.regularizer for name in ("gamma", "beta") if self.regularizer}
+            norm = kl.BatchNormalization(axis=-1, momentum=1.0 - layer.momentum, epsilon=layer.eps, **regularizers)
+            x = norm(x)
+            self.handles[f"{path}.gamma"], self.handles[f"{path}.beta"] = (norm.gamma, None), (norm.beta, None)
+            self.norms.append(norm)
+            return x, False
+        if isinstance(layer, spec.Activation):
             return kl.Activation(layer.function)(x), flat
-        if isinstance(layer, Dropout):
+        if isinstance(layer, spec.Dropout):
             return kl.Dropout(layer.rate)(x), flat
-        if isinstance(layer, Flatten):
-            return kl.Flatten()(x), shape if len(shape) == 3 else None
-        if isinstance(layer, Embedding):
-            embedding = kl.Embedding(layer.vocab, layer.dim, **_initialisers(self.init, "embedding"),
-                                     **self._regularized("embeddings"))
-            self.layers[path] = [embedding]
-            return embedding(x), None
-        if isinstance(layer, LSTM | GRU):
-            stack = []
+        if isinstance(layer, spec.Flatten):
+            if len(shape) == 3 and path not in self.dense_flattens:
+                # What follows holds its parameters in canonical feature order: (C, H, W) first.
+                return kl.Flatten()(kl.Permute((3, 1, 2))(x)), False
+            return kl.Flatten()(x), len(shape) == 3
+        if isinstance(layer, spec.Embedding):
+            embedding = kl.Embedding(layer.vocab, layer.dim, **self._arguments("embeddings"))
+            x = embedding(x)
+            self.handles[f"{path}.table"] = (embedding.embeddings, None)
+            return x, False
+        if isinstance(layer, spec.LSTM | spec.GRU):
             for k in range(layer.layers):
-                sequences = layer.return_sequences or k < layer.layers - 1
-                common = {"return_sequences": sequences, **_initialisers(self.init, "recurrent"),
-                          **self._regularized("kernel", "recurrent", "bias")}
+                common = {"return_sequences": layer.return_sequences or k < layer.layers - 1,
+                          **self._arguments("kernel", "recurrent", "bias")}
                 # Default activations (tanh, sigmoid) keep the cuDNN kernels eligible on a GPU.
-                if isinstance(layer, LSTM):
+                if isinstance(layer, spec.LSTM):
                     # One bias per gate, and the spec's forget bias starts at 0.
                     rnn = kl.LSTM(layer.hidden, unit_forget_bias=False, **common)
                 else:
                     # reset_after=True: the cuDNN / PyTorch GRU with input and recurrent biases (2, 3H).
                     rnn = kl.GRU(layer.hidden, reset_after=True, **common)
-                stack.append(rnn)
                 x = rnn(x)
-            self.layers[path] = stack
-            return x, None
-        if isinstance(layer, Residual):
-            body, _ = self.sequence(layer.body, x, shape, f"{path}.body.", None)
-            shortcut, _ = self.sequence(layer.shortcut, x, shape, f"{path}.shortcut.", None)
-            return kl.Add()([body, shortcut]), None
-        if isinstance(layer, Concat):
-            branches = [self.sequence(branch, x, shape, f"{path}.branches.{index}.", None)[0]
+                cell, name = rnn.cell, f"{path}.layer{k}"
+                self.handles[f"{name}.input_kernel"] = (cell.kernel, None)
+                self.handles[f"{name}.recurrent_kernel"] = (cell.recurrent_kernel, None)
+                if isinstance(layer, spec.LSTM):
+                    self.handles[f"{name}.bias"] = (cell.bias, None)
+                else:
+                    self.handles[f"{name}.input_bias"], self.handles[f"{name}.recurrent_bias"] = (
+                        (cell.bias, 0), (cell.bias, 1))
+            return x, False
+        if isinstance(layer, spec.Residual):
+            body, _ = self.sequence(layer.body, x, shape, f"{path}.body.", False)
+            shortcut, _ = self.sequence(layer.shortcut, x, shape, f"{path}.shortcut.", False)
+            return kl.Add()([body, shortcut]), False
+        if isinstance(layer, spec.Concat):
+            branches = [self.sequence(branch, x, shape, f"{path}.branches.{index}.", False)[0]
                         for index, branch in enumerate(layer.branches)]
-            return kl.Concatenate(axis=-1)(branches), None  # channels-last: channels are the last axis
+            return kl.Concatenate(axis=-1)(branches), False  # channels-last: channels are the last axis
         raise Unsupported(f"the Keras backend has no translation for the layer type {type(layer).__name__}")
 
-
-def make_optimizer(recipe: Recipe) -> Any:
-    """The recipe's optimizer in Keras; weight decay is an L2 penalty in the loss (see _Builder).
-
-    Keras' SGD keeps ``v = m*v - lr*g`` where PyTorch keeps ``v = m*v + g`` and steps ``lr*v``: the
-    same updates for a constant learning rate, Nesterov included. Adadelta is PyTorch's. Keras'
-    Adam adds epsilon after the bias correction of the step size (Kingma and Ba's "epsilon hat"):
-    in PyTorch's form its eps is ``eps / sqrt(1 - beta2^t)``, 30 times larger at the first step and
-    equal in the long run, so the two differ where gradients are below about 1e-6. RMSprop: see
-    below. ``global_clipnorm`` is TensorFlow's clip_by_global_norm (PyTorch's clip_grad_norm_ adds
-    1e-6 to the norm).
-    """
-    optimizers = _keras().optimizers
-    opt = recipe.optimizer
-    common = {"learning_rate": opt.lr, "global_clipnorm": recipe.grad_clip_norm}
-    if opt.name == "sgd":
-        return optimizers.SGD(momentum=opt.momentum, nesterov=opt.nesterov, **common)
-    if opt.name == "adam":
-        return optimizers.Adam(beta_1=opt.beta1, beta_2=opt.beta2, epsilon=opt.eps, **common)
-    if opt.name == "adadelta":
-        return optimizers.Adadelta(rho=opt.rho, epsilon=opt.eps, **common)
-    if opt.name == "rmsprop":
-        # Keras 3 divides by sqrt(v + eps), PyTorch (and the Keras 2 of the studies) by sqrt(v) + eps:
-        # eps squared under the root is the same floor, where eps itself would be a floor of sqrt(eps).
-        return optimizers.RMSprop(rho=opt.rho, epsilon=opt.eps**2, **common)
-    raise Unsupported(f"the Keras backend does not know the optimizer {opt.name!r}")
-
-
-@functools.cache
-def _token_sum_over_batch_class() -> type:
-    keras = _keras()
-    base: Any = keras.losses.Loss
-
-    class TokenSumOverBatch(base):  # type: ignore[misc]
-        """Per-token softmax cross-entropy summed over each sample's tokens; Keras' default
-        reduction then averages the sums over the batch."""
-
-        def call(self, labels: Any, logits: Any) -> Any:
-            per_token = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-            return keras.ops.sum(per_token, axis=-1)
-
-    return TokenSumOverBatch
-
-
-def make_loss(network: Network, recipe: Recipe) -> Any:
-    """Softmax cross-entropy on logits as a Keras loss, reduced as the recipe says.
-
-    Keras' default reduction averages the per-sample losses over every element, which is the
-    recipe's "mean" over samples or tokens. "sum_over_batch" over samples is that mean again.
-    """
-    if recipe.loss_reduction == "sum_over_batch" and network.label_kind == "token":
-        return _token_sum_over_batch_class()(name="token_sum_over_batch")
-    return _keras().losses.SparseCategoricalCrossentropy(from_logits=True)
-
-
-def _to_keras_inputs(network: Network, inputs: np.ndarray, dtype: str) -> np.ndarray:
-    """Canonical inputs (NCHW floats, or int64 token ids) in the model's layout and ``dtype``."""
-    if network.input_kind == "tokens":
-        return inputs.astype(np.int32)
-    return layout.images_channels_last(inputs.astype(dtype))
-
-
-def _input_shape(network: Network) -> Shape:
-    shape = network.input_shape
-    return (shape[1], shape[2], shape[0]) if network.input_kind == "image" and len(shape) == 3 else shape
-
-
-def synthetic_batch(network: Network, batch_size: int, seed: int) -> tuple[Any, Any]:
-    """Inputs (channels-last images) and labels made once, on the device, by keras.random."""
-    keras = _keras()
-    generator = keras.random.SeedGenerator(seed)
-    shape = (batch_size, *_input_shape(network))
-    if network.input_kind == "tokens":
-        inputs = keras.random.randint(shape, 0, network.vocab, dtype="int32", seed=generator)
-    else:
-        inputs = keras.random.normal(shape, dtype="float32", seed=generator)
-    labels = keras.random.randint(
-        (batch_size, *network.label_shape), 0, network.classes, dtype="int32", seed=generator
-    )
-    return inputs, labels
-
-
-def _count(variables: list[Any]) -> int:
-    return sum(math.prod(v.shape) for v in variables)
+    def _bind(self, path: str, owner: Any, bias: bool) -> None:
+        self.handles[f"{path}.kernel"] = (owner.kernel, None)
+        if bias:
+            self.handles[f"{path}.bias"] = (owner.bias, None)
 
 
 # --------------------------------------------------------------------------------------------------
-# Steps per backend
-
-
-@dataclass
-class _Step:
-    """A prepared step: ``run`` does the work on the batch it is given and returns the loss (train)
-    or the logits (infer) without waiting for them, ``sync`` waits for the last one, ``execution``
-    names how it runs. ``state`` is the JAX state the step keeps outside the Keras variables (see
-    _JaxState), None where the Keras variables hold the model's state."""
-
-    run: Callable[..., Any]
-    sync: Callable[[], None]
-    execution: str
-    state: _JaxState | None = None
+# The kernel's Model
 
 
 class _JaxState:
@@ -415,240 +309,326 @@ class _JaxState:
 
     A jitted custom step takes the state as arguments and returns the new state; the train step
     donates it, so that XLA updates it in place, and the arrays the Keras variables held are gone
-    after the first step. Keras' own trainer assigns the returned state back to the variables after
-    every call (part of what makes train_on_batch slower); here it stays in this holder, and the
-    Keras variables are read (``read``) or written (``write``) only where something else uses them.
+    after the first step (``donated``). Keras' own trainer assigns the returned state back to the
+    variables after every call (part of what makes train_on_batch slower); here it stays in this
+    holder, and goes back into the Keras variables (``write``) only where something else uses them.
     """
 
-    def __init__(self, model: Any, optimizer: Any = None) -> None:
-        self._model = model
-        self._optimizer = optimizer
-        self.trainable: list[Any] = []
-        self.non_trainable: list[Any] = []
-        self.slots: list[Any] = []
-        self.read()
-
-    def _variables(self) -> tuple[list[Any], list[Any], list[Any]]:
-        return (self._model.trainable_variables, self._model.non_trainable_variables,
-                self._optimizer.variables if self._optimizer is not None else [])
-
-    def read(self) -> None:
-        """Take the state from the Keras variables."""
-        self.trainable, self.non_trainable, self.slots = (
-            [v.value for v in variables] for variables in self._variables())
+    def __init__(self, variables: tuple[list[Any], ...]) -> None:
+        self.variables = variables
+        self.values: tuple[list[Any], ...] = tuple([v.value for v in group] for group in variables)
+        self.donated = False
 
     def write(self) -> None:
-        """Put the state into the Keras variables, which hold it until the next train step donates it."""
-        for variables, values in zip(self._variables(), (self.trainable, self.non_trainable, self.slots),
-                                     strict=True):
-            for variable, value in zip(variables, values, strict=True):
+        for group, values in zip(self.variables, self.values, strict=True):
+            for variable, value in zip(group, values, strict=True):
                 variable.assign(value)
 
 
-def _no_sync() -> None:
-    return None
+Step = Callable[..., Any]
 
 
-def _device_sync(backend: str, on_gpu: bool) -> Callable[[], None]:
-    """Wait for queued device work; CPU work of TensorFlow and PyTorch is done when a call returns."""
-    if not on_gpu:
-        return _no_sync
-    if backend == "torch":
+class Model(kernel.Model):
+    """The spec's network as a functional ``keras.Model``: images channels-last, kernels
+    ``(kh, kw, in, out)``, Dense and recurrent kernels ``(in, out)``, LSTM gates i, f, c, o (the
+    canonical order), GRU gates z, r, h with the two biases as the rows of one ``(2, 3H)`` bias."""
+
+    conventions = kernel.Conventions(channels_last=True, conv_kernel="hwio", gru_gates=layout.GRU_KERAS)
+
+    def __init__(self, workload: Workload, precision: str, device: str, batch_size: int, training: bool,
+                 backend: str = "jax", train_loop: str = "custom", infer_path: str = "custom") -> None:
+        super().__init__(workload, precision, device, batch_size, training)
+        keras = self.keras = _keras()
+        self.backend = backend
+        self.on_gpu = not device.startswith("cpu")
+        # A worker runs one cell (or verifies networks one after another): the device scope stays
+        # entered while its steps run, and is left at exit, before the interpreter tears down the
+        # modules its context manager needs.
+        scope = contextlib.ExitStack()
+        scope.enter_context(keras.device(device))
+        atexit.register(scope.close)
+        optimizer = self.recipe.optimizer
+        builder = _Builder(self.network, optimizer.weight_decay if training else 0.0, precision)
+        self.model = builder.model(self.network)
+        self.handles, self.norms = builder.handles, builder.norms
+        self.loss_fn = _cross_entropy_class()(kernel.loss_divisor(self.network, self.recipe, 1))
+        self.optimizer: Any = None
+        if training:
+            name, arguments = kernel.optimizer_arguments(optimizer, SPELLING, "Keras")
+            arguments.pop(L2_PENALTY)  # in the layers' regularizers (_Builder)
+            if name == "RMSprop":
+                # Keras 3 divides by sqrt(v + eps), PyTorch (and the Keras 2 of the studies) by
+                # sqrt(v) + eps: eps squared under the root is the same floor, where eps itself
+                # would be a floor of sqrt(eps).
+                arguments["epsilon"] = arguments["epsilon"] ** 2
+            # TensorFlow's clip_by_global_norm (PyTorch's clip_grad_norm_ adds 1e-6 to the norm).
+            arguments["global_clipnorm"] = self.recipe.grad_clip_norm
+            self.optimizer = getattr(keras.optimizers, name)(**arguments)
+            self.model.compile(optimizer=self.optimizer, loss=self.loss_fn, jit_compile="auto")
+        else:
+            self.model.compile(loss=self.loss_fn, jit_compile="auto")
+        self._held: _JaxState | None = None  # the JAX state while custom steps keep it (_JaxState)
+        self._last: Any = None  # the last JAX output, to wait for
+        self._gradient_fn: Any = None
+        self.infer_execution, self._infer = self._infer_step(infer_path)
+        self._train: Step | None = None
+        self.train_execution = ""
+        if training:
+            self.train_execution, self._train = self._train_step(train_loop)
+
+    # ---- the state under JAX
+
+    def _jax_state(self) -> _JaxState:
+        if self._held is None:
+            groups = [self.model.trainable_variables, self.model.non_trainable_variables]
+            if self.optimizer is not None:
+                groups.append(self.optimizer.variables)
+            self._held = _JaxState(tuple(groups))
+        return self._held
+
+    def _settle(self) -> None:
+        """Make the Keras variables current (a state a custom step donated goes back into them) and
+        drop the held state, which the next custom step reads afresh."""
+        if self._held is not None and self._held.donated:
+            self._held.write()
+        self._held = None
+
+    # ---- the steps per backend
+
+    def _train_step(self, loop: str) -> tuple[str, Step]:
+        """Keras' ``train_on_batch``, or the train step of Keras' guides "Writing a training loop from
+        scratch in JAX / TensorFlow / PyTorch": forward and loss, the backend's gradients,
+        ``optimizer.apply``. Compiled once for the first batch's shapes and dtypes."""
+        model, loss_fn, optimizer = self.model, self.loss_fn, self.optimizer
+        if loop == "train_on_batch":
+            def keras_step(x: Any, y: Any) -> Any:
+                self._settle()
+                return model.train_on_batch(x, y, return_dict=False)  # the loss as NumPy: the step has finished
+
+            return "train_on_batch", keras_step
+        if self.backend == "jax":
+            import jax
+
+            optimizer.build(model.trainable_variables)
+
+            def loss_and_state(trainable: list[Any], non_trainable: list[Any], x: Any, y: Any) -> tuple[Any, list[Any]]:
+                logits, non_trainable, penalties = model.stateless_call(
+                    trainable, non_trainable, x, training=True, return_losses=True)
+                loss = loss_fn(y, logits)
+                for penalty in penalties:
+                    loss = loss + penalty
+                return loss, non_trainable
+
+            grad_fn = jax.value_and_grad(loss_and_state, has_aux=True)
+
+            # The whole state is donated: XLA updates the parameters and optimizer slots in place.
+            @functools.partial(jax.jit, donate_argnums=0)
+            def train_step(state: tuple[list[Any], ...], x: Any, y: Any) -> tuple[Any, Any]:
+                trainable, non_trainable, slots = state
+                (loss, non_trainable), grads = grad_fn(trainable, non_trainable, x, y)
+                trainable, slots = optimizer.stateless_apply(slots, grads, trainable)
+                return loss, (trainable, non_trainable, slots)
+
+            def jax_step(x: Any, y: Any) -> Any:
+                held = self._jax_state()
+                self._last, held.values = train_step(held.values, x, y)
+                held.donated = True
+                return self._last
+
+            return "jax.jit", jax_step
+        if self.backend == "tensorflow":
+            import tensorflow as tf
+
+            variables = model.trainable_variables
+
+            @tf.function(jit_compile=bool(model.jit_compile))  # type: ignore[untyped-decorator]
+            def tf_step(x: Any, y: Any) -> Any:
+                with tf.GradientTape() as tape:
+                    loss = loss_fn(y, model(x, training=True))
+                    for penalty in model.losses:
+                        loss = loss + penalty
+                optimizer.apply(tape.gradient(loss, variables), variables)
+                return loss
+
+            return ("tf.function+xla" if model.jit_compile else "tf.function"), tf_step
         import torch
 
-        return torch.cuda.synchronize
-    import tensorflow as tf
+        weights = model.trainable_weights
 
-    return tf.test.experimental.sync_devices  # type: ignore[no-any-return]
-
-
-def _keras_train_step(model: Any, sync: Callable[[], None]) -> _Step:
-    def run(x: Any, y: Any) -> Any:
-        return model.train_on_batch(x, y, return_dict=False)  # the loss as NumPy: the step has finished
-
-    return _Step(run, sync, "train_on_batch")
-
-
-def _custom_train_step(model: Any, optimizer: Any, loss_fn: Any, sync: Callable[[], None]) -> _Step:
-    """The train step of Keras' guides "Writing a training loop from scratch in JAX / TensorFlow /
-    PyTorch": forward and loss, the backend's gradients, ``optimizer.apply``. Compiled once for the
-    first batch's shapes and dtypes; later batches of the same ones reuse it."""
-    keras = _keras()
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        optimizer.build(model.trainable_variables)
-
-        def loss_and_state(trainable: list[Any], non_trainable: list[Any], x: Any, y: Any) -> tuple[Any, list[Any]]:
-            logits, non_trainable, penalties = model.stateless_call(
-                trainable, non_trainable, x, training=True, return_losses=True
-            )
-            loss = loss_fn(y, logits)
-            for penalty in penalties:
+        def torch_step(x: Any, y: Any) -> Any:
+            loss = loss_fn(y, model(x, training=True))
+            for penalty in model.losses:
                 loss = loss + penalty
-            return loss, non_trainable
+            model.zero_grad()
+            loss.backward()
+            with torch.no_grad():
+                optimizer.apply([w.value.grad for w in weights], weights)
+            return loss.detach()  # not the autograd graph, which would live as long as the loss
 
-        grad_fn = jax.value_and_grad(loss_and_state, has_aux=True)
+        return "eager", torch_step
 
-        # The whole state is donated: XLA updates the parameters and optimizer slots in place.
-        @functools.partial(jax.jit, donate_argnums=0)
-        def train_step(state: tuple[list[Any], list[Any], list[Any]], x: Any, y: Any) -> tuple[Any, Any]:
-            trainable, non_trainable, slots = state
-            (loss, non_trainable), grads = grad_fn(trainable, non_trainable, x, y)
-            trainable, slots = optimizer.stateless_apply(slots, grads, trainable)
-            return loss, (trainable, non_trainable, slots)
+    def _infer_step(self, path: str) -> tuple[str, Step]:
+        """Keras' ``predict_on_batch``, or a forward pass in inference mode compiled the way the
+        backend compiles Keras' predict step. Under JAX it reads the state a custom train step holds."""
+        model = self.model
+        if path == "predict_on_batch":
+            def keras_forward(x: Any) -> Any:
+                self._settle()
+                return model.predict_on_batch(x)  # NumPy: the step has finished
 
-        state = _JaxState(model, optimizer)
-        last: list[Any] = [None]  # the last loss
+            return "predict_on_batch", keras_forward
+        if self.backend == "jax":
+            import jax
 
-        def run_jax(x: Any, y: Any) -> Any:
-            loss, (state.trainable, state.non_trainable, state.slots) = train_step(
-                (state.trainable, state.non_trainable, state.slots), x, y)
-            last[0] = loss
-            return loss
+            @jax.jit
+            def forward(trainable: list[Any], non_trainable: list[Any], x: Any) -> Any:
+                return model.stateless_call(trainable, non_trainable, x, training=False)[0]
 
-        def sync_jax() -> None:
-            # One XLA executable: its outputs, the loss among them, become ready together.
-            if last[0] is not None:
-                last[0].block_until_ready()
+            def jax_forward(x: Any) -> Any:
+                held = self._jax_state()
+                self._last = forward(held.values[0], held.values[1], x)
+                return self._last
 
-        return _Step(run_jax, sync_jax, "jax.jit", state)
-    if backend == "tensorflow":
-        import tensorflow as tf
+            return "jax.jit", jax_forward
+        if self.backend == "tensorflow":
+            import tensorflow as tf
 
+            @tf.function(jit_compile=bool(model.jit_compile))  # type: ignore[untyped-decorator]
+            def tf_forward(x: Any) -> Any:
+                return model(x, training=False)
+
+            return ("tf.function+xla" if model.jit_compile else "tf.function"), tf_forward
+        import torch
+
+        def torch_forward(x: Any) -> Any:
+            with torch.no_grad():
+                return model(x, training=False)
+
+        return "eager", torch_forward
+
+    # ---- the kernel's contract
+
+    def bindings(self) -> list[kernel.Binding]:
+        return self.bind(self.handles)
+
+    def read(self, handle: tuple[Any, int | None]) -> np.ndarray:
+        self._settle()
+        variable, row = handle
+        value: np.ndarray = np.array(self.keras.ops.convert_to_numpy(variable))
+        return value[row] if row is not None else value
+
+    def write(self, handle: tuple[Any, int | None], value: np.ndarray) -> None:
+        self._settle()
+        variable, row = handle
+        if row is not None:  # one row of a GRU's stacked bias: the other row stays
+            whole = np.array(self.keras.ops.convert_to_numpy(variable))
+            whole[row] = value
+            value = whole
+        variable.assign(value)
+
+    def reset_statistics(self) -> None:
+        self._settle()
+        for norm in self.norms:
+            norm.moving_mean.assign(np.zeros(norm.moving_mean.shape, norm.moving_mean.dtype))
+            norm.moving_variance.assign(np.ones(norm.moving_variance.shape, norm.moving_variance.dtype))
+
+    def device_batch(self, array: np.ndarray) -> Any:
+        """A tensor on the device: floats in the model's precision, integers (token ids, labels) int32."""
+        array = array.astype(np.int32) if array.dtype.kind in "iu" else array.astype(self.dtype, copy=False)
+        return self.keras.ops.convert_to_tensor(array)
+
+    def logits(self, inputs: Any) -> np.ndarray:
+        return np.asarray(self.keras.ops.convert_to_numpy(self._infer(inputs)))
+
+    def infer_step(self, inputs: Any) -> Any:
+        return self._infer(inputs)
+
+    def train_step(self, inputs: Any, labels: Any) -> Any:
+        if self._train is None:
+            raise RuntimeError("a Keras model built for inference has no train step")
+        return self._train(inputs, labels)
+
+    def gradients(self, inputs: Any, labels: Any) -> tuple[float, dict[str, np.ndarray]]:
+        """The backend's own autodiff of the recipe's loss through the model in inference mode."""
+        self._settle()
+        keras, model, loss_fn = self.keras, self.model, self.loss_fn
         variables = model.trainable_variables
+        if self.backend == "jax":
+            import jax
 
-        @tf.function(jit_compile=bool(model.jit_compile))  # type: ignore[untyped-decorator]
-        def tf_step(x: Any, y: Any) -> Any:
+            if self._gradient_fn is None:
+                def loss_of(trainable: list[Any], non_trainable: list[Any], x: Any, y: Any) -> Any:
+                    logits, _ = model.stateless_call(trainable, non_trainable, x, training=False)
+                    return loss_fn(y, logits)
+
+                self._gradient_fn = jax.jit(jax.value_and_grad(loss_of))
+            loss, grads = self._gradient_fn([v.value for v in variables],
+                                            [v.value for v in model.non_trainable_variables], inputs, labels)
+        elif self.backend == "tensorflow":
+            import tensorflow as tf
+
             with tf.GradientTape() as tape:
-                loss = loss_fn(y, model(x, training=True))
-                for penalty in model.losses:
-                    loss = loss + penalty
-            optimizer.apply(tape.gradient(loss, variables), variables)
-            return loss
-
-        return _Step(tf_step, sync, "tf.function+xla" if model.jit_compile else "tf.function")
-    import torch
-
-    weights = model.trainable_weights
-
-    def run_torch(x: Any, y: Any) -> Any:
-        loss = loss_fn(y, model(x, training=True))
-        for penalty in model.losses:
-            loss = loss + penalty
-        model.zero_grad()
-        loss.backward()
-        with torch.no_grad():
-            optimizer.apply([w.value.grad for w in weights], weights)
-        return loss.detach()  # not the autograd graph, which would live as long as the loss
-
-    return _Step(run_torch, sync, "eager")
-
-
-def _keras_infer_step(model: Any, sync: Callable[[], None]) -> _Step:
-    def run(x: Any) -> Any:
-        return model.predict_on_batch(x)  # NumPy: the step has finished
-
-    return _Step(run, sync, "predict_on_batch")
-
-
-def _custom_infer_step(model: Any, sync: Callable[[], None], state: _JaxState | None = None) -> _Step:
-    """A forward pass in inference mode, compiled the way the backend compiles Keras' predict step.
-
-    Under JAX it reads the model's state from ``state``: that of a custom train step, which keeps
-    it outside the Keras variables, or by default its own, read from them now."""
-    keras = _keras()
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        held = state if state is not None else _JaxState(model)
-        last: list[Any] = [None]  # the last logits
-
-        @jax.jit
-        def forward(trainable: list[Any], non_trainable: list[Any], x: Any) -> Any:
-            return model.stateless_call(trainable, non_trainable, x, training=False)[0]
-
-        def run_jax(x: Any) -> Any:
-            last[0] = forward(held.trainable, held.non_trainable, x)
-            return last[0]
-
-        def sync_jax() -> None:
-            if last[0] is not None:
-                last[0].block_until_ready()
-
-        return _Step(run_jax, sync_jax, "jax.jit", held)
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        @tf.function(jit_compile=bool(model.jit_compile))  # type: ignore[untyped-decorator]
-        def tf_forward(x: Any) -> Any:
-            return model(x, training=False)
-
-        return _Step(tf_forward, sync, "tf.function+xla" if model.jit_compile else "tf.function")
-    import torch
-
-    def run_torch(x: Any) -> Any:
-        with torch.no_grad():
-            return model(x, training=False)
-
-    return _Step(run_torch, sync, "eager")
-
-
-# --------------------------------------------------------------------------------------------------
-# Runner
-
-
-class Runner:
-    """A prepared model, its batch and its step; see base.Runner."""
-
-    def __init__(
-        self, model: Any, step: _Step, batch: tuple[Any, ...], image: bool, on_gpu: bool,
-        scope: contextlib.ExitStack,
-    ) -> None:
-        self.model = model
-        self._step = step
-        self._batch = batch  # what the step runs on: (inputs, labels) to train, (inputs,) to infer
-        self._image = image
-        self._on_gpu = on_gpu
-        self._scope = scope  # the device scope stays entered for the runner's life
-
-    def step(self) -> None:
-        self._step.run(*self._batch)
+                loss = loss_fn(labels, model(inputs, training=False))
+            grads = tape.gradient(loss, variables)
+        else:
+            model.zero_grad()
+            loss = loss_fn(labels, model(inputs, training=False))
+            loss.backward()
+            grads = [v.value.grad for v in variables]
+        by_variable = {id(v): np.zeros(v.shape, v.dtype) if g is None else np.asarray(keras.ops.convert_to_numpy(g))
+                       for v, g in zip(variables, grads, strict=True)}
+        found = {}
+        for name, (variable, row) in self.handles.items():
+            value = by_variable[id(variable)]
+            found[name] = value[row] if row is not None else value
+        return float(keras.ops.convert_to_numpy(loss)), found
 
     def sync(self) -> None:
-        self._step.sync()
+        """Wait for queued device work: JAX's outputs always (it dispatches asynchronously, on a CPU
+        too); TensorFlow's and PyTorch's CPU work is done when a call returns."""
+        if self.backend == "jax":
+            if self._last is not None:
+                self._last.block_until_ready()  # one XLA executable: its outputs become ready together
+        elif self.on_gpu and self.backend == "torch":
+            import torch
+
+            torch.cuda.synchronize()
+        elif self.on_gpu:
+            import tensorflow as tf
+
+            tf.test.experimental.sync_devices()
 
     def trainable_params(self) -> int:
-        return _count(self.model.trainable_weights)
+        return sum(math.prod(v.shape) for v in self.model.trainable_weights)
 
     def parity(self) -> Parity:
-        keras = _keras()
-        backend = keras.backend.backend()
+        keras = self.keras
+        execution = self.train_execution if self.training else self.infer_execution
         details: dict[str, Any] = {
-            "backend": backend,
+            "backend": self.backend,
             "keras_version": keras.__version__,
             "jit_compile": bool(self.model.jit_compile),  # Keras' own decision for this backend
-            "step": self._step.execution,
+            "step": execution,
             "image_data_format": keras.config.image_data_format(),
         }
+        if self.training:
+            details["predict"] = self.infer_execution  # what the accuracy scenario tests with
         threads: int | None
         tf32: bool | None = None
         cudnn_benchmark: bool | None = None
-        if backend == "jax":
+        if self.backend == "jax":
             import jax
 
             threads = len(os.sched_getaffinity(0))
             details.update(threads_source="CPU affinity (JAX has no thread setting it obeys)",
                            jax_version=jax.__version__, xla_flags=os.environ.get("XLA_FLAGS"),
                            device_kind=jax.devices()[0].device_kind)
-            if self._on_gpu:
+            if self.on_gpu:
                 # XLA's default precision for float32 dots on a GPU is TF32 unless asked otherwise.
                 precision = jax.config.jax_default_matmul_precision  # type: ignore[attr-defined]
                 tf32 = precision in (None, "default", "tensorfloat32")
                 details["matmul_precision"] = precision
-        elif backend == "tensorflow":
+        elif self.backend == "tensorflow":
             import tensorflow as tf
 
             threads = tf.config.threading.get_intra_op_parallelism_threads()
@@ -656,7 +636,7 @@ class Runner:
                            interop_threads=tf.config.threading.get_inter_op_parallelism_threads(),
                            tensorflow_version=tf.__version__,
                            onednn=os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on for x86 CPUs)"))
-            if self._on_gpu:
+            if self.on_gpu:
                 tf32 = bool(tf.config.experimental.tensor_float_32_execution_enabled())
         else:
             import torch
@@ -665,264 +645,13 @@ class Runner:
             details.update(threads_source="torch.get_num_threads",
                            interop_threads=torch.get_num_interop_threads(), torch_version=torch.__version__,
                            mkldnn=torch.backends.mkldnn.is_available())  # type: ignore[no-untyped-call]
-            if self._on_gpu:
+            if self.on_gpu:
                 tf32 = bool(torch.backends.cuda.matmul.allow_tf32)
                 cudnn_benchmark = bool(torch.backends.cudnn.benchmark)
                 details["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
-        return Parity(
-            threads=threads,
-            dtype=str(self.model.trainable_weights[0].dtype) if self.model.trainable_weights else None,
-            layout="NHWC" if self._image else None,
-            execution=self._step.execution,
-            tf32=tf32,
-            cudnn_benchmark=cudnn_benchmark,
-            details=details,
-        )
-
-
-# --------------------------------------------------------------------------------------------------
-# Verification: canonical weights in and out
-
-
-Convert = Callable[[np.ndarray], np.ndarray]
-
-
-@dataclass(frozen=True)
-class _Binding:
-    """One canonical parameter inside a Keras variable (``row``: its row of a stacked GRU bias)."""
-
-    name: str
-    variable: Any
-    row: int | None
-    to_keras: Convert
-    to_canonical: Convert
-
-
-def _same(value: np.ndarray) -> np.ndarray:
-    return value
-
-
-def _gates(source: str, target: str) -> Convert:
-    return functools.partial(layout.reorder_gates, source=source, target=target)
-
-
-def _rows(chw: Shape, inverse: bool) -> Convert:
-    def convert(value: np.ndarray) -> np.ndarray:
-        if value.ndim == 1:  # a batch norm vector over the flattened features
-            return layout.flattened_rows_channels_last(value[:, None], chw, inverse=inverse)[:, 0]
-        return layout.flattened_rows_channels_last(value, chw, inverse=inverse)
-
-    return convert
-
-
-def _bindings(network: Network, builder: _Builder) -> list[_Binding]:
-    bindings = []
-    conv_from = functools.partial(layout.conv_kernel_hwio, inverse=True)
-    gru_to, gru_from = _gates(layout.GRU_CANONICAL, layout.GRU_KERAS), _gates(layout.GRU_KERAS, layout.GRU_CANONICAL)
-    for path, layer, shape in walk(network.layers, network.input_shape):
-        keras_layers = builder.layers.get(path, [])
-        for spec in layer_params(path, layer, shape):
-            role, suffix = spec.role, spec.name[len(path) + 1:]
-            to_keras: Convert = _same
-            to_canonical: Convert = _same
-            row: int | None = None
-            if isinstance(layer, LSTM | GRU):
-                cell = keras_layers[int(suffix.split(".")[0].removeprefix("layer"))].cell
-                variable = {"input_kernel": cell.kernel, "recurrent_kernel": cell.recurrent_kernel}.get(role, cell.bias)
-                if isinstance(layer, GRU):
-                    to_keras, to_canonical = gru_to, gru_from
-                    row = {"input_bias": 0, "recurrent_bias": 1}.get(role)
-            else:
-                keras_layer = keras_layers[0]
-                attribute = {"kernel": "kernel", "bias": "bias", "gamma": "gamma", "beta": "beta",
-                             "table": "embeddings"}[role]
-                variable = getattr(keras_layer, attribute)
-                if isinstance(layer, Conv2D) and role == "kernel":
-                    to_keras, to_canonical = layout.conv_kernel_hwio, conv_from
-                elif path in builder.flattened and role != "bias":
-                    chw = builder.flattened[path]
-                    to_keras, to_canonical = _rows(chw, inverse=False), _rows(chw, inverse=True)
-            bindings.append(_Binding(spec.name, variable, row, to_keras, to_canonical))
-    return bindings
-
-
-def _norms(builder: _Builder) -> list[Any]:
-    """The model's batch norm layers, whose running statistics restart with every load."""
-    keras = _keras()
-    return [held[0] for held in builder.layers.values() if isinstance(held[0], keras.layers.BatchNormalization)]
-
-
-def _load_canonical(bindings: list[_Binding], norms: list[Any], weights: dict[str, np.ndarray], device: str) -> None:
-    """Assign canonical weights to the Keras variables; batch norm's running statistics restart at
-    mean 0, variance 1. A GRU's stacked bias takes two canonical rows: the variable is read first."""
-    keras = _keras()
-    values: dict[int, np.ndarray] = {}
-    for binding in bindings:
-        key = id(binding.variable)
-        if key not in values:
-            values[key] = np.array(keras.ops.convert_to_numpy(binding.variable))
-        converted = binding.to_keras(weights[binding.name])
-        if binding.row is None:
-            values[key] = converted
-        else:
-            values[key][binding.row] = converted
-    with keras.device(device):
-        for binding in bindings:
-            binding.variable.assign(values[id(binding.variable)])
-        for norm in norms:
-            norm.moving_mean.assign(np.zeros(norm.moving_mean.shape, norm.moving_mean.dtype))
-            norm.moving_variance.assign(np.ones(norm.moving_variance.shape, norm.moving_variance.dtype))
-
-
-class Checker:
-    """The network in inference mode with canonical weights; see base.Checker."""
-
-    def __init__(self, workload: Workload, device: str, precision: str) -> None:
-        keras = _keras()
-        self.network, self.recipe = workload.network, workload.recipe
-        self._device = device
-        self._dtype = precision
-        with keras.device(device):
-            builder = _Builder(init=None, weight_decay=0.0, dtype=precision)
-            self.model = builder.model(self.network)
-        self.bindings = _bindings(self.network, builder)
-        self.norms = _norms(builder)
-        self.loss_fn = make_loss(self.network, self.recipe)
-
-    def trainable_params(self) -> int:
-        return _count(self.model.trainable_weights)
-
-    def load_weights(self, weights: dict[str, np.ndarray]) -> None:
-        _load_canonical(self.bindings, self.norms, weights, self._device)
-
-    def _canonical(self, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """Canonical values from arrays aligned with ``model.trainable_variables``."""
-        index = {id(variable): i for i, variable in enumerate(self.model.trainable_variables)}
-        out = {}
-        for binding in self.bindings:
-            value = arrays[index[id(binding.variable)]]
-            piece = value[binding.row] if binding.row is not None else value
-            out[binding.name] = np.ascontiguousarray(binding.to_canonical(np.asarray(piece))).copy()
-        return out
-
-    def export_weights(self) -> dict[str, np.ndarray]:
-        keras = _keras()
-        return self._canonical([keras.ops.convert_to_numpy(v) for v in self.model.trainable_variables])
-
-    def forward(self, inputs: np.ndarray) -> np.ndarray:
-        keras = _keras()
-        x = _to_keras_inputs(self.network, inputs, self._dtype)
-        with keras.device(self._device):
-            if keras.backend.backend() == "jax":
-                import jax
-
-                # Eager JAX compiles every op on its own; one jit of the whole forward is far quicker.
-                forward = jax.jit(lambda trainable, non_trainable, x: self.model.stateless_call(
-                    trainable, non_trainable, x, training=False)[0])
-                logits = forward(*self._jax_state(), x)
-            else:
-                logits = self.model(x, training=False)
-        return np.asarray(keras.ops.convert_to_numpy(logits))
-
-    def _jax_state(self) -> tuple[list[Any], list[Any]]:
-        return ([v.value for v in self.model.trainable_variables],
-                [v.value for v in self.model.non_trainable_variables])
-
-    def loss_and_gradients(self, inputs: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
-        """The backend's own autodiff of the recipe's loss through the model in inference mode."""
-        keras = _keras()
-        x, y = _to_keras_inputs(self.network, inputs, self._dtype), labels.astype(np.int32)
-        model, loss_fn, variables = self.model, self.loss_fn, self.model.trainable_variables
-        backend = keras.backend.backend()
-        with keras.device(self._device):
-            if backend == "jax":
-                import jax
-
-                trainable, non_trainable = self._jax_state()
-
-                def loss_of(trainable: list[Any]) -> Any:
-                    logits, _ = model.stateless_call(trainable, non_trainable, x, training=False)
-                    return loss_fn(y, logits)
-
-                loss, grads = jax.jit(jax.value_and_grad(loss_of))(trainable)
-            elif backend == "tensorflow":
-                import tensorflow as tf
-
-                with tf.GradientTape() as tape:
-                    loss = loss_fn(y, model(x, training=False))
-                grads = tape.gradient(loss, variables)
-            else:
-                model.zero_grad()
-                x_t, y_t = keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(y)
-                loss = loss_fn(y_t, model(x_t, training=False))
-                loss.backward()
-                grads = [v.value.grad for v in variables]
-        arrays = [np.zeros(v.shape, v.dtype) if g is None else keras.ops.convert_to_numpy(g)
-                  for v, g in zip(variables, grads, strict=True)]
-        return float(keras.ops.convert_to_numpy(loss)), self._canonical(arrays)
-
-
-# --------------------------------------------------------------------------------------------------
-# Accuracy: the train step fed real batches
-
-
-class Trainer(Runner):
-    """The train runner's step fed real batches, and an inference step to test with; see base.Trainer.
-
-    Both steps are the ones the train and infer scenarios time (``TRAIN_LOOP``, ``INFER_PATH``),
-    each compiled once for the fixed batch size. Keras passes ``training`` to every call, so there
-    is no mode to switch back after ``predict``.
-    """
-
-    def __init__(
-        self, runner: Runner, infer: _Step, network: Network, bindings: list[_Binding], norms: list[Any],
-        device: str,
-    ) -> None:
-        super().__init__(runner.model, runner._step, runner._batch, runner._image, runner._on_gpu, runner._scope)
-        self._infer = infer
-        self._network = network
-        self._bindings = bindings
-        self._norms = norms
-        self._device = device
-
-    def _tensors(self, inputs: np.ndarray, labels: np.ndarray | None = None) -> tuple[Any, ...]:
-        """Canonical arrays as tensors on the device, in the dtypes of the synthetic batch the steps
-        were built for (int32 labels and token ids)."""
-        convert = _keras().ops.convert_to_tensor
-        x = convert(_to_keras_inputs(self._network, inputs, "float32"))
-        return (x,) if labels is None else (x, convert(labels.astype(np.int32)))
-
-    def load_weights(self, weights: dict[str, np.ndarray]) -> None:
-        state = self._step.state
-        if state is not None:
-            state.write()  # the Keras variables may hold arrays a step has donated since
-        _load_canonical(self._bindings, self._norms, weights, self._device)
-        if state is not None:
-            state.read()
-
-    def train_step(self, inputs: np.ndarray, labels: np.ndarray) -> Any:
-        return self._step.run(*self._tensors(inputs, labels))
-
-    def predict(self, inputs: np.ndarray) -> np.ndarray:
-        # Under JAX a custom step keeps the state outside the Keras variables (a custom forward
-        # shares the custom train step's); where only one step does, the state crosses over.
-        trained, read = self._step.state, self._infer.state
-        if read is not None and trained is None:
-            read.read()  # train_on_batch keeps the trained state in the variables
-        if trained is not None and read is None:
-            # predict_on_batch takes the state from the variables, donates it to its jitted step
-            # and puts the new arrays back: the custom train step must take those.
-            trained.write()
-            logits = self._infer.run(*self._tensors(inputs))
-            trained.read()
-        else:
-            logits = self._infer.run(*self._tensors(inputs))
-        return np.asarray(_keras().ops.convert_to_numpy(logits))
-
-    def parity(self) -> Parity:
-        parity = super().parity()
-        parity.details["predict"] = self._infer.execution
-        return parity
+        weights = self.model.trainable_weights
+        return Parity(threads=threads, dtype=str(weights[0].dtype) if weights else None, execution=execution,
+                      tf32=tf32, cudnn_benchmark=cudnn_benchmark, details=details)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -975,8 +704,11 @@ def _compute_in_float64(backend: str) -> None:
     keras.config.set_floatx("float64")
 
 
-class Backend:
+class Backend(kernel.KernelBackend):
     """Keras 3 on one backend; the backend is fixed for the process by the first keras import."""
+
+    model_class = Model
+    devices = ("cpu", "cuda")
 
     def __init__(
         self, threads: int, backend: str, train_loop: str | None = None, infer_path: str | None = None
@@ -998,6 +730,7 @@ class Backend:
         self.infer_path = infer_path or INFER_PATH[backend]
         if self.train_loop not in TRAIN_LOOPS or self.infer_path not in INFER_PATHS:
             raise ValueError(f"unknown train loop {self.train_loop!r} or inference path {self.infer_path!r}")
+        super().__init__(threads, backend=backend, train_loop=self.train_loop, infer_path=self.infer_path)
 
     def version(self) -> str:
         keras = _keras()
@@ -1017,7 +750,7 @@ class Backend:
 
         return any(device.platform == "gpu" for device in jax.devices())
 
-    def _device(self, name: str) -> str:
+    def _device(self, device: str) -> str:
         """The Keras device name for a cell's device.
 
         The torch backend gets torch's own names: under ``keras.device("cpu:0")`` it moves each new
@@ -1025,13 +758,34 @@ class Backend:
         that is no longer a leaf parameter (no gradients, and integer states fail to register).
         """
         torch_names = self.backend == "torch"
-        if name == "cuda":
+        if super()._device(device) == "cuda":
             if not self._gpu_visible():
                 raise Unavailable(f"Keras' {self.backend} backend sees no GPU")
             return "cuda" if torch_names else "gpu:0"
-        if name == "cpu":
-            return "cpu" if torch_names else "cpu:0"
-        raise Unsupported(f"the Keras backend runs on {' or '.join(DEVICES)}, not {name!r}")
+        return "cpu" if torch_names else "cpu:0"
+
+    def _seed(self, seed: int) -> None:
+        """Seed the dropout masks. Not keras.utils.set_random_seed: it imports TensorFlow whatever the
+        backend. Every Keras dropout layer built without a seed draws one from Python's random
+        module, except that the torch backend's dropout draws its masks from torch's own."""
+        random.seed(seed)
+        if self.backend == "torch":
+            import torch
+
+            torch.manual_seed(seed)
+
+    def prepare(self, request: StepRequest) -> kernel.KernelRunner:
+        self._seed(request.seed)
+        return super().prepare(request)
+
+    def trainer(self, request: StepRequest) -> kernel.KernelTrainer:
+        self._seed(request.seed)
+        return super().trainer(request)
+
+    def checker(self, workload: Workload, device: str, precision: str = "float32") -> kernel.KernelChecker:
+        if precision == "float64":
+            _compute_in_float64(self.backend)
+        return super().checker(workload, device, precision)
 
     def flush_denormals(self) -> str | None:
         """The torch backend's switch; JAX and TensorFlow have none, and flush in their own threads."""
@@ -1049,63 +803,3 @@ class Backend:
             product = keras.ops.matmul(keras.ops.convert_to_tensor(a), keras.ops.convert_to_tensor(b))
         result: np.ndarray = keras.ops.convert_to_numpy(product)
         return result
-
-    def checker(self, workload: Workload, device: str, precision: str = "float32") -> Checker:
-        require_check_precision(precision, "Keras")
-        if precision == "float64":
-            _compute_in_float64(self.backend)
-        return Checker(workload, self._device(device), precision)
-
-    def prepare(self, request: StepRequest) -> Runner:
-        return self._prepare(request)[0]
-
-    def trainer(self, request: StepRequest) -> Trainer:
-        """The train runner, fed real batches, with the infer scenario's step to test with."""
-        runner, builder = self._prepare(replace(request, scenario="train"))
-        sync = _device_sync(self.backend, request.device == "cuda")
-        # Under JAX a custom forward reads the state the custom train step holds, not a copy of it.
-        infer = self._infer_step(runner.model, sync, runner._step.state)
-        network = request.workload.network
-        return Trainer(runner, infer, network, _bindings(network, builder), _norms(builder),
-                       self._device(request.device))
-
-    def _prepare(self, request: StepRequest) -> tuple[Runner, _Builder]:
-        """The runner, and the builder that knows where each canonical parameter lives in its model."""
-        require(request, "Keras")
-        device = self._device(request.device)
-        keras = _keras()
-        network, recipe = request.workload.network, request.workload.recipe
-        # Not keras.utils.set_random_seed: it imports TensorFlow whatever the backend. Every Keras
-        # initializer and dropout layer built without a seed draws one from Python's random module,
-        # except that the torch backend's dropout without a seed draws its masks from torch's own.
-        random.seed(request.seed)
-        if self.backend == "torch":
-            import torch
-
-            torch.manual_seed(request.seed)
-        # A worker runs one cell: the device scope stays entered while its steps run, and is left
-        # at exit, before the interpreter tears down the modules its context manager needs.
-        scope = contextlib.ExitStack()
-        scope.enter_context(keras.device(device))
-        atexit.register(scope.close)
-        train = request.scenario == "train"
-        builder = _Builder(recipe.init, recipe.optimizer.weight_decay if train else 0.0)
-        model = builder.model(network)
-        optimizer, loss_fn = make_optimizer(recipe), make_loss(network, recipe)
-        model.compile(optimizer=optimizer, loss=loss_fn, jit_compile="auto")
-        inputs, labels = synthetic_batch(network, request.batch_size, request.seed)
-        on_gpu = request.device == "cuda"
-        sync = _device_sync(self.backend, on_gpu)
-        batch: tuple[Any, ...] = (inputs, labels) if train else (inputs,)
-        if not train:
-            step = self._infer_step(model, sync)
-        elif self.train_loop == "train_on_batch":
-            step = _keras_train_step(model, sync)
-        else:
-            step = _custom_train_step(model, optimizer, loss_fn, sync)
-        return Runner(model, step, batch, network.input_kind == "image", on_gpu, scope), builder
-
-    def _infer_step(self, model: Any, sync: Callable[[], None], state: _JaxState | None = None) -> _Step:
-        if self.infer_path == "predict_on_batch":
-            return _keras_infer_step(model, sync)
-        return _custom_infer_step(model, sync, state)

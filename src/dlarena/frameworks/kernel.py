@@ -120,6 +120,23 @@ def layout_plan(network: Network, conventions: Conventions) -> dict[str, ParamLa
     return plan
 
 
+def flattens_into_dense(network: Network) -> frozenset[str]:
+    """The paths of the Flattens of a ``(C, H, W)`` map whose Dense ``layout_plan`` gives channels-last
+    rows. A channels-last module flattens these as the map lies, (H, W, C); any other flattened map
+    must be put back in (C, H, W) order first, since what follows it (a batch norm, a Dense past a
+    layer that is not order-keeping) holds its parameters in canonical feature order."""
+    found: set[str] = set()
+    pending: str | None = None  # the path of a Flatten of a (C, H, W) map, waiting for its Dense
+    for path, layer, shape in walk(network.layers, network.input_shape):
+        if isinstance(layer, Flatten):
+            pending = path if len(shape) == 3 else None
+        elif isinstance(layer, Dense) and pending is not None:
+            found.add(pending)
+        if not isinstance(layer, _ORDER_KEEPING):
+            pending = None
+    return frozenset(found)
+
+
 def batch_to_framework(inputs: np.ndarray, conventions: Conventions) -> np.ndarray:
     """A canonical batch (images channels-first) in the framework's layout."""
     return layout.images_channels_last(inputs) if conventions.channels_last else inputs
