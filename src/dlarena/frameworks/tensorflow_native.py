@@ -4,12 +4,13 @@
 Only a worker process imports this module, after it has set thread limits and CPU affinity. The
 network is a tree of ``tf.Module`` objects built from the spec, the way TensorFlow's guides write a
 model without Keras; the whole train step (forward, ``tf.GradientTape``, gradient clipping and the
-update through TensorFlow's own training ops) is one ``tf.function`` with a fixed input signature, so
-it is traced once and then runs as one graph (or one XLA executable) per call.
+update through TensorFlow's own training ops) is one ``tf.function`` with a fixed input signature,
+traced once per batch shape (the timed one when the model is built) and called as a concrete
+function, so it runs as one graph (or one XLA executable) per call.
 
 Images are channels-last (NHWC) inside: TensorFlow's CPU convolutions support no other layout. The
-synthetic batch is transposed once at prepare time, the accuracy scenario's real batches as they are
-fed, and canonical weights are converted with ``layout.py``.
+kernel (kernel.py) supplies the starting weights, the batch (transposed once, not in the step), the
+layout conversions and the runners.
 """
 
 from __future__ import annotations
@@ -18,14 +19,13 @@ import contextlib
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from dlarena.frameworks import layout
-from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported, require, require_check_precision
-from dlarena.spec import Init, Network, Optimizer, Recipe, Workload
+from dlarena.frameworks import kernel
+from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported
+from dlarena.spec import Workload
 from dlarena.spec.layers import (
     GRU,
     LSTM,
@@ -43,8 +43,9 @@ from dlarena.spec.layers import (
     MaxPool2D,
     Residual,
     Shape,
+    pair,
 )
-from dlarena.spec.weights import ParamSpec, layer_params
+from dlarena.spec.weights import layer_params
 
 # TensorFlow's C++ logging reads its level once, when the library loads: set it before the import so
 # that INFO and WARNING lines (XLA service start-up, cluster compilation notices) stay off stderr.
@@ -56,102 +57,37 @@ os.environ.setdefault(_LOG_LEVEL_VARIABLE, _ERRORS_ONLY)
 
 import tensorflow as tf  # noqa: E402
 
-DEVICES: tuple[str, ...] = ("cpu", "cuda")
-
 ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 XLA_FLAGS_VARIABLE = "TF_XLA_FLAGS"
+_TF_DEVICES = {"cpu": "/CPU:0", "cuda": "/GPU:0"}
 
 Tensor = Any  # tf.Tensor: TensorFlow ships no type information
 Variable = Any  # tf.Variable
 
+# recipe optimizer -> TensorFlow's fused training op (tf.raw_ops) and its keywords; RMSprop is
+# written with tf ops (OptimizerModule says why). Weight decay is applied to the gradient first.
+SPELLING: kernel.OptimizerSpelling = {
+    "sgd": ("ResourceApplyGradientDescent", {"lr": "alpha", "weight_decay": "weight_decay"}),
+    "sgd_momentum": ("ResourceApplyMomentum", {"lr": "lr", "momentum": "momentum", "nesterov": "use_nesterov",
+                                               "weight_decay": "weight_decay"}),
+    "adam": ("ResourceApplyAdam", {"lr": "lr", "beta1": "beta1", "beta2": "beta2", "eps": "epsilon",
+                                   "weight_decay": "weight_decay"}),
+    "adadelta": ("ResourceApplyAdadelta", {"lr": "lr", "rho": "rho", "eps": "epsilon", "weight_decay": "weight_decay"}),
+    "rmsprop": ("RMSprop", {"lr": "lr", "rho": "rho", "eps": "eps", "weight_decay": "weight_decay"}),
+}
+# Each op's state variables (its keywords), one set per parameter, and the keyword of the gradient.
+_SLOTS: dict[str, tuple[str, ...]] = {
+    "ResourceApplyGradientDescent": (), "ResourceApplyMomentum": ("accum",), "ResourceApplyAdam": ("m", "v"),
+    "ResourceApplyAdadelta": ("accum", "accum_update"), "RMSprop": ("square_avg",),
+}
+_GRADIENT_KEYWORD = {"ResourceApplyGradientDescent": "delta"}
+
 _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": tf.nn.relu, "sigmoid": tf.math.sigmoid, "tanh": tf.math.tanh,
 }
-_BIAS_ROLES = frozenset({"bias", "input_bias", "recurrent_bias"})
-
-
-def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else value
-
-
-# --------------------------------------------------------------------------------------------------
-# Parameters: created in canonical order, initialised per recipe, bound to their canonical names
-
-
-def _unchanged(array: np.ndarray) -> np.ndarray:
-    return array
-
-
-@dataclass(frozen=True)
-class Binding:
-    """One canonical parameter: its TensorFlow variable and the layout conversions both ways."""
-
-    name: str
-    variable: Variable
-    to_tf: Callable[[np.ndarray], np.ndarray]
-    from_tf: Callable[[np.ndarray], np.ndarray]
-
-
-def _fans(spec: ParamSpec) -> tuple[int, int]:
-    """Fan-in and fan-out as PyTorch's initialisers count them for the canonical parameter.
-
-    Convolutions: ``in*kh*kw`` and ``out*kh*kw``. Matrices stored ``(in, out)`` canonically (dense and
-    recurrent kernels): rows and columns. The embedding table ``(vocab, dim)`` is stored the same way
-    in PyTorch, which takes its second axis as the fan-in.
-    """
-    if len(spec.shape) == 4:
-        receptive = spec.shape[2] * spec.shape[3]
-        return spec.shape[1] * receptive, spec.shape[0] * receptive
-    if spec.role == "table":
-        return spec.shape[1], spec.shape[0]
-    return spec.shape[0], spec.shape[1]
-
-
-class Parameters:
-    """Creates a network's variables in canonical order (the builder walks the spec as
-    ``weights.walk`` does) and remembers how each maps to its canonical name and layout."""
-
-    def __init__(self, init: Init, rng: Any, dtype: tf.DType) -> None:
-        self.init = init
-        self.rng = rng  # tf.random.Generator
-        self.dtype = dtype
-        self.bindings: list[Binding] = []
-
-    def _initial(self, spec: ParamSpec, shape: Shape) -> Tensor:
-        """Biases zero, batch norm gamma one and beta zero, the rest as the recipe says.
-
-        ``framework_default`` is TensorFlow's own default: ``tf.compat.v1.get_variable`` initialises
-        with ``glorot_uniform`` (and biases are zero), so that is what it means here.
-        """
-        init, dtype = self.init, self.dtype
-        if spec.role == "gamma":
-            return tf.ones(shape, dtype)
-        if spec.role == "beta":
-            return tf.zeros(shape, dtype)
-        if init.name == "uniform":  # every parameter, biases too (TF's PTB and DLBench FCN models)
-            return self.rng.uniform(shape, -init.scale, init.scale, dtype)
-        if spec.role in _BIAS_ROLES:
-            return tf.zeros(shape, dtype)
-        fan_in, fan_out = _fans(spec)
-        if init.name in ("glorot_uniform", "framework_default"):
-            limit = math.sqrt(6.0 / (fan_in + fan_out))
-            return self.rng.uniform(shape, -limit, limit, dtype)
-        if init.name == "he_normal":  # PyTorch's kaiming_normal_: not truncated, gain sqrt(2)
-            return self.rng.normal(shape, stddev=math.sqrt(2.0 / fan_in), dtype=dtype)
-        raise Unsupported(f"the TensorFlow backend does not know the initialisation {init.name!r}")
-
-    def create(
-        self,
-        spec: ParamSpec,
-        shape: Shape | None = None,
-        to_tf: Callable[[np.ndarray], np.ndarray] = _unchanged,
-        from_tf: Callable[[np.ndarray], np.ndarray] = _unchanged,
-    ) -> Variable:
-        """The variable for ``spec``, of TensorFlow ``shape`` (the canonical one unless given)."""
-        tf_shape = spec.shape if shape is None else shape
-        variable = tf.Variable(self._initial(spec, tf_shape), name=spec.name.replace(".", "_"))
-        self.bindings.append(Binding(spec.name, variable, to_tf, from_tf))
-        return variable
+# Layers between a Flatten and the Dense that reads it that leave the order of the features as it is
+# (kernel.layout_plan skips the same ones).
+_ORDER_KEEPING = (Activation, Dropout, Flatten)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -163,6 +99,17 @@ class Module(tf.Module):  # type: ignore[misc]
 
     def __call__(self, x: Tensor, training: bool) -> Tensor:
         raise NotImplementedError
+
+
+class FunctionModule(Module):
+    """A layer without parameters that is one function in both modes (activations, global pooling)."""
+
+    def __init__(self, function: Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.function = function
+
+    def __call__(self, x: Tensor, training: bool) -> Tensor:
+        return self.function(x)
 
 
 class SequenceModule(Module):
@@ -229,9 +176,13 @@ def _same_matches(size: int, kernel: int, stride: int, padding: int) -> bool:
     return out == same_out and same_total // 2 == padding
 
 
+Padding = tuple[str, list[list[int]] | None]
+
+
 def _window_padding(
-    spatial: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
-) -> tuple[str, list[list[int]] | None]:
+    spatial: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+    same_allowed: bool = True,
+) -> Padding:
     """The padding argument for a windowed op, plus an explicit pad to apply first where needed.
 
     VALID without padding; SAME where it is the same windows; otherwise a pad, then VALID. The
@@ -241,15 +192,14 @@ def _window_padding(
     """
     if padding == (0, 0):
         return "VALID", None
-    if all(_same_matches(*dims) for dims in zip(spatial, kernel, stride, padding, strict=True)):
+    if same_allowed and all(_same_matches(*dims) for dims in zip(spatial, kernel, stride, padding, strict=True)):
         return "SAME", None
     ph, pw = padding
     return "VALID", [[0, 0], [ph, ph], [pw, pw], [0, 0]]
 
 
 class ConvModule(Module):
-    def __init__(self, kernel: Variable, bias: Variable | None, stride: tuple[int, int],
-                 padding: tuple[str, list[list[int]] | None]) -> None:
+    def __init__(self, kernel: Variable, bias: Variable | None, stride: tuple[int, int], padding: Padding) -> None:
         super().__init__()
         self.kernel = kernel
         self.bias = bias
@@ -269,8 +219,7 @@ class PoolModule(Module):
     SAME instead where it gives the same windows, since TensorFlow's SAME max pool ignores padding;
     its SAME average pool excludes padding from the count, so average pooling always pads."""
 
-    def __init__(self, is_max: bool, kernel: tuple[int, int], stride: tuple[int, int],
-                 padding: tuple[str, list[list[int]] | None]) -> None:
+    def __init__(self, is_max: bool, kernel: tuple[int, int], stride: tuple[int, int], padding: Padding) -> None:
         super().__init__()
         self.is_max = is_max
         self.ksize = [1, *kernel, 1]
@@ -283,11 +232,6 @@ class PoolModule(Module):
         if self.is_max:
             return tf.nn.max_pool2d(x, ksize=self.ksize, strides=self.strides, padding=self.padding)
         return tf.nn.avg_pool2d(x, ksize=self.ksize, strides=self.strides, padding=self.padding)
-
-
-class GlobalAvgPoolModule(Module):
-    def __call__(self, x: Tensor, training: bool) -> Tensor:
-        return tf.reduce_mean(x, axis=[1, 2])
 
 
 class BatchNormModule(Module):
@@ -346,15 +290,6 @@ class BatchNormModule(Module):
         return tf.nn.batch_normalization(x, mean, variance, self.beta, self.gamma, self.eps)
 
 
-class ActivationModule(Module):
-    def __init__(self, function: str) -> None:
-        super().__init__()
-        self.function = _ACTIVATIONS[function]
-
-    def __call__(self, x: Tensor, training: bool) -> Tensor:
-        return self.function(x)
-
-
 class DropoutModule(Module):
     """Inverted dropout in training, drawing from a seeded ``tf.random.Generator`` (whose state is a
     variable, so the mask changes every step and the op compiles under XLA)."""
@@ -371,9 +306,9 @@ class DropoutModule(Module):
 
 
 class FlattenModule(Module):
-    """Row-major flattening. Channels-last order when the next layer is a Dense whose kernel rows
-    were permuted to match (layout.flattened_rows_channels_last); otherwise the feature map is put
-    back in the canonical channels-first order first."""
+    """Row-major flattening. Channels-last order when the Dense that reads it has its kernel rows
+    permuted to match (kernel.layout_plan); otherwise the feature map is put back in the canonical
+    channels-first order first."""
 
     def __init__(self, channels_first: bool) -> None:
         super().__init__()
@@ -452,85 +387,80 @@ class RecurrentModule(Module):
 # Spec -> modules
 
 
-# Layers that may sit between a Flatten and the Dense that reads it without caring about the order
-# of the features (element-wise, no parameters).
-_ORDER_FREE = (Activation, Dropout)
+def _global_average(x: Tensor) -> Tensor:
+    return tf.reduce_mean(x, axis=[1, 2])
 
 
 class Builder:
-    """Builds the module tree of a network; its variables come out in canonical order."""
+    """Builds the module tree of a network; every canonical parameter becomes a variable in the
+    framework's layout (zeros: the kernel loads the starting weights), in canonical order."""
 
-    def __init__(self, params: Parameters, dropout_rng: Any, fused_batch_norm: bool) -> None:
-        self.params = params
+    def __init__(self, plan: dict[str, kernel.ParamLayout], dtype: np.dtype[Any], dropout_rng: Any,
+                 fused_batch_norm: bool) -> None:
+        self.plan = plan
+        self.dtype = dtype
         self.dropout_rng = dropout_rng
         self.fused_batch_norm = fused_batch_norm
+        self.handles: dict[str, Variable] = {}
+        self.norms: list[BatchNormModule] = []
+
+    def variables(self, path: str, layer: Layer, shape: Shape) -> list[Variable]:
+        """The variables of one leaf layer, shaped as the plan lays out its canonical parameters."""
+        created = []
+        for spec in layer_params(path, layer, shape):
+            zeros = self.plan[spec.name].to_framework(np.zeros(spec.shape, self.dtype))
+            self.handles[spec.name] = tf.Variable(zeros, name=spec.name.replace(".", "_"))
+            created.append(self.handles[spec.name])
+        return created
 
     def sequence(self, layers: tuple[Layer, ...], shape: Shape, prefix: str) -> SequenceModule:
-        modules: list[Module] = []
-        rows_chw: Shape | None = None  # a Flatten left its features channels-last: the next Dense permutes
+        modules = []
         for index, layer in enumerate(layers):
-            path = f"{prefix}{index}"
             if isinstance(layer, Flatten):
-                reader = next((later for later in layers[index + 1:] if not isinstance(later, _ORDER_FREE)), None)
-                channels_last = len(shape) == 3 and isinstance(reader, Dense)
-                modules.append(FlattenModule(channels_first=not channels_last))
-                rows_chw = shape if channels_last else None
-            elif isinstance(layer, Dense):
-                modules.append(self.dense(layer, shape, path, rows_chw))
-                rows_chw = None
+                modules.append(FlattenModule(channels_first=not self._rows_permuted(layers, index, prefix)))
             else:
-                modules.append(self.layer(layer, shape, path))
+                modules.append(self.layer(layer, shape, f"{prefix}{index}"))
             shape = layer.out_shape(shape)
         return SequenceModule(modules)
 
-    def dense(self, layer: Dense, shape: Shape, path: str, rows_chw: Shape | None) -> DenseModule:
-        specs = layer_params(path, layer, shape)
-        if rows_chw is None:
-            kernel = self.params.create(specs[0])
-        else:
-            chw = rows_chw
-            kernel = self.params.create(
-                specs[0],
-                to_tf=lambda array: layout.flattened_rows_channels_last(array, chw),
-                from_tf=lambda array: layout.flattened_rows_channels_last(array, chw, inverse=True),
-            )
-        bias = self.params.create(specs[1]) if layer.bias else None
-        return DenseModule(kernel, bias)
+    def _rows_permuted(self, layers: tuple[Layer, ...], index: int, prefix: str) -> bool:
+        """Whether the Dense that reads the Flatten at ``index`` takes its features channels-last."""
+        for later, layer in enumerate(layers[index + 1:], index + 1):
+            if not isinstance(layer, _ORDER_KEEPING):
+                entry = self.plan.get(f"{prefix}{later}.kernel")
+                return isinstance(layer, Dense) and entry is not None and entry.rows_chw is not None
+        return False
 
     def layer(self, layer: Layer, shape: Shape, path: str) -> Module:
         """The module for one spec layer whose per-sample input shape (canonical) is ``shape``."""
+        if isinstance(layer, Dense):
+            kernel_variable, *bias = self.variables(path, layer, shape)
+            return DenseModule(kernel_variable, bias[0] if bias else None)
         if isinstance(layer, Conv2D):
-            specs = layer_params(path, layer, shape)
-            out, n_in, kh, kw = specs[0].shape
-            kernel = self.params.create(
-                specs[0], shape=(kh, kw, n_in, out), to_tf=layout.conv_kernel_hwio,
-                from_tf=lambda array: layout.conv_kernel_hwio(array, inverse=True),
-            )
-            bias = self.params.create(specs[1]) if layer.bias else None
-            stride = _pair(layer.stride)
-            padding = _window_padding((shape[1], shape[2]), (kh, kw), stride, _pair(layer.padding))
-            return ConvModule(kernel, bias, stride, padding)
+            kernel_variable, *bias = self.variables(path, layer, shape)
+            stride = pair(layer.stride)
+            padding = _window_padding((shape[1], shape[2]), pair(layer.kernel), stride, pair(layer.padding))
+            return ConvModule(kernel_variable, bias[0] if bias else None, stride, padding)
         if isinstance(layer, MaxPool2D | AvgPool2D):
-            is_max, window = isinstance(layer, MaxPool2D), _pair(layer.kernel)
-            stride = _pair(layer.stride if layer.stride is not None else layer.kernel)
-            padding = _window_padding((shape[1], shape[2]), window, stride, _pair(layer.padding))
-            if not is_max and padding[0] == "SAME":
-                ph, pw = _pair(layer.padding)
-                padding = ("VALID", [[0, 0], [ph, ph], [pw, pw], [0, 0]])
+            is_max, window = isinstance(layer, MaxPool2D), pair(layer.kernel)
+            stride = pair(layer.stride if layer.stride is not None else layer.kernel)
+            padding = _window_padding((shape[1], shape[2]), window, stride, pair(layer.padding), same_allowed=is_max)
             return PoolModule(is_max, window, stride, padding)
         if isinstance(layer, GlobalAvgPool2D):
-            return GlobalAvgPoolModule()
+            return FunctionModule(_global_average)
         if isinstance(layer, BatchNorm):
-            gamma, beta = (self.params.create(spec) for spec in layer_params(path, layer, shape))
-            return BatchNormModule(gamma, beta, layer.eps, layer.momentum, self.fused_batch_norm)
+            gamma, beta = self.variables(path, layer, shape)
+            norm = BatchNormModule(gamma, beta, layer.eps, layer.momentum, self.fused_batch_norm)
+            self.norms.append(norm)
+            return norm
         if isinstance(layer, Activation):
-            return ActivationModule(layer.function)
+            return FunctionModule(_ACTIVATIONS[layer.function])
         if isinstance(layer, Dropout):
             return DropoutModule(layer.rate, self.dropout_rng)
         if isinstance(layer, Embedding):
-            return EmbeddingModule(self.params.create(layer_params(path, layer, shape)[0]))
+            return EmbeddingModule(self.variables(path, layer, shape)[0])
         if isinstance(layer, LSTM | GRU):
-            variables = [self.params.create(spec) for spec in layer_params(path, layer, shape)]
+            variables = self.variables(path, layer, shape)
             per_layer = len(variables) // layer.layers
             cells = [tuple(variables[k * per_layer:(k + 1) * per_layer]) for k in range(layer.layers)]
             return RecurrentModule(isinstance(layer, LSTM), layer.hidden, cells, layer.return_sequences)
@@ -539,60 +469,13 @@ class Builder:
             shortcut = self.sequence(layer.shortcut, shape, f"{path}.shortcut.") if layer.shortcut else None
             return ResidualModule(body, shortcut)
         if isinstance(layer, Concat):
-            return ConcatModule([
-                self.sequence(branch, shape, f"{path}.branches.{index}.")
-                for index, branch in enumerate(layer.branches)
-            ])
-        if isinstance(layer, Dense | Flatten):  # reached from a Residual or Concat branch via sequence()
-            raise AssertionError("Dense and Flatten are built by Builder.sequence")
+            return ConcatModule([self.sequence(branch, shape, f"{path}.branches.{index}.")
+                                 for index, branch in enumerate(layer.branches)])
         raise Unsupported(f"the TensorFlow backend has no translation for the layer type {type(layer).__name__}")
 
 
-@dataclass
-class Model:
-    """The network's root module and its canonical parameter bindings."""
-
-    root: SequenceModule
-    bindings: list[Binding]
-
-    @property
-    def variables(self) -> list[Variable]:
-        """The trainable variables in canonical order."""
-        return [binding.variable for binding in self.bindings]
-
-    def trainable_params(self) -> int:
-        return sum(int(v.shape.num_elements()) for v in self.root.trainable_variables)
-
-    def batch_norms(self) -> list[BatchNormModule]:
-        return [m for m in self.root.submodules if isinstance(m, BatchNormModule)]
-
-
-def build_model(
-    network: Network, init: Init, init_rng: Any, dropout_rng: Any, xla: bool, dtype: tf.DType = tf.float32
-) -> Model:
-    """The network with every variable in ``dtype``. FusedBatchNormV3 has no float64 CPU kernel (float,
-    half and bfloat16 only), so float64 takes the unfused form, the same function, as under XLA."""
-    params = Parameters(init, init_rng, dtype)
-    fused_batch_norm = not xla and dtype == tf.float32
-    root = Builder(params, dropout_rng, fused_batch_norm).sequence(network.layers, network.input_shape, "")
-    return Model(root, params.bindings)
-
-
 # --------------------------------------------------------------------------------------------------
-# Loss and optimizers
-
-
-def make_loss(network: Network, recipe: Recipe) -> Callable[[Tensor, Tensor], Tensor]:
-    """Softmax cross-entropy on logits, reduced as the recipe says (token labels work at any rank)."""
-    sum_over_batch = recipe.loss_reduction == "sum_over_batch"
-
-    def loss(logits: Tensor, labels: Tensor) -> Tensor:
-        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-        if sum_over_batch:
-            return tf.reduce_sum(losses) / tf.cast(tf.shape(logits)[0], losses.dtype)
-        return tf.reduce_mean(losses)
-
-    return loss
+# The optimizer
 
 
 def _dense(gradient: Tensor) -> Tensor:
@@ -618,69 +501,37 @@ class OptimizerModule(tf.Module):  # type: ignore[misc]
     used has an XLA kernel, so the whole update compiles with the step.
     """
 
-    def __init__(self, spec: Optimizer, variables: list[Variable]) -> None:
+    def __init__(self, op: str, arguments: dict[str, Any], variables: list[Variable]) -> None:
         super().__init__()
-        self.spec = spec
+        self.op = op
+        self.weight_decay = arguments.pop("weight_decay")
+        self.arguments = arguments
         self.targets = variables
-
-        def slots(name: str) -> list[Variable]:
-            return [tf.Variable(tf.zeros_like(v), trainable=False, name=f"{name}_{i}") for i, v in enumerate(variables)]
-
-        self.first: list[Variable] = []
-        self.second: list[Variable] = []
-        if spec.name == "sgd" and spec.momentum:
-            self.first = slots("momentum")
-        elif spec.name == "adam":
-            self.first, self.second = slots("m"), slots("v")
-        elif spec.name == "adadelta":
-            self.first, self.second = slots("accum"), slots("accum_update")
-        elif spec.name == "rmsprop":
-            self.first = slots("square_avg")
-        elif spec.name != "sgd":
-            raise Unsupported(f"the TensorFlow backend does not know the optimizer {spec.name!r}")
+        self.slots = [{slot: tf.Variable(tf.zeros_like(v), trainable=False, name=f"{slot}_{i}") for slot in _SLOTS[op]}
+                      for i, v in enumerate(variables)]
         self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="iterations")
 
     def apply(self, gradients: list[Tensor]) -> None:
-        spec = self.spec
-        if spec.weight_decay:
-            gradients = [g + spec.weight_decay * v for g, v in zip(gradients, self.targets, strict=True)]
-        if spec.name == "sgd":
-            self._sgd(gradients)
-        elif spec.name == "adam":
-            step = tf.cast(self.iterations.assign_add(1), tf.float32)
-            beta1_power, beta2_power = tf.pow(spec.beta1, step), tf.pow(spec.beta2, step)
-            epsilon = spec.eps * tf.sqrt(1.0 - beta2_power)
-            for v, m, s, g in zip(self.targets, self.first, self.second, gradients, strict=True):
-                tf.raw_ops.ResourceApplyAdam(
-                    var=v.handle, m=m.handle, v=s.handle, beta1_power=beta1_power, beta2_power=beta2_power,
-                    lr=spec.lr, beta1=spec.beta1, beta2=spec.beta2, epsilon=epsilon, grad=g,
-                )
-        elif spec.name == "adadelta":
-            for v, accum, update, g in zip(self.targets, self.first, self.second, gradients, strict=True):
-                tf.raw_ops.ResourceApplyAdadelta(
-                    var=v.handle, accum=accum.handle, accum_update=update.handle, lr=spec.lr, rho=spec.rho,
-                    epsilon=spec.eps, grad=g,
-                )
-        else:  # rmsprop
-            for v, square_avg, g in zip(self.targets, self.first, gradients, strict=True):
-                mean_square = square_avg.assign(spec.rho * square_avg + (1.0 - spec.rho) * tf.square(g))
-                v.assign_sub(spec.lr * g / (tf.sqrt(mean_square) + spec.eps))
-
-    def _sgd(self, gradients: list[Tensor]) -> None:
-        spec = self.spec
-        if not spec.momentum:
-            for v, g in zip(self.targets, gradients, strict=True):
-                tf.raw_ops.ResourceApplyGradientDescent(var=v.handle, alpha=spec.lr, delta=g)
-            return
-        for v, accum, g in zip(self.targets, self.first, gradients, strict=True):
-            tf.raw_ops.ResourceApplyMomentum(
-                var=v.handle, accum=accum.handle, lr=spec.lr, grad=g, momentum=spec.momentum,
-                use_nesterov=spec.nesterov,
-            )
+        if self.weight_decay:
+            gradients = [g + self.weight_decay * v for g, v in zip(gradients, self.targets, strict=True)]
+        arguments = dict(self.arguments)
+        if self.op == "ResourceApplyAdam":
+            step = tf.cast(self.iterations.assign_add(1), self.targets[0].dtype)
+            arguments["beta1_power"] = tf.pow(arguments["beta1"], step)
+            arguments["beta2_power"] = tf.pow(arguments["beta2"], step)
+            arguments["epsilon"] = arguments["epsilon"] * tf.sqrt(1.0 - arguments["beta2_power"])
+        for v, g, slots in zip(self.targets, gradients, self.slots, strict=True):
+            if self.op == "RMSprop":
+                rho = arguments["rho"]
+                mean_square = slots["square_avg"].assign(rho * slots["square_avg"] + (1.0 - rho) * tf.square(g))
+                v.assign_sub(arguments["lr"] * g / (tf.sqrt(mean_square) + arguments["eps"]))
+            else:
+                getattr(tf.raw_ops, self.op)(var=v.handle, **{_GRADIENT_KEYWORD.get(self.op, "grad"): g},
+                                             **{name: slot.handle for name, slot in slots.items()}, **arguments)
 
 
 # --------------------------------------------------------------------------------------------------
-# Runners
+# The kernel's Model
 
 
 def _onednn_enabled() -> bool | None:
@@ -691,28 +542,134 @@ def _onednn_enabled() -> bool | None:
     return bool(_pywrap_util_port.IsMklEnabled())
 
 
-def _no_sync() -> None:
-    return None
+class Model(kernel.Model):
+    """The spec's network as a ``tf.Module`` tree, channels-last, kernels HWIO; Dense and recurrent
+    kernels (in, out) with the canonical gate orders, as the cells above compute them."""
 
+    conventions = kernel.Conventions(channels_last=True, conv_kernel="hwio")
 
-class _Runner:
-    """What train and infer runners share: the model, its batch, the device and the parity record."""
-
-    def __init__(self, model: Model, inputs: Tensor, labels: Tensor, device: str, xla: bool) -> None:
-        self.model = model
-        self.inputs = inputs
-        self.labels = labels
-        self.device = device
+    def __init__(self, workload: Workload, precision: str, device: str, batch_size: int, training: bool,
+                 xla: bool = False, seed: int = 0) -> None:
+        super().__init__(workload, precision, device, batch_size, training)
         self.xla = xla
-        # On the CPU a function call returns when its graph has run; a GPU's kernels may still be queued.
-        self._sync: Callable[[], None] = tf.test.experimental.sync_devices if device == "cuda" else _no_sync
-        self._image = inputs.shape.rank == 4
+        self.where = _TF_DEVICES[device]
+        plan = kernel.layout_plan(self.network, self.conventions)
+        self.names = list(plan)
+        # FusedBatchNormV3 has no float64 CPU kernel (float, half and bfloat16 only), so float64 takes
+        # the unfused form, the same function, as under XLA.
+        fused = not xla and precision == "float32"
+        with tf.device(self.where):
+            # Dropout's masks are drawn from the cell's seed; nothing else here is random.
+            builder = Builder(plan, self.dtype, tf.random.Generator.from_seed(seed), fused)
+            self.root = builder.sequence(self.network.layers, self.network.input_shape, "")
+            self.handles, self.norms = builder.handles, builder.norms
+            self.variables = [self.handles[name] for name in self.names]
+            if training:
+                name, arguments = kernel.optimizer_arguments(self.recipe.optimizer, SPELLING, self._framework)
+                self.optimizer = OptimizerModule(name, arguments, self.variables)
+        self._functions: dict[tuple[Any, ...], Any] = {}
+        if batch_size:
+            # Trace the timed step now, while the model is built, not in the first timed step (the
+            # accuracy scenario's trainer also predicts with the inference function).
+            input_shape = kernel.batch_to_framework(np.empty((1, *self.network.input_shape)), self.conventions).shape
+            tokens = self.network.input_kind == "tokens"
+            inputs = tf.TensorSpec((batch_size, *input_shape[1:]), tf.int32 if tokens else tf.as_dtype(precision))
+            labels = tf.TensorSpec((batch_size, *self.network.label_shape), tf.int32)
+            self._trace("infer", [inputs])
+            if training:
+                self._trace("train", [inputs, labels])
+
+    @property
+    def _framework(self) -> str:
+        return "tensorflow-xla" if self.xla else "tensorflow"
+
+    def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Summed softmax cross-entropy over every label position, divided by ``kernel.loss_divisor``
+        (every signature has a fixed batch size)."""
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        return tf.reduce_sum(losses) / kernel.loss_divisor(self.network, self.recipe, labels.shape[0])
+
+    def _train(self, x: Tensor, y: Tensor) -> Tensor:
+        with tf.GradientTape() as tape:
+            loss = self._loss(self.root(x, True), y)
+        gradients = [_dense(g) for g in tape.gradient(loss, self.variables)]
+        if self.recipe.grad_clip_norm is not None:
+            # PyTorch's clip_grad_norm_ scales by clip/(norm + 1e-6), TensorFlow by clip/norm.
+            gradients, _ = tf.clip_by_global_norm(gradients, self.recipe.grad_clip_norm)
+        self.optimizer.apply(gradients)
+        return loss
+
+    def _infer(self, x: Tensor) -> Tensor:
+        return self.root(x, False)
+
+    def _loss_and_gradients(self, x: Tensor, y: Tensor) -> tuple[Tensor, list[Tensor]]:
+        with tf.GradientTape() as tape:
+            loss = self._loss(self.root(x, False), y)
+        return loss, [_dense(g) for g in tape.gradient(loss, self.variables)]
+
+    def _trace(self, kind: str, specs: list[Any]) -> Any:
+        """The function of ``kind`` traced for these input specs, kept as a concrete function: calling
+        it skips tf.function's per-call argument matching."""
+        body = {"train": self._train, "infer": self._infer, "gradients": self._loss_and_gradients}[kind]
+        function = tf.function(body, input_signature=specs, jit_compile=self.xla, autograph=False)
+        with tf.device(self.where):
+            concrete = self._functions[(kind, *(spec.shape for spec in specs))] = function.get_concrete_function()
+        return concrete
+
+    def _call(self, kind: str, *tensors: Tensor) -> Any:
+        # Keyed by shapes alone (a few microseconds a step): device_batch fixes the dtypes.
+        function = self._functions.get((kind, *(t.shape for t in tensors)))
+        if function is None:
+            function = self._trace(kind, [tf.TensorSpec(t.shape, t.dtype) for t in tensors])
+        return function(*tensors)
+
+    # ---- the kernel's contract
+
+    def bindings(self) -> list[kernel.Binding]:
+        return self.bind(self.handles)
+
+    def read(self, handle: Variable) -> np.ndarray:
+        return np.array(handle.numpy())  # a copy: the read may share the variable's buffer
+
+    def write(self, handle: Variable, value: np.ndarray) -> None:
+        handle.assign(value)
+
+    def device_batch(self, array: np.ndarray) -> Tensor:
+        """Token ids and labels as int32 (the type of the traced signatures), values in the model's precision."""
+        wanted = np.int32 if np.issubdtype(array.dtype, np.integer) else self.dtype
+        with tf.device(self.where):
+            return tf.constant(np.asarray(array, wanted))
+
+    def reset_statistics(self) -> None:
+        for norm in self.norms:
+            norm.reset_running_stats()
+
+    def logits(self, inputs: Tensor) -> np.ndarray:
+        return np.asarray(self._call("infer", inputs).numpy())
+
+    def infer_step(self, inputs: Tensor) -> Tensor:
+        return self._call("infer", inputs)  # a tensor: no copy to the host in the timed step
+
+    def gradients(self, inputs: Tensor, labels: Tensor) -> tuple[float, dict[str, np.ndarray]]:
+        loss, gradients = self._call("gradients", inputs, labels)
+        return float(loss.numpy()), {name: g.numpy() for name, g in zip(self.names, gradients, strict=True)}
+
+    def train_step(self, inputs: Tensor, labels: Tensor) -> Tensor:
+        return self._call("train", inputs, labels)  # a tensor: float() reads it, waiting only then
 
     def sync(self) -> None:
-        self._sync()
+        # On the CPU a function call returns when its graph has run; a GPU's kernels may still be queued.
+        if self.device == "cuda":
+            tf.test.experimental.sync_devices()
+
+    def device_memory_peak_bytes(self) -> int | None:
+        """TensorFlow's GPU allocator peak (what tensors held) since the process started."""
+        if self.device != "cuda":
+            return None
+        return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
 
     def trainable_params(self) -> int:
-        return self.model.trainable_params()
+        return sum(int(v.shape.num_elements()) for v in self.root.trainable_variables)
 
     def parity(self) -> Parity:
         details: dict[str, Any] = {
@@ -725,7 +682,7 @@ class _Runner:
             XLA_FLAGS_VARIABLE: os.environ.get(XLA_FLAGS_VARIABLE),
             "batch_norm": "tf.nn.moments + batch_normalization" if self.xla else "FusedBatchNormV3",
             "recurrent_loop": "tf.scan",
-            "threads_from": "tf.config.threading.get_intra_op_parallelism_threads",
+            "threads_source": "tf.config.threading.get_intra_op_parallelism_threads",
         }
         tf32 = None
         if self.device == "cuda":
@@ -734,203 +691,28 @@ class _Runner:
                 tf.config.list_physical_devices("GPU")[0]).get("device_name")
         return Parity(
             threads=tf.config.threading.get_intra_op_parallelism_threads(),
-            dtype=self.model.variables[0].dtype.name if self.model.variables else None,
-            layout="NHWC" if self._image else None,
+            dtype=self.variables[0].dtype.name if self.variables else None,
             execution="xla" if self.xla else "graph",
             tf32=tf32,
-            cudnn_benchmark=None,
             details=details,
         )
-
-
-class TrainRunner(_Runner):
-    """One step is one call of the traced train function: forward, loss, gradients, clip, update."""
-
-    def __init__(self, model: Model, inputs: Tensor, labels: Tensor, device: str, xla: bool,
-                 recipe: Recipe, loss_fn: Callable[[Tensor, Tensor], Tensor]) -> None:
-        super().__init__(model, inputs, labels, device, xla)
-        variables = model.variables
-        optimizer = OptimizerModule(recipe.optimizer, variables)
-        clip_norm = recipe.grad_clip_norm
-        root = model.root
-
-        def train_step(x: Tensor, y: Tensor) -> Tensor:
-            with tf.GradientTape() as tape:
-                loss = loss_fn(root(x, True), y)
-            gradients = [_dense(g) for g in tape.gradient(loss, variables)]
-            if clip_norm is not None:
-                # PyTorch's clip_grad_norm_ scales by clip/(norm + 1e-6), TensorFlow by clip/norm.
-                gradients, _ = tf.clip_by_global_norm(gradients, clip_norm)
-            optimizer.apply(gradients)
-            return loss
-
-        signature = [tf.TensorSpec(inputs.shape, inputs.dtype), tf.TensorSpec(labels.shape, labels.dtype)]
-        function = tf.function(train_step, input_signature=signature, jit_compile=xla, autograph=False)
-        # The concrete function skips tf.function's per-call argument matching.
-        self._step = function.get_concrete_function()
-        self.optimizer = optimizer
-        self.loss: Tensor | None = None  # the last step's loss, kept without a copy to the host
-
-    def step(self) -> None:
-        self.loss = self._step(self.inputs, self.labels)
-
-
-class InferRunner(_Runner):
-    """One step is one call of the traced forward function in inference mode."""
-
-    def __init__(self, model: Model, inputs: Tensor, labels: Tensor, device: str, xla: bool) -> None:
-        super().__init__(model, inputs, labels, device, xla)
-        root = model.root
-
-        def infer_step(x: Tensor) -> Tensor:
-            return root(x, False)
-
-        signature = [tf.TensorSpec(inputs.shape, inputs.dtype)]
-        function = tf.function(infer_step, input_signature=signature, jit_compile=xla, autograph=False)
-        self._infer = function.get_concrete_function()
-        self.output: Tensor | None = None  # the last step's logits
-
-    def step(self) -> None:
-        self.output = self._infer(self.inputs)
-
-
-class Trainer(_Runner):
-    """The train runner fed real batches (the accuracy scenario), predicting with an infer runner's
-    forward over the same model; see base.Trainer. Both steps are the runners' traced functions,
-    whose input signatures are the fixed batch shape, so new batches do not retrace."""
-
-    def __init__(self, runner: TrainRunner, predictor: InferRunner, network: Network, device: str) -> None:
-        super().__init__(runner.model, runner.inputs, runner.labels, runner.device, runner.xla)
-        self.runner = runner
-        self.predictor = predictor
-        self.network = network
-        self.tf_device = device  # "/CPU:0" or "/GPU:0": where the batches are put
-
-    def load_weights(self, weights: dict[str, np.ndarray]) -> None:
-        load_canonical(self.model, weights)
-
-    def train_step(self, inputs: np.ndarray, labels: np.ndarray) -> Tensor:
-        with tf.device(self.tf_device):
-            self.runner.inputs = tf_inputs(self.network, inputs)
-            self.runner.labels = tf_labels(labels)
-        self.runner.step()
-        assert self.runner.loss is not None
-        return self.runner.loss  # a tensor: float() reads it, waiting for the device only then
-
-    def predict(self, inputs: np.ndarray) -> np.ndarray:
-        with tf.device(self.tf_device):
-            self.predictor.inputs = tf_inputs(self.network, inputs)
-        self.predictor.step()
-        assert self.predictor.output is not None
-        return np.asarray(self.predictor.output.numpy())
-
-
-def synthetic_batch(network: Network, batch_size: int, rng: Any) -> tuple[Tensor, Tensor]:
-    """Inputs and labels drawn once on the device; images transposed to NHWC here, not in the step."""
-    shape = [batch_size, *network.input_shape]
-    if network.input_kind == "tokens":
-        inputs = rng.uniform(shape, 0, network.vocab, dtype=tf.int32)
-    else:
-        inputs = rng.normal(shape)
-        if len(shape) == 4:
-            inputs = tf.transpose(inputs, [0, 2, 3, 1])
-    labels = rng.uniform([batch_size, *network.label_shape], 0, network.classes, dtype=tf.int32)
-    return inputs, labels
-
-
-# --------------------------------------------------------------------------------------------------
-# Canonical arrays in (the Checker and the Trainer) and out (verification)
-
-
-def load_canonical(model: Model, weights: dict[str, np.ndarray]) -> None:
-    """Copy canonical weights in, converted to TensorFlow's layouts; batch norm's running
-    statistics restart at mean 0, variance 1."""
-    for binding in model.bindings:
-        binding.variable.assign(np.ascontiguousarray(binding.to_tf(weights[binding.name])))
-    for norm in model.batch_norms():
-        norm.reset_running_stats()
-
-
-def tf_inputs(network: Network, inputs: np.ndarray) -> Tensor:
-    """A canonical batch as the network takes it: images channels-last, token ids int32 (the
-    type the synthetic batch and the traced signatures have)."""
-    if network.input_kind == "image":
-        return tf.constant(layout.images_channels_last(inputs))
-    return tf.constant(inputs.astype(np.int32) if network.input_kind == "tokens" else inputs)
-
-
-def tf_labels(labels: np.ndarray) -> Tensor:
-    return tf.constant(labels.astype(np.int32))
-
-
-# The initial values a Checker's variables get before load_weights replaces them.
-_CHECKER_SEED = 0
-
-
-class Checker:
-    """The network in inference mode with canonical weights; see base.Checker."""
-
-    def __init__(self, workload: Workload, device: str, xla: bool, precision: str) -> None:
-        self.network, self.recipe = workload.network, workload.recipe
-        self.device = device
-        dtype = tf.as_dtype(precision)
-        with tf.device(device):
-            init_rng, dropout_rng = tf.random.Generator.from_seed(_CHECKER_SEED).split(2)
-            self.model = build_model(self.network, self.recipe.init, init_rng, dropout_rng, xla, dtype)
-        root, variables, loss_fn = self.model.root, self.model.variables, make_loss(self.network, self.recipe)
-        image = self.network.input_kind == "image"
-        if image:
-            channels, height, width = self.network.input_shape
-            input_shape: Shape = (height, width, channels)
-        else:
-            input_shape = self.network.input_shape
-        input_spec = tf.TensorSpec([None, *input_shape], tf.int32 if self.network.input_kind == "tokens" else dtype)
-        label_spec = tf.TensorSpec([None, *self.network.label_shape], tf.int32)
-
-        def forward(x: Tensor) -> Tensor:
-            return root(x, False)
-
-        def loss_and_gradients(x: Tensor, y: Tensor) -> tuple[Tensor, list[Tensor]]:
-            with tf.GradientTape() as tape:
-                loss = loss_fn(root(x, False), y)
-            return loss, [_dense(g) for g in tape.gradient(loss, variables)]
-
-        self._forward = tf.function(forward, input_signature=[input_spec], jit_compile=xla, autograph=False)
-        self._gradients = tf.function(
-            loss_and_gradients, input_signature=[input_spec, label_spec], jit_compile=xla, autograph=False
-        )
-
-    def trainable_params(self) -> int:
-        return self.model.trainable_params()
-
-    def load_weights(self, weights: dict[str, np.ndarray]) -> None:
-        load_canonical(self.model, weights)
-
-    def export_weights(self) -> dict[str, np.ndarray]:
-        return {b.name: np.array(b.from_tf(b.variable.numpy())) for b in self.model.bindings}
-
-    def forward(self, inputs: np.ndarray) -> np.ndarray:
-        with tf.device(self.device):
-            return np.asarray(self._forward(tf_inputs(self.network, inputs)).numpy())
-
-    def loss_and_gradients(self, inputs: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
-        with tf.device(self.device):
-            loss, gradients = self._gradients(tf_inputs(self.network, inputs), tf_labels(labels))
-        grads = {
-            binding.name: np.array(binding.from_tf(gradient.numpy()))
-            for binding, gradient in zip(self.model.bindings, gradients, strict=True)
-        }
-        return float(loss.numpy()), grads
 
 
 # --------------------------------------------------------------------------------------------------
 # Backend
 
 
-class Backend:
-    """TensorFlow 2 graphs through ``tf.function`` (``tensorflow``), or compiled by XLA (``tensorflow-xla``)."""
+class Backend(kernel.KernelBackend):
+    """TensorFlow 2 graphs through ``tf.function`` (``tensorflow``), or compiled by XLA (``tensorflow-xla``).
+
+    No flush_denormals of its own: TensorFlow has no switch (its kernels flush subnormals to zero in
+    its own threads, as every cell's probe shows), so the kernel's default applies."""
+
+    model_class = Model
+    devices = ("cpu", "cuda")
 
     def __init__(self, threads: int, xla: bool = False) -> None:
+        super().__init__(threads, xla=xla)
         self.xla = xla
         self.name = "tensorflow-xla" if xla else "tensorflow"
         # Possible only before TensorFlow's runtime starts (its first op); later the pools stay as
@@ -949,45 +731,22 @@ class Backend:
     def version(self) -> str:
         return str(tf.__version__)
 
-    def _device(self, name: str) -> str:
-        if name == "cuda":
-            if not tf.config.list_physical_devices("GPU"):
-                raise Unavailable(f"TensorFlow {tf.__version__} sees no GPU")
-            return "/GPU:0"
-        if name == "cpu":
-            return "/CPU:0"
-        raise Unsupported(f"the TensorFlow backend runs on {' or '.join(DEVICES)}, not {name!r}")
+    def _device(self, device: str) -> str:
+        if device == "cuda" and not tf.config.list_physical_devices("GPU"):
+            raise Unavailable(f"TensorFlow {tf.__version__} sees no GPU")
+        return super()._device(device)
 
-    # No flush_denormals: TensorFlow has no switch; its kernels flush subnormals to zero in its own
-    # threads, as every cell's probe shows.
+    # The cell's seed reaches the Model (dropout's generator) as one of its options.
+    def prepare(self, request: StepRequest) -> kernel.KernelRunner:
+        self.options["seed"] = request.seed
+        return super().prepare(request)
+
+    def trainer(self, request: StepRequest) -> kernel.KernelTrainer:
+        self.options["seed"] = request.seed
+        return super().trainer(request)
+
     def denormal_product(self, a: np.ndarray, b: np.ndarray, device: str) -> np.ndarray:
-        with tf.device(self._device(device)):
+        with tf.device(_TF_DEVICES[self._device(device)]):
             product = tf.function(tf.linalg.matmul, jit_compile=self.xla)(tf.constant(a), tf.constant(b))
         result: np.ndarray = product.numpy()
         return result
-
-    def checker(self, workload: Workload, device: str, precision: str = "float32") -> Checker:
-        require_check_precision(precision, "TensorFlow")
-        return Checker(workload, self._device(device), self.xla, precision)
-
-    def prepare(self, request: StepRequest) -> TrainRunner | InferRunner:
-        require(request, "TensorFlow")
-        device = self._device(request.device)
-        workload = request.workload
-        network, recipe = workload.network, workload.recipe
-        with tf.device(device):
-            init_rng, dropout_rng, data_rng = tf.random.Generator.from_seed(request.seed).split(3)
-            model = build_model(network, recipe.init, init_rng, dropout_rng, self.xla)
-            inputs, labels = synthetic_batch(network, request.batch_size, data_rng)
-            if request.scenario == "infer":
-                return InferRunner(model, inputs, labels, request.device, self.xla)
-            return TrainRunner(model, inputs, labels, request.device, self.xla, recipe, make_loss(network, recipe))
-
-    def trainer(self, request: StepRequest) -> Trainer:
-        runner = self.prepare(replace(request, scenario="train"))
-        assert isinstance(runner, TrainRunner)
-        device = self._device(request.device)
-        with tf.device(device):
-            # The inference-mode forward traced over the train runner's model and batch shape.
-            predictor = InferRunner(runner.model, runner.inputs, runner.labels, request.device, self.xla)
-        return Trainer(runner, predictor, request.workload.network, device)

@@ -1,0 +1,129 @@
+"""The TensorFlow module (``tensorflow``, ``tensorflow-xla``) on the kernel: what verify does not show.
+
+``dlarena verify`` holds its forward pass and gradients to the oracle on every catalogue network; here:
+its optimizers against PyTorch's (the recipe's semantics through TensorFlow's training ops), a Flatten
+read by something other than a Dense, steps that trace once, and the parity record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+pytest.importorskip("torch")
+
+from dlarena.frameworks.base import StepRequest
+from dlarena.frameworks.layout import max_relative_error
+from dlarena.frameworks.registry import load_backend
+from dlarena.spec import (
+    Activation,
+    BatchNorm,
+    Conv2D,
+    Dense,
+    Flatten,
+    Init,
+    MaxPool2D,
+    Network,
+    Optimizer,
+    Recipe,
+    Workload,
+    reference,
+)
+from dlarena.spec.weights import canonical_batch, canonical_weights
+
+THREADS = 1
+BATCH = 8
+STEPS = 4
+# Weights after STEPS steps, TensorFlow against PyTorch from the same start, relative to each array's
+# largest: measured at most 3.3e-5 (RMSprop, whose sqrt(ms) + eps amplifies float32 rounding while
+# ms is small; the others 1e-6 to 4e-6, on karmanov-cnn-small without dropout); a wrong formula
+# (epsilon placement, coupled decay, Nesterov) differs by 1e-3 or more.
+OPTIMIZER_TOLERANCE = 1e-4
+# Float64 logits against the NumPy float64 oracle, as verify's float64 forward tolerance.
+FORWARD64_TOLERANCE = 1e-10
+
+# Convolution, pooling, batch norm on the flattened features (not a Dense: the Flatten must then give
+# the canonical channels-first order), then Dense layers; no dropout, so that steps are deterministic.
+NETWORK = Network(
+    input_shape=(3, 8, 8),
+    input_kind="image",
+    layers=(Conv2D(4, 3, padding=1), Activation("relu"), MaxPool2D(2), Flatten(), BatchNorm(),
+            Dense(16), Activation("tanh"), Dense(5)),
+    classes=5,
+)
+
+
+def _workload(optimizer: Optimizer, clip: float | None = None) -> Workload:
+    return Workload(name="tf-test", title="tf-test", study="test", citation="", network=NETWORK,
+                    recipe=Recipe(optimizer, Init("glorot_uniform"), grad_clip_norm=clip), default_batch_size=BATCH)
+
+
+def _request(workload: Workload, scenario: str = "train") -> StepRequest:
+    return StepRequest(workload=workload, scenario=scenario, batch_size=BATCH, device="cpu", threads=THREADS,
+                       precision="float32", seed=3)
+
+
+@pytest.mark.parametrize("optimizer, clip", [
+    (Optimizer("sgd", 0.05), None),
+    (Optimizer("sgd", 0.05, momentum=0.9, weight_decay=1e-3), 0.5),
+    (Optimizer("sgd", 0.05, momentum=0.9, nesterov=True), None),
+    (Optimizer("adam", 1e-3, weight_decay=1e-3), None),
+    (Optimizer("adadelta", 1.0, rho=0.95, eps=1e-6), None),
+    (Optimizer("rmsprop", 1e-3, rho=0.9, eps=1e-8), None),
+])
+@pytest.mark.parametrize("name", ["tensorflow", "tensorflow-xla"])
+def test_optimizers_step_as_pytorch_does(name: str, optimizer: Optimizer, clip: float | None) -> None:
+    request = _request(_workload(optimizer, clip))
+    ours, theirs = load_backend(name, THREADS).prepare(request), load_backend("torch", THREADS).prepare(request)
+    for _ in range(STEPS):
+        ours.step()
+        theirs.step()
+    mine, expected = ours.export_weights(), theirs.export_weights()
+    for key, value in expected.items():
+        scale = float(np.max(np.abs(value))) or 1.0
+        assert float(np.max(np.abs(mine[key] - value))) / scale < OPTIMIZER_TOLERANCE, key
+
+
+def test_a_flatten_read_by_batch_norm_keeps_the_canonical_order() -> None:
+    checker = load_backend("tensorflow", THREADS).checker(_workload(Optimizer("sgd", 0.1)), "cpu", "float64")
+    weights = canonical_weights(NETWORK, 0)
+    checker.load_weights(weights)
+    inputs = canonical_batch(NETWORK, BATCH, 0)[0].astype(np.float64)
+    expected = reference.forward(NETWORK, {key: value.astype(np.float64) for key, value in weights.items()}, inputs)
+    assert max_relative_error(checker.forward(inputs), expected) < FORWARD64_TOLERANCE
+
+
+@pytest.mark.parametrize("name, execution", [("tensorflow", "graph"), ("tensorflow-xla", "xla")])
+def test_steps_are_traced_once_when_built_and_the_parity_record_reads_tensorflow(name: str, execution: str) -> None:
+    backend = load_backend(name, THREADS)
+    runner = backend.prepare(_request(_workload(Optimizer("sgd", 0.1, momentum=0.9))))
+    traced = dict(runner.model._functions)
+    assert {key[0] for key in traced} == {"train", "infer"}  # both traced at build, the timed step included
+    for _ in range(2):
+        runner.step()
+    trainer = backend.trainer(_request(_workload(Optimizer("sgd", 0.1, momentum=0.9))))
+    inputs, labels = canonical_batch(NETWORK, BATCH, 1)
+    trainer.train_step(inputs.astype(np.float32), labels)
+    assert trainer.predict(inputs.astype(np.float32)).shape == (BATCH, NETWORK.classes)
+    assert runner.model._functions == traced
+    assert len(trainer.model._functions) == len(traced)  # the trainer's batches match what it traced
+    parity = runner.parity()
+    assert (parity.threads, parity.dtype, parity.layout, parity.execution) == (THREADS, "float32", "NHWC", execution)
+    assert parity.details["threads_source"] == "tf.config.threading.get_intra_op_parallelism_threads"
+    assert parity.details["jit_compile"] is (execution == "xla")
+    assert runner.trainable_params() == sum(value.size for value in canonical_weights(NETWORK, 0).values())
+
+
+def test_the_gpu_is_unavailable_without_one() -> None:
+    import tensorflow as tf
+
+    from dlarena.frameworks.base import Unavailable
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(Unavailable, match="sees no GPU"):
+        load_backend("tensorflow", THREADS).prepare(dataclasses.replace(_request(_workload(Optimizer("sgd", 0.1))),
+                                                                        device="cuda"))
