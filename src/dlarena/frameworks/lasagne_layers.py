@@ -241,11 +241,11 @@ class Model(kernel.Model):
                                        network.input_shape, "")
         self.handles, self.statistics = builder.handles, builder.statistics
         self.params = [var for handle in self.handles.values() for var in handle]
+        # Each function is compiled at its first call, as the theano module does: compiling is the
+        # first step's cost (the report's "first step"), never the build's.
         self._logits_fn: Any = None
         self._gradients_fn: Any = None
-        if training:
-            loss = self._loss(lasagne.layers.get_output(self.output, deterministic=False))
-            self._train_fn = theano.function([self.x, self.y], loss, updates=self._updates(loss))
+        self._train_fn: Any = None
 
     def _loss(self, logits: Any) -> Any:
         """Summed softmax cross-entropy over every label position, divided by kernel.loss_divisor
@@ -300,6 +300,9 @@ class Model(kernel.Model):
         return float(loss), found
 
     def train_step(self, inputs: Any, labels: Any) -> Any:
+        if self._train_fn is None:
+            loss = self._loss(_lasagne().layers.get_output(self.output, deterministic=False))
+            self._train_fn = self.theano.function([self.x, self.y], loss, updates=self._updates(loss))
         return self._train_fn(inputs, labels)
 
     def trainable_params(self) -> int:

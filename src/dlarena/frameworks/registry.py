@@ -95,6 +95,12 @@ class FrameworkInfo:
         return found
 
 
+# Both MXNet frameworks (Module and Gluon): NaiveEngine runs every operator in the calling thread,
+# exactly one engine thread (measured; the threaded engine keeps 6-8 threads, 1-2 of them busy, at one
+# OMP thread); its allocator reports running out of memory as a C++ bad_alloc.
+MXNET_VARIABLES = {"MXNET_ENGINE_TYPE": "NaiveEngine"}
+MXNET_OOM_MARKERS = ("std::bad_alloc",)
+
 FRAMEWORKS: dict[str, FrameworkInfo] = {
     info.name: info
     for info in (
@@ -210,10 +216,8 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             distributions=("mxnet", "numpy"),
             extra="",
             environment="legacy",
-            # NaiveEngine runs every operator in the calling thread: exactly one engine thread
-            # (measured; the threaded engine keeps 6-8 threads, 1-2 of them busy, at one OMP thread).
-            variables={"MXNET_ENGINE_TYPE": "NaiveEngine"},
-            oom_markers=("std::bad_alloc",),
+            variables=MXNET_VARIABLES,
+            oom_markers=MXNET_OOM_MARKERS,
         ),
         FrameworkInfo(
             name="gluon",
@@ -223,8 +227,8 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             distributions=("mxnet", "numpy"),
             extra="",
             environment="legacy",
-            variables={"MXNET_ENGINE_TYPE": "NaiveEngine"},
-            oom_markers=("std::bad_alloc",),
+            variables=MXNET_VARIABLES,
+            oom_markers=MXNET_OOM_MARKERS,
         ),
         FrameworkInfo(
             name="chainer",
