@@ -7,7 +7,7 @@ For each framework and workload (train scenario, float32, CPU), it runs dlarena'
 dlarena.worker --cell ...``, exactly the command an orchestrator runs) and a training loop for the same
 network written here by hand, without any of dlarena's framework code: same layer sizes, activation,
 loss (mean softmax cross-entropy on integer labels), optimizer, learning rate, batch size, dtype and
-thread count. Each side runs in a fresh process pinned by ``dlarena.worker.limit_threads`` before the
+thread count. Each side runs in a fresh process pinned by ``dlarena_runner.process.limit_threads`` before the
 framework is imported, warms up as dlarena does (one step, then 3), then times steps (clock read around
 step + sync) for at least as many steps and seconds as the dlarena cell. The two alternate for ``--rounds``
 rounds, each side going first in every other round, so both see the same machine conditions. Where dlarena's step
@@ -50,7 +50,7 @@ from dlarena.plan.cell import (
     DEFAULT_TIMEOUT_S,
     DEFAULT_WARMUP_STEPS,
 )
-from dlarena.worker import fix_malloc_thresholds, limit_threads
+from dlarena_runner.process import fix_malloc_thresholds, limit_threads
 from dlarena_runner.resources import cpu_seconds
 
 # The most dlarena's harness may add to a hand-written loop's median step time (issue 4: the harness

@@ -29,7 +29,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from dlarena.worker import fix_malloc_thresholds, limit_threads
+from dlarena_runner.process import fix_malloc_thresholds, limit_threads
 from repeatability import AGREEMENT, TARGET_FRACTION  # the criterion this script gives the ceiling of
 
 # Cache-resident work: three 256 x 256 float32 matrices are 768 KiB, inside a server core's L2.

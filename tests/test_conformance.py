@@ -12,7 +12,6 @@ from dataclasses import replace
 
 import pytest
 
-from dlarena.frameworks.denormals import MEASURED_MODES
 from dlarena.frameworks.registry import FRAMEWORKS
 from dlarena.orchestrate.executor import LocalExecutor
 from dlarena.orchestrate.orchestrator import execute_cell
@@ -23,6 +22,7 @@ from dlarena.report.annotate import CORES_USED_TOLERANCE
 from dlarena.spec.catalogue import CATALOGUE, get_workload
 from dlarena.spec.layers import Activation, Conv2D
 from dlarena.store.database import StoredResult
+from dlarena_runner.denormals import MEASURED_MODES
 
 REAL = [name for name in FRAMEWORKS if not name.startswith("fault-")]
 INSTALLED = [name for name in REAL if FRAMEWORKS[name].is_installed()]

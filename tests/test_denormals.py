@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dlarena.frameworks.denormals import PROBE_COLUMNS, PROBE_ROWS, classify, probe_inputs
 from dlarena.frameworks.registry import FRAMEWORKS
 from dlarena.measure.aggregate import denormal_figures
 from dlarena.orchestrate.orchestrator import run_suite
@@ -26,6 +25,7 @@ from dlarena.plan.suite import parse_suite
 from dlarena.report.export import tidy
 from dlarena.report.markdown import denormals_note, render
 from dlarena.store.database import Store
+from dlarena_runner.denormals import PROBE_COLUMNS, PROBE_ROWS, classify, probe_inputs
 
 # Its module-scoped runs are built once: under pytest-xdist its tests stay in one test process.
 pytestmark = pytest.mark.xdist_group("denormal-runs")
@@ -61,7 +61,7 @@ def test_the_probes_exact_outputs_are_subnormal_and_its_inputs_normal() -> None:
 
 FLUSH_SCRIPT = """
 import json
-from dlarena.frameworks.denormals import classify, flush_calling_thread, probe_inputs
+from dlarena_runner.denormals import classify, flush_calling_thread, probe_inputs
 a, b = probe_inputs()
 before = classify(a @ b)["measured"]
 switch = flush_calling_thread()

@@ -58,7 +58,7 @@ def test_every_worker_fixes_the_allocator_thresholds_and_says_so() -> None:
     import subprocess
     import sys
 
-    from dlarena.worker import MALLOC_MMAP_THRESHOLD_BYTES, MALLOC_TRIM_THRESHOLD_BYTES
+    from dlarena_runner.process import MALLOC_MMAP_THRESHOLD_BYTES, MALLOC_TRIM_THRESHOLD_BYTES
 
     cell = '{"framework": "fault-none", "workload": "fcn5-small", "scenario": "infer", "batch_size": 2, "threads": 1}'
     output = subprocess.run([sys.executable, "-m", "dlarena.worker", "--cell", cell], capture_output=True, text=True,

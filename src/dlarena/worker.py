@@ -17,60 +17,13 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from dlarena.plan.cell import Cell
-from dlarena_runner.record import write_result
+from dlarena_runner.errors import OUT_OF_MEMORY_MARKERS
+from dlarena_runner.process import die_with_parent, fix_malloc_thresholds, limit_threads
+from dlarena_runner.record import VERIFY_PROGRESS_FILE, write_result
 
 if TYPE_CHECKING:
     from dlarena.frameworks.base import Backend, StepRequest
     from dlarena_runner.sampler import ResourceSampler
-
-# Variables read at import time by the thread pools of the BLAS and OpenMP runtimes that frameworks
-# link against, and by TensorFlow. Setting them is necessary but not sufficient (see DEVELOPERS.md):
-# each framework module also sets its own limit, and the parity record measures what was really used.
-THREAD_VARIABLES = (
-    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "BLIS_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
-)
-# Inter-op pools run independent operations side by side. One thread is the safe default; a framework
-# module that measured faster with a larger pool sets it itself (TensorFlow does), and the affinity
-# below caps the cores the cell can use either way.
-INTEROP_VARIABLES = ("TF_NUM_INTEROP_THREADS",)
-
-
-# How frameworks say they ran out of memory, in the exceptions they raise: PyTorch ("CUDA out of
-# memory", OutOfMemoryError), TensorFlow (ResourceExhaustedError, "OOM when allocating"), XLA/JAX
-# ("RESOURCE_EXHAUSTED: Out of memory"), ONNX Runtime ("Failed to allocate memory").
-OUT_OF_MEMORY_MARKERS = ("out of memory", "OutOfMemoryError", "ResourceExhaustedError", "OOM when allocating",
-                         "RESOURCE_EXHAUSTED", "Failed to allocate memory")
-
-
-# glibc's malloc serves a request above its mmap threshold with a fresh mmap (page faults and zeroing
-# at every use) and raises that threshold as the program frees such blocks, so whether a framework's
-# per-step buffers (gradients, activations: hundreds of KiB to MiBs) are mapped afresh every step
-# depends on the process's allocation history. Measured here: torch fcn5-small training in fresh
-# processes fell into a 1.2 ms and a 1.8 ms mode, with twice the page faults in the slow one; with
-# fixed thresholds, six processes in a row ran within 3% of 1.15 ms. Setting them with mallopt (which
-# also turns the dynamic adjustment off) starts every process of every framework from the same
-# allocator rules. The mmap threshold is glibc's largest allowed on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX,
-# 4 MiB * sizeof(long)); memory freed below the trim threshold stays with the process.
-MALLOC_MMAP_THRESHOLD_BYTES = 32 << 20
-MALLOC_TRIM_THRESHOLD_BYTES = 64 << 20
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
-
-
-def fix_malloc_thresholds() -> dict[str, int] | None:
-    """Fix glibc malloc's mmap and trim thresholds for this process; None where there is no glibc."""
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to fix, and nothing claimed
-        return None
-    if mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD_BYTES) != 1:
-        return None
-    if mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD_BYTES) != 1:
-        return None
-    return {"mmap_threshold_bytes": MALLOC_MMAP_THRESHOLD_BYTES, "trim_threshold_bytes": MALLOC_TRIM_THRESHOLD_BYTES}
-
 
 # Where frameworks keep compiled code between processes, and the variable that moves each cache. In
 # a cold cell (Measurement.compile_cache) they point into an empty folder of the process's own, so
@@ -118,24 +71,6 @@ def isolate_compile_caches(mode: str, parent: str | None = None) -> tuple[dict[s
     return {"mode": "cold", "emptied": sorted(COMPILE_CACHE_VARIABLES), "removed": removed}, folder
 
 
-# prctl(2): ask the kernel to send us a signal when the process that started us dies.
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """A worker whose orchestrator was killed must not go on measuring, unseen, on a shared machine."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        return
-
-
 def apply_framework_variables(framework: str) -> dict[str, str]:
     """The registry's variables for ``framework`` (thread controls it reads only from its environment),
     set before anything imports it; the ones set, for the result."""
@@ -157,18 +92,6 @@ def environment_record() -> dict[str, Any]:
 
     return {"python": platform.python_version(), "numpy": np.__version__, "executable": sys.executable,
             "managed": os.environ.get(IDENTITY_VARIABLE)}
-
-
-def limit_threads(threads: int) -> list[int]:
-    """Pin this process to ``threads`` cores and tell the runtimes to use that many threads."""
-    for name in THREAD_VARIABLES:
-        os.environ[name] = str(threads)
-    for name in INTEROP_VARIABLES:
-        os.environ[name] = "1"
-    allowed = sorted(os.sched_getaffinity(0))
-    cores = allowed[:threads]
-    os.sched_setaffinity(0, cores)
-    return cores
 
 
 def _failure(error: BaseException, framework: str | None = None) -> dict[str, str]:
@@ -204,10 +127,10 @@ def _gpu_index(device: str) -> int | None:
 
 def measure_cell(cell: Cell) -> dict[str, Any]:
     """Build and measure one cell; every outcome becomes a result dictionary, never an exception."""
-    from dlarena.frameworks import denormals
     from dlarena.frameworks.base import StepRequest, Unavailable, Unsupported
     from dlarena.frameworks.registry import framework_info, load_backend
     from dlarena.spec.catalogue import get_workload
+    from dlarena_runner import denormals
     from dlarena_runner.resources import peak_rss_bytes
 
     result: dict[str, Any] = {"cell": cell.to_dict(), "status": "failed"}
@@ -337,11 +260,11 @@ def train_cell(cell: Cell, backend: Backend, request: StepRequest, result: dict[
 
 
 def _probe_denormals(backend: Backend, cell: Cell, result: dict[str, Any]) -> str:
-    """The subnormal mode the cell's steps ran in, measured after them (frameworks/denormals.py).
+    """The subnormal mode the cell's steps ran in, measured after them (dlarena_runner/denormals.py).
 
     Its record replaces what ``measure_cell`` stored when it set the mode; a ``flush`` cell whose
     framework still kept subnormals raises Unsupported."""
-    from dlarena.frameworks import denormals
+    from dlarena_runner import denormals
 
     result["denormals"] = denormals.probe(backend, cell.device, result["denormals"])
     return str(result["denormals"]["measured"])
@@ -351,12 +274,6 @@ def _trainable_workloads() -> list[str]:
     from dlarena.spec.catalogue import CATALOGUE
 
     return [name for name, workload in CATALOGUE.items() if workload.training is not None]
-
-
-# Written by the verify mode beside its .npz files, one JSON line as each network starts and ends, so
-# that the verify command knows, after a crash or a timeout, which network took the worker down and
-# which ones were done (a worker runs every network of one framework and precision).
-VERIFY_PROGRESS_FILE = "progress.jsonl"
 
 
 def verify_cell(cell: Cell, folder: str, workloads: list[str] | None = None) -> dict[str, Any]:

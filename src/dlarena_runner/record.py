@@ -14,6 +14,11 @@ RESULT_SCHEMA = 1
 # Suffix of the file being written: the result's own name appears only once it is complete.
 PARTIAL_SUFFIX = ".partial"
 
+# Written by the verify mode beside its .npz files, one JSON line as each network starts and ends, so
+# that the verify command knows, after a crash or a timeout, which network took the worker down and
+# which ones were done (a worker runs every network of one framework and precision).
+VERIFY_PROGRESS_FILE = "progress.jsonl"
+
 
 def write_result(result: Dict[str, Any], path: Optional[str] = None) -> None:
     """Write ``result``, stamped with ``RESULT_SCHEMA``, as one line of JSON to ``path``, or to

@@ -13,17 +13,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from dlarena.frameworks.registry import TIMED_PRECISIONS
 from dlarena.spec import Workload
+from dlarena_runner.errors import Unavailable as Unavailable
+from dlarena_runner.errors import Unsupported as Unsupported
 
 if TYPE_CHECKING:
     import numpy as np
 
 
-class Unsupported(Exception):
-    """The framework cannot express this cell (a layer, a scenario, a device); the cell is ``unsupported``."""
-
-
-class Unavailable(Exception):
-    """The framework or the device is not there; the cell is ``unavailable``."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +71,7 @@ class Parity:
     tf32: bool | None = None
     cudnn_benchmark: bool | None = None
     # Subnormal numbers "flush" (to zero), "keep" or "mixed": measured by the worker with the
-    # framework's own product after the steps (frameworks/denormals.py), never set by a module.
+    # framework's own product after the steps (dlarena_runner/denormals.py), never set by a module.
     denormals: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -167,6 +163,6 @@ class Backend(Protocol):
     def denormal_product(self, a: np.ndarray, b: np.ndarray, device: str) -> np.ndarray:
         """``a @ b`` (float32) by the framework's own ops on ``device``, as its steps run, as NumPy.
 
-        The subnormal probe (frameworks/denormals.py). Optional, read with getattr by the worker:
+        The subnormal probe (dlarena_runner/denormals.py). Optional, read with getattr by the worker:
         ``flush_denormals() -> None``, the framework's switch to flush subnormal numbers to zero.
         """

@@ -420,6 +420,6 @@ class KernelBackend:
     def flush_denormals(self) -> str | None:
         """Flush-to-zero in the worker's thread (denormals.flush_calling_thread): a module whose
         framework has its own switch overrides this; the probe measures what really happened."""
-        from dlarena.frameworks.denormals import flush_calling_thread
+        from dlarena_runner.denormals import flush_calling_thread
 
         return flush_calling_thread()

@@ -11,11 +11,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from dlarena.spec import Shape
+from dlarena_runner.layout import GRU_CANONICAL as GRU_CANONICAL
+from dlarena_runner.layout import LSTM_CANONICAL as LSTM_CANONICAL
+from dlarena_runner.layout import reorder_gates as reorder_gates
 
-# Gate orders: the canonical ones and those of the libraries that differ.
-LSTM_CANONICAL = "ifgo"  # PyTorch, Keras, TensorFlow, JAX/Flax (i, f, c, o) use it too
+# Gate orders of the libraries that differ from the canonical ones (dlarena_runner.layout).
 LSTM_ONNX = "iofg"  # ONNX LSTM: input, output, forget, cell
-GRU_CANONICAL = "rzn"  # PyTorch (r, z, n)
 GRU_KERAS = "zrn"  # Keras / TensorFlow GRU (z, r, h); ONNX GRU is also z, r, h
 
 
@@ -34,13 +35,6 @@ def flattened_rows_channels_last(kernel: np.ndarray, chw: Shape, inverse: bool =
     if not inverse:
         return kernel.reshape(channels, height, width, out).transpose(1, 2, 0, 3).reshape(-1, out)
     return kernel.reshape(height, width, channels, out).transpose(2, 0, 1, 3).reshape(-1, out)
-
-
-def reorder_gates(array: np.ndarray, source: str, target: str, axis: int = -1) -> np.ndarray:
-    """Reorder the equal gate blocks of ``array`` along ``axis`` from order ``source`` to ``target``."""
-    blocks = np.split(array, len(source), axis=axis)
-    by_gate = dict(zip(source, blocks, strict=True))
-    return np.concatenate([by_gate[gate] for gate in target], axis=axis)
 
 
 def images_channels_last(batch: np.ndarray, inverse: bool = False) -> np.ndarray:

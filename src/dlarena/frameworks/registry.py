@@ -47,6 +47,10 @@ class FrameworkInfo:
     # Layer types (spec/layers.py class names) it cannot express, with the reason: a cell of a network
     # that has one is `unsupported` without starting a worker.
     unsupported_layers: dict[str, str] = field(default_factory=dict)
+    # For a framework on an interpreter that cannot import dlarena (CNTK on 3.6, Caffe on 3.9): its
+    # module in dlarena_runner.frameworks, run by dlarena_runner.job_worker from files the host
+    # writes (frameworks/job.py); None: ``module`` runs in dlarena.worker.
+    job_module: str | None = None
 
     def unsupported_reason(self, layer_types: set[str], scenario: str) -> str | None:
         """Why it cannot run a network with these layer types in this scenario; None when it can."""
@@ -271,6 +275,17 @@ if os.environ.get(FAULT_FRAMEWORKS_VARIABLE) == "1":
             extra="test",
             options={"fault": _fault},
         )
+    # Not a fault: a NumPy perceptron on the old-interpreter path (job.py, dlarena_runner.job_worker),
+    # so that the tests drive that path with no framework installed. Prefixed as the others are, so
+    # that it is never taken for a real framework.
+    FRAMEWORKS["fault-job"] = FrameworkInfo(
+        name="fault-job", description="test-only: a NumPy perceptron run by the job worker",
+        module="dlarena_runner.frameworks.numpy_mlp", imports=("numpy",), distributions=("numpy",), extra="test",
+        scenarios=("train", "infer"), job_module="dlarena_runner.frameworks.numpy_mlp",
+        unsupported_layers={name: "the test-only NumPy perceptron has Dense, Activation, Dropout and Flatten"
+                            for name in ("Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "BatchNorm",
+                                         "Embedding", "LSTM", "GRU", "Residual", "Concat")},
+    )
 
 
 def default_frameworks() -> tuple[str, ...]:

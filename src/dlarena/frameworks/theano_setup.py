@@ -245,7 +245,7 @@ def flush_denormals() -> str:
     too. So setting the CPU's flush mode in that thread is what flushing means for Theano, as it is
     for torch.set_flush_denormal. Where OpenBLAS has worker threads (more than one thread), they
     may keep their own mode (measured here at 2 threads: the probe flushed all outputs); the cell's
-    probe (frameworks/denormals.py, a product by Theano's own compiled function) measures what the
+    probe (dlarena_runner/denormals.py, a product by Theano's own compiled function) measures what the
     steps ran with and refuses a flush cell that came out "mixed".
     glibc's ``fegetenv``/``fesetenv`` through ctypes read and write the register: no compiler."""
     import ctypes

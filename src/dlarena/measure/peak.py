@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--size", type=int, default=PEAK_MATRIX_SIZE)
     args = parser.parse_args(argv)
-    from dlarena.worker import limit_threads
+    from dlarena_runner.process import limit_threads
 
     limit_threads(args.threads)  # before NumPy starts its BLAS
     gflops, library = measure_peak(args.size)

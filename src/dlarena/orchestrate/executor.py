@@ -52,7 +52,8 @@ def worker_command(cell: Cell, python: str | None = None, extra_args: Sequence[s
     """The worker's command line, as stored with its result: run by hand, it re-runs the cell.
 
     A framework in a managed environment runs on that environment's interpreter, with its variables
-    given through env(1) so that the stored command carries them too."""
+    given through env(1) so that the stored command carries them too; one on an interpreter that
+    cannot import dlarena runs dlarena_runner.job_worker on a job the host writes first."""
     from dlarena.frameworks.registry import FRAMEWORKS
 
     prefix: list[str] = []
@@ -62,6 +63,11 @@ def worker_command(cell: Cell, python: str | None = None, extra_args: Sequence[s
 
         python, variables = manage.launch(info.environment, require=False)
         prefix = ["env", *(f"{name}={value}" for name, value in sorted(variables.items()))]
+    if info is not None and info.job_module is not None:
+        from dlarena.frameworks.job import worker_arguments
+
+        return [*prefix, python or sys.executable,
+                *worker_arguments(cell, info.job_module, dict(info.variables), extra_args)]
     return [*prefix, python or sys.executable, "-m", "dlarena.worker", "--cell", cell.to_json(), *extra_args]
 
 

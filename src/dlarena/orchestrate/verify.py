@@ -57,7 +57,7 @@ from dlarena.plan.cell import Cell, Measurement
 from dlarena.spec import Workload, reference
 from dlarena.spec.catalogue import CATALOGUE, get_workload
 from dlarena.spec.weights import canonical_batch, canonical_weights, parameter_specs
-from dlarena.worker import VERIFY_PROGRESS_FILE
+from dlarena_runner.record import VERIFY_PROGRESS_FILE
 
 # Tolerances, as norm-wise relative errors (layout.max_relative_error) against the float64 oracle or
 # across frameworks. float32 rounds to 6e-8 relative; a dot product of n terms accumulates about

@@ -40,7 +40,7 @@ DEFAULT_COMPILE_CACHE = "cold"
 # 64 on one thread took 769 ms a step keeping them and 611 ms flushing them, here. "default" leaves every framework as
 # it is (what its users get); "flush" turns flush-to-zero on where the framework has a switch, and a
 # cell whose framework still keeps them is `unsupported`. Every result records the mode it measured
-# (frameworks/denormals.py).
+# (dlarena_runner/denormals.py).
 DENORMAL_MODES = ("default", "flush")
 DEFAULT_DENORMALS = "default"
 

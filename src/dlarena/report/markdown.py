@@ -141,7 +141,7 @@ def _accuracy_section(rows: Sequence[Row]) -> list[str]:
     return lines
 
 
-# How the report words each subnormal mode a cell's processes measured (frameworks/denormals.py).
+# How the report words each subnormal mode a cell's processes measured (dlarena_runner/denormals.py).
 _DENORMAL_WORDS = {"flush": "flushed to zero by", "keep": "kept by", "mixed": "flushed in some threads only by"}
 
 

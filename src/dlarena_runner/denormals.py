@@ -5,7 +5,9 @@ may set in some of its threads and not others, so it cannot be read from a setti
 the framework for a matrix product of its own whose every exact output is subnormal, large enough
 to be split over the process's threads, and counts the outputs that came back zero. All of them:
 "flush"; none: "keep"; some: "mixed" (some threads flush, others not). On a GPU it is the device's
-behaviour. Each framework module supplies only its two differences, on its ``Backend``:
+behaviour. Both workers run it (Python 3.6; NumPy imported where used). Each framework module
+supplies only its two differences, on its ``Backend`` (or, on an old interpreter, as functions of
+its module):
 
 - ``denormal_product(a, b, device) -> np.ndarray``: ``a @ b`` by the framework's own ops on the
   cell's device, the way its steps run (graph, jit), as NumPy;
@@ -15,13 +17,9 @@ behaviour. Each framework module supplies only its two differences, on its ``Bac
   is ``unsupported``.
 """
 
-from __future__ import annotations
+from typing import Any, Dict, Optional, Tuple
 
-from typing import Any
-
-import numpy as np
-
-from dlarena.frameworks.base import Backend, Unsupported
+from dlarena_runner.errors import Unsupported
 
 # The probe: (ROWS x INNER) @ (INNER x COLUMNS) of LEFT and RIGHT. Each product LEFT * RIGHT = 1e-41
 # and each output INNER * 1e-41 = 2.56e-39 lie below float32's smallest normal number (1.18e-38), and
@@ -36,14 +34,18 @@ PROBE_DESCRIPTION = (f"{PROBE_ROWS}x{PROBE_INNER} @ {PROBE_INNER}x{PROBE_COLUMNS
 MEASURED_MODES = ("flush", "keep", "mixed")
 
 
-def probe_inputs() -> tuple[np.ndarray, np.ndarray]:
+def probe_inputs() -> Tuple[Any, Any]:
     """The probe's two float32 matrices."""
+    import numpy as np
+
     return (np.full((PROBE_ROWS, PROBE_INNER), PROBE_LEFT, dtype=np.float32),
             np.full((PROBE_INNER, PROBE_COLUMNS), PROBE_RIGHT, dtype=np.float32))
 
 
-def classify(product: np.ndarray) -> dict[str, Any]:
+def classify(product: Any) -> Dict[str, Any]:
     """What a product of the probe's inputs says: the mode, and how many of its outputs were zero."""
+    import numpy as np
+
     values = np.asarray(product)
     if values.shape != (PROBE_ROWS, PROBE_COLUMNS):
         raise ValueError(f"the subnormal probe's product has shape {values.shape}, not {(PROBE_ROWS, PROBE_COLUMNS)}")
@@ -88,16 +90,16 @@ def flush_calling_thread() -> str:
     return "MXCSR flush-to-zero and denormals-are-zero set in the worker's thread (glibc fesetenv)"
 
 
-def apply(backend: Backend, setting: str) -> dict[str, Any]:
+def apply(backend: Any, setting: str) -> Dict[str, Any]:
     """Put the framework in the cell's mode, after it is loaded and before anything is built.
 
     Returns the start of the result's record: the setting, and the switch turned on (None: none)."""
     switch = getattr(backend, "flush_denormals", None)
-    turned: str | None = switch() if setting == "flush" and switch is not None else None
+    turned: Optional[str] = switch() if setting == "flush" and switch is not None else None
     return {"setting": setting, "switch": turned}
 
 
-def probe(backend: Backend, device: str, applied: dict[str, Any]) -> dict[str, Any]:
+def probe(backend: Any, device: str, applied: Dict[str, Any]) -> Dict[str, Any]:
     """Measure the mode the framework computed in (``applied``: what ``apply`` returned), and hold a
     ``flush`` cell to it.
 
@@ -105,7 +107,8 @@ def probe(backend: Backend, device: str, applied: dict[str, Any]) -> dict[str, A
     one-off cost (a thread pool's start, a runtime's first op) away from the first step.
     """
     a, b = probe_inputs()
-    record = {**applied, **classify(backend.denormal_product(a, b, device)), "probe": PROBE_DESCRIPTION}
+    record = dict(applied, probe=PROBE_DESCRIPTION)
+    record.update(classify(backend.denormal_product(a, b, device)))
     if record["setting"] == "flush" and record["measured"] != "flush":
         how = f"with {record['switch']}" if record["switch"] else "it has no switch to do so"
         raise Unsupported(
