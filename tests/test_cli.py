@@ -117,7 +117,7 @@ def test_list_outputs(cli: Cli) -> None:
     assert by_name["resnet50"]["forward_flops_per_sample"] > 7e9
     frameworks = json.loads(cli("list", "frameworks", "--json").stdout)
     assert {"torch", "torch-compile"} <= {item["name"] for item in frameworks}
-    assert all("float32" in item["precisions"] for item in frameworks)
+    assert all("float32" in item["precisions"] for item in frameworks if item["status"] != "unavailable")
     suites = json.loads(cli("list", "suites", "--json").stdout)
     assert "quick" in {item["name"] for item in suites}
     assert "fcn5" in cli("list", "workloads").stdout

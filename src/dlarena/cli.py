@@ -7,6 +7,7 @@ import dataclasses
 import json
 import shlex
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -186,24 +187,39 @@ def _print_check(check: Any) -> None:
           file=sys.stderr)
 
 
+# `dlarena list frameworks`: the widths of its name and status columns, and the width its second lines
+# (which studies named a framework, why one is unavailable) wrap at, a terminal's customary 100.
+_NAME_WIDTH = 18
+_STATUS_WIDTH = 15
+_LISTING_WIDTH = 100
+
+
+def _framework_lines(items: list[dict[str, Any]]) -> list[str]:
+    """One line per framework (name, status, what it is), then indented: which studies named it, and
+    why it is unavailable or how to set it up."""
+    from dlarena.frameworks.studies import named_by
+
+    indent = " " * (_NAME_WIDTH + _STATUS_WIDTH)
+    lines = [f"{'framework':<{_NAME_WIDTH}}{'status':<{_STATUS_WIDTH}}what it is; which studies named it"]
+    for item in items:
+        versions = f" ({', '.join(f'{k} {v}' for k, v in item['versions'].items())})" if item["versions"] else ""
+        lines.append(f"{item['name']:<{_NAME_WIDTH}}{item['status']:<{_STATUS_WIDTH}}{item['description']}{versions}")
+        details = [f"named by {named}" for named in [named_by(item["name"])] if named]
+        details += [f"why: {item['reason']}"] if item.get("reason") else []
+        details += [f"set up: {item['setup']}"] if item.get("setup") else []
+        for detail in details:
+            lines += textwrap.wrap(detail, _LISTING_WIDTH, initial_indent=indent, subsequent_indent=indent + "  ",
+                                   break_on_hyphens=False)
+    return lines
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     items: list[dict[str, Any]]
     if args.what == "frameworks":
-        from dlarena.frameworks.registry import FRAMEWORKS
+        from dlarena.frameworks.studies import framework_rows
 
-        items = [
-            {"name": info.name, "installed": info.is_installed(), "versions": info.versions(),
-             "scenarios": list(info.scenarios), "precisions": list(info.precisions), "extra": info.extra,
-             "environment": info.environment, "description": info.description}
-            for info in FRAMEWORKS.values()
-        ]
-        lines = [
-            f"{item['name']:<16} {'installed' if item['installed'] else 'missing  '}  {item['description']}"
-            + (f" ({', '.join(f'{k} {v}' for k, v in item['versions'].items())})" if item["versions"] else "")
-            + (f" (`dlarena env setup {item['environment']}`)" if item["environment"] and not item["installed"]
-               else "")
-            for item in items
-        ]
+        items = framework_rows()
+        lines = _framework_lines(items)
     elif args.what == "workloads":
         from dlarena.spec.catalogue import CATALOGUE
 
