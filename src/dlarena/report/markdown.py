@@ -169,6 +169,7 @@ def denormals_note(rows: Sequence[Row]) -> list[str]:
 
 def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[Ranking] = ()) -> str:
     """The report: the run, then which framework is fastest (``rankings``, report/ranking), then the tables."""
+    from dlarena.report import against_published  # it reads this module's figures of a training cell
     from dlarena.report.ranking import headline
 
     lines = [
@@ -214,6 +215,7 @@ def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[R
         lines += denormals_note(group)
 
     lines += _accuracy_section([row for row in rows if row["scenario"] == "accuracy"])
+    lines += against_published.section(rows)
     ok = [row for row in rows if row["status"] == "ok"]
     timed = [row for row in timing if row["status"] == "ok"]
     if timed:
