@@ -40,9 +40,15 @@ lint: $(VENV)/.test-installed
 	$(VERMIN) --target=$(RUNNER_MIN_PYTHON)- $(RUNNER)
 
 # The managed environments of the frameworks that cannot share .venv (Theano, Lasagne, Keras 2, MXNet,
-# Gluon, Chainer; PaddlePaddle): the conformance tests run them there. A present environment is kept.
-envs: $(VENV)/.test-installed
-	$(BIN)/dlarena env setup legacy paddle
+# Gluon, Chainer; PaddlePaddle; CNTK and Keras on CNTK; Caffe2; Caffe; DyNet): the conformance tests run
+# them there. A present environment is kept. One target each, so that `make -j` downloads them side by
+# side (.ci/run); each setup is atomic (a .partial folder renamed into place), so they never collide.
+ENVIRONMENTS := legacy paddle cntk caffe2 caffe dynet
+.PHONY: $(addprefix env-,$(ENVIRONMENTS))
+envs: $(addprefix env-,$(ENVIRONMENTS))
+
+$(addprefix env-,$(ENVIRONMENTS)): env-%: $(VENV)/.test-installed
+	$(BIN)/dlarena env setup $*
 
 # pytest exits with 5 when it collects no test: a suite that tests nothing must not pass as green.
 # Most tests wait on one single-threaded worker process: one test process per core (pytest-xdist, at

@@ -4,6 +4,8 @@ leaving nothing behind, and workers that really run on the environment's interpr
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -71,6 +73,26 @@ def test_a_missing_interpreter_is_one_sentence_naming_the_version(monkeypatch: p
     monkeypatch.setitem(ENVIRONMENTS, "ancient", spec)
     with pytest.raises(manage.EnvironmentError_, match=r"needs Python 3\.0, and no such interpreter.*pyenv install"):
         manage.find_interpreter(spec)
+
+
+def test_without_its_interpreter_the_setup_and_the_cells_say_where_dlarena_looked(
+    empty_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A machine with no Python 3.6 anywhere: an empty pyenv, an empty uv folder, a PATH without it.
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path / "pyenv"))
+    monkeypatch.setenv("UV_PYTHON_INSTALL_DIR", str(tmp_path / "uv"))
+    monkeypatch.setenv("PATH", os.pathsep.join(str(Path(path)) for path in ("/usr/bin", "/bin")))
+    if shutil.which("python3.6"):
+        pytest.skip("this machine has python3.6 in /usr/bin")
+    completed = _dlarena("env", "setup", "cntk")
+    assert completed.returncode != 0 and "Traceback" not in completed.stderr
+    [sentence] = completed.stderr.strip().splitlines()
+    for part in ("needs Python 3.6", "PATH", str(tmp_path / "pyenv" / "versions"), str(tmp_path / "uv"),
+                 "pyenv install 3.6", "dlarena env setup cntk"):
+        assert part in sentence
+    assert "uv python install" not in sentence  # uv offers nothing older than 3.8
+    assert not list(empty_home.rglob("cntk-*"))
+    assert "no such interpreter was found" in FRAMEWORKS["cntk"].unavailable_message()
 
 
 def test_a_failed_setup_leaves_nothing(empty_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -70,7 +70,8 @@ def test_a_job_is_written_once_and_keyed_by_its_contents(tmp_path: Path, monkeyp
     job = json.loads((first / JOB_FILE).read_text())
     assert job["schema"] == JOB_SCHEMA
     arrays = np.load(first / job["networks"]["fcn5-small"]["arrays"])
-    assert arrays["inputs"].shape == (16, *get_workload("fcn5-small").network.input_shape) and arrays["inputs"].dtype == np.float32
+    assert arrays["inputs"].shape == (16, *get_workload("fcn5-small").network.input_shape)
+    assert arrays["inputs"].dtype == np.float32
     assert job_folder(_cell(), "time") == first
     assert job_folder(_cell(), "verify", ["fcn5-small"]) != first  # canonical weights, not starting ones
     assert not list(first.parent.glob("*.partial"))

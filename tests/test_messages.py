@@ -21,7 +21,7 @@ from dlarena.wording import counted
         ("pytorch", FRAMEWORKS, ["torch"]),  # a valid name inside the typed one
         ("Torch", FRAMEWORKS, ["torch"]),  # case alone wins alone
         ("TensorFlow-XLA", FRAMEWORKS, ["tensorflow-xla"]),
-        ("keras", FRAMEWORKS, ["keras-jax", "keras-torch", "keras2-theano"]),  # inside valid ones; the closest 3
+        ("keras", FRAMEWORKS, ["keras-jax", "keras-torch", "keras2-cntk"]),  # inside valid ones; the closest 3
         ("cifar-10", DATASETS, ["cifar10"]),  # separators are not part of a name
         ("cifar-10", CATALOGUE, ["cifar10-cnn", "cifar10-cnn-small"]),
         ("Fashion_MNIST", DATASETS, ["fashion-mnist"]),
@@ -47,7 +47,7 @@ def test_the_sentence_names_the_mistake_the_likely_name_and_every_valid_one() ->
         framework_info("pytorch")
     assert raised.value.suggestions == ["torch"]
     assert str(raised.value).startswith("unknown framework 'pytorch' (did you mean 'torch'?); valid frameworks: ")
-    listed = "jax, keras-jax, keras-tensorflow, keras-torch, keras2-theano, lasagne, mxnet, onnxruntime"
+    listed = "jax, keras-jax, keras-tensorflow, keras-torch, keras2-cntk, keras2-theano, lasagne, mxnet, onnxruntime"
     assert listed in str(raised.value)
 
 

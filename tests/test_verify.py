@@ -146,9 +146,10 @@ def _arrays(path: Path, oracle: verification._Oracle, precision: str, gradients:
     return path
 
 
-def _judge(tmp_path: Path, margin: float, scale32: float, scale64: float) -> PairCheck:
+def _judge(tmp_path: Path, margin: float, scale32: float, scale64: float | None) -> PairCheck:
     """The candidate's verdict on digits-mlp when its float32 gradient of one parameter is scaled by
-    ``scale32`` and its float64 one by ``scale64`` (0: the float64 gradients are all zero)."""
+    ``scale32`` and its float64 one by ``scale64`` (0: the float64 gradients are all zero; None: the
+    candidate computes no float64, as Caffe and Caffe2 do not)."""
     oracle = dataclasses.replace(_oracle("digits-mlp", 4), margin=reference.BranchMargin(margin, "2 relu"))
     rng = np.random.default_rng(0)
     exact = {spec.name: rng.normal(size=spec.shape) for spec in parameter_specs(oracle.workload.network)}
@@ -159,14 +160,18 @@ def _judge(tmp_path: Path, margin: float, scale32: float, scale64: float) -> Pai
         return _Outcome("ok", "", record, path, "9.9")
 
     wrong32 = dict(exact, **{"1.bias": exact["1.bias"] * scale32})
-    wrong64 = {name: value * scale64 for name, value in exact.items()} if scale64 == 0 else dict(
-        exact, **{"1.bias": exact["1.bias"] * scale64})
     outcomes32 = {"reference": {"digits-mlp": outcome("reference", "float32", exact)},
                   "candidate": {"digits-mlp": outcome("candidate", "float32", wrong32)}}
-    outcomes64 = {"reference": {"digits-mlp": outcome("reference", "float64", exact)},
-                  "candidate": {"digits-mlp": outcome("candidate", "float64", wrong64)}}
+    outcomes64 = {"reference": {"digits-mlp": outcome("reference", "float64", exact)}}
+    if scale64 is None:
+        outcomes64["candidate"] = {"digits-mlp": _Outcome("unsupported", "it computes in float32 only")}
+    else:
+        wrong64 = {name: value * scale64 for name, value in exact.items()} if scale64 == 0 else dict(
+            exact, **{"1.bias": exact["1.bias"] * scale64})
+        outcomes64["candidate"] = {"digits-mlp": outcome("candidate", "float64", wrong64)}
     first, candidate = _judge_network(oracle, ["reference", "candidate"], 4, outcomes32, outcomes64)
-    assert first.status == "ok" and first.gradient_reference == "itself (the reference)"
+    assert first.status == "ok" and first.gradient_reference == (
+        "itself (the reference)" if scale64 is not None else "n/a: no other framework to compare with")
     return candidate
 
 
@@ -207,6 +212,15 @@ def test_where_the_float32_gradient_is_not_defined_float64_decides(tmp_path: Pat
     assert near_kink.status == "ok" and near_kink.float32_gradients.startswith("not defined to float32 rounding")
     both_wrong = _judge(tmp_path, NOT_DEFINED, scale32=WAY_OFF, scale64=0.0)
     assert both_wrong.status == "mismatch" and both_wrong.framework_bugs == []
+
+
+def test_without_float64_nothing_decides_and_the_verdict_says_the_gradients_are_unverified(tmp_path: Path) -> None:
+    near_kink = _judge(tmp_path, NOT_DEFINED, scale32=WAY_OFF, scale64=None)
+    assert near_kink.float32_gradients.startswith("unverified:") and "float32 only" in near_kink.float32_gradients
+    assert "unverified" in near_kink.message
+    # Where the gradient is defined, float32 alone judges it, float64 or not.
+    assert _judge(tmp_path, WELL_DEFINED, scale32=1.0, scale64=None).float32_gradients == "verified"
+    assert _judge(tmp_path, WELL_DEFINED, scale32=WAY_OFF, scale64=None).status == "mismatch"
 
 
 def test_gradients_are_compared_parameter_by_parameter(tmp_path: Path) -> None:

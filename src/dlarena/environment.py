@@ -65,9 +65,13 @@ def code_version() -> str:
 
 
 def framework_versions() -> dict[str, str]:
+    """Every framework's distributions and versions; a managed environment's under its name (its torch
+    1.10.2, which carries Caffe2, is not .venv's torch)."""
     versions: dict[str, str] = {}
     for info in FRAMEWORKS.values():
-        versions.update(info.versions())
+        for name, version in info.versions().items():
+            own = info.environment is None or name.startswith("environment ")
+            versions[name if own else f"{name} ({info.environment})"] = version
     return versions
 
 

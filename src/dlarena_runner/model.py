@@ -63,6 +63,11 @@ class Layer:
         self.type: str = data["type"]
         self.path: str = data["path"]
 
+    def __getattr__(self, name: str) -> Any:
+        # Only for a name __init__ did not set: the spec's fields differ by type, so a type checker is
+        # told here that a layer has whatever its type has, and a missing one is a clear error.
+        raise AttributeError(f"a {self.__dict__.get('type')} layer has no field {name!r}")
+
     def __repr__(self) -> str:
         return f"Layer({self.type} at {self.path})"
 

@@ -26,7 +26,7 @@ from typing import Any
 import dlarena
 import dlarena_runner
 from dlarena.data.cache import cache_base, size_on_disk
-from dlarena.environments import ENVIRONMENTS, EnvironmentSpec, environment_spec
+from dlarena.environments import ENV_PLACEHOLDER, ENVIRONMENTS, EnvironmentSpec, debs, environment_spec
 from dlarena.errors import DlarenaError
 
 ENVS_VARIABLE = "DLARENA_ENVS"  # moves the environments' folder (tests, CI, a larger disk)
@@ -58,8 +58,18 @@ def environments_home() -> Path:
 
 
 def pin_hash(spec: EnvironmentSpec) -> str:
-    material = json.dumps({"constraints": spec.constraints_text(), "packages": spec.packages, "steps": spec.steps,
-                           "python": spec.python, "variables": spec.variables}, sort_keys=True)
+    fields: dict[str, Any] = {"constraints": spec.constraints_text(), "packages": spec.packages, "steps": spec.steps,
+                              "python": spec.python, "variables": spec.variables}
+    # Fields added later enter only when set, so that an environment without them keeps its hash.
+    if spec.bootstrap:
+        fields["bootstrap"] = spec.bootstrap
+    if spec.links:
+        fields["links"] = [[link.path, link.target, link.package] for link in spec.links]
+    if spec.debs:
+        fields["debs"] = [spec.debian_release, spec.debs_text()]
+    if spec.paths:
+        fields["paths"] = spec.paths
+    material = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(material.encode()).hexdigest()[:PIN_HASH_LENGTH]
 
 
@@ -100,39 +110,73 @@ def _version_of(executable: str) -> tuple[int, int] | None:
 
 
 def _pyenv_interpreters(major: int, minor: int) -> list[Path]:
-    root = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
+    root = _pyenv_root() / "versions"
     pattern = re.compile(rf"^{major}\.{minor}\.\d+$")  # a release, not a -dev or a virtualenv of pyenv's
     found = [path / "bin" / f"python{major}.{minor}" for path in sorted(root.glob(f"{major}.{minor}.*"))
              if pattern.match(path.name)] if root.is_dir() else []
     return [path for path in found if path.exists()]
 
 
+def _pyenv_root() -> Path:
+    return Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
+
+
+def _uv_root() -> Path:
+    """Where ``uv python install`` puts interpreters: ``$UV_PYTHON_INSTALL_DIR``, else
+    ``$XDG_DATA_HOME/uv/python``, else ``~/.local/share/uv/python`` (uv's documentation)."""
+    if os.environ.get("UV_PYTHON_INSTALL_DIR"):
+        return Path(os.environ["UV_PYTHON_INSTALL_DIR"])
+    data = os.environ.get("XDG_DATA_HOME")
+    return (Path(data) if data and Path(data).is_absolute() else Path.home() / ".local" / "share") / "uv" / "python"
+
+
+def _uv_interpreters(major: int, minor: int) -> list[Path]:
+    root = _uv_root()
+    found = [path / "bin" / f"python{major}.{minor}" for path in sorted(root.glob(f"cpython-{major}.{minor}.*"))]
+    return [path for path in found if path.exists()]
+
+
 def interpreter(major: int, minor: int) -> str | None:
-    """An interpreter of Python ``major.minor``: this one, one on PATH, or one of pyenv's; None if none."""
+    """An interpreter of Python ``major.minor``: this one, one on PATH, one of pyenv's or one of uv's;
+    None if none."""
     candidates: list[str] = []
     if sys.version_info[:2] == (major, minor):
         candidates.append(getattr(sys, "_base_executable", sys.executable))
     on_path = shutil.which(f"python{major}.{minor}")
     if on_path:
         candidates.append(on_path)
-    candidates += [str(path) for path in _pyenv_interpreters(major, minor)]
+    candidates += [str(path) for path in _pyenv_interpreters(major, minor) + _uv_interpreters(major, minor)]
     for candidate in candidates:
         if _version_of(candidate) == (major, minor):
             return candidate
     return None
 
 
+# The oldest Python that `uv python install` offers (its downloads list nothing older).
+UV_OLDEST_PYTHON = (3, 8)
+
+
+def missing_interpreter_message(spec: EnvironmentSpec) -> str:
+    """The one sentence for an environment whose interpreter is nowhere: which, where dlarena looked,
+    and how to get one."""
+    wanted = " to ".join(dict.fromkeys(f"{major}.{minor}" for major, minor in spec.python))
+    newest = spec.python[1]
+    how = f"`pyenv install {newest[0]}.{newest[1]}`"
+    if newest >= UV_OLDEST_PYTHON:
+        how += f" or `uv python install {newest[0]}.{newest[1]}`"
+    return (f"environment {spec.name} needs Python {wanted}, and no such interpreter was found: dlarena runs on "
+            f"{sys.version_info[0]}.{sys.version_info[1]}, and it looked for python{newest[0]}.{newest[1]} on "
+            f"PATH, in pyenv ({_pyenv_root() / 'versions'}) and among uv's interpreters ({_uv_root()}); install "
+            f"one ({how}) and run `dlarena env setup {spec.name}` again")
+
+
 def find_interpreter(spec: EnvironmentSpec) -> str:
-    """The newest interpreter in the environment's range: this one, one on PATH, or one of pyenv's."""
+    """The newest interpreter in the environment's range: this one, one on PATH, pyenv's or uv's."""
     for major, minor in spec.python_versions():
         found = interpreter(major, minor)
         if found is not None:
             return found
-    wanted = " to ".join(dict.fromkeys(f"{major}.{minor}" for major, minor in spec.python))
-    raise EnvironmentError_(
-        f"environment {spec.name} needs Python {wanted}, and no such interpreter is on PATH or in pyenv; "
-        f"install one (for example `pyenv install {spec.python[1][0]}.{spec.python[1][1]}`) and run "
-        f"`dlarena env setup {spec.name}` again")
+    raise EnvironmentError_(missing_interpreter_message(spec))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -176,13 +220,68 @@ def _link_worker(target: Path) -> Path:
     return path
 
 
+# What setup records of an environment, run by its interpreter (Python 3.6 syntax: the oldest one).
+# importlib.metadata is 3.8+; before it, setuptools' pkg_resources, with each version read from the
+# distribution's own metadata file: pkg_resources takes it from the folder's name, and CNTK's
+# 2.7.post2 wheel ships a folder named cntk-2.7.dist-info.
 _PROBE = """
-import json, platform, sys, importlib.metadata as metadata
+import json, platform, sys, sysconfig
 import numpy
-packages = {d.metadata["Name"]: d.version for d in metadata.distributions() if d.metadata["Name"]}
+try:
+    import importlib.metadata as metadata
+    packages = {d.metadata["Name"]: d.version for d in metadata.distributions() if d.metadata["Name"]}
+except ImportError:
+    import email.parser, pkg_resources
+    packages = {}
+    for d in pkg_resources.working_set:
+        names = [name for name in ("METADATA", "PKG-INFO") if d.has_metadata(name)]
+        headers = email.parser.Parser().parsestr(d.get_metadata(names[0]) if names else "", headersonly=True)
+        packages[headers.get("Name") or d.project_name] = headers.get("Version") or d.version
 print(json.dumps({"python": platform.python_version(), "numpy": numpy.__version__, "packages": packages,
-                  "executable": sys.executable}))
+                  "executable": sys.executable, "site_packages": sysconfig.get_paths()["purelib"]}))
 """
+
+
+def _require_link_targets(spec: EnvironmentSpec) -> None:
+    """Refuse, before anything is downloaded, an environment whose system libraries are missing."""
+    for link in spec.links:
+        if not Path(link.target).exists():
+            raise EnvironmentError_(
+                f"environment {spec.name} needs {link.target}, which is missing: install the system package "
+                f"{link.package} (`apt-get install {link.package}`) and run `dlarena env setup {spec.name}` again")
+
+
+def _make_links(spec: EnvironmentSpec, site_packages: Path) -> None:
+    for link in spec.links:
+        path = site_packages / link.path
+        if not path.parent.is_dir():
+            raise EnvironmentError_(f"environment {spec.name}: the folder of the link {link.path} is not in "
+                                    f"{site_packages}; nothing was kept")
+        path.unlink(missing_ok=True)
+        path.symlink_to(link.target)
+
+
+def expand(variables: dict[str, str], where: Path) -> dict[str, str]:
+    """An environment's variables with ``{env}`` replaced by its folder ``where``."""
+    return {key: value.replace(ENV_PLACEHOLDER, str(where)) for key, value in variables.items()}
+
+
+def _unpack_debian(spec: EnvironmentSpec, partial: Path, report: Callable[[str], None]) -> int:
+    """The environment's pinned Debian packages unpacked into ``partial/debian``; how many."""
+    try:
+        pins = debs.read_pins(spec.debs_text())
+        report(f"{spec.name}: downloading and unpacking {len(pins)} Debian {spec.debian_release} packages")
+        debs.fetch(pins, spec.debian_release, partial / debs.PREFIX)
+    except debs.DebianError as error:
+        raise EnvironmentError_(f"environment {spec.name}: {error}; nothing was kept") from None
+    return len(pins)
+
+
+def _write_paths(spec: EnvironmentSpec, partial: Path, site_packages: Path) -> None:
+    """A .pth in site-packages naming the spec's folders, relative (the folder is renamed after)."""
+    if spec.paths:
+        lines = [os.path.relpath(partial / path, site_packages) for path in spec.paths]
+        (site_packages / f"dlarena-{spec.name}.pth").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def setup(name: str, report: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
@@ -193,6 +292,7 @@ def setup(name: str, report: Callable[[str], None] = lambda _: None) -> dict[str
         report(f"{name}: present in {folder(spec)}")
         return existing
     interpreter = find_interpreter(spec)
+    _require_link_targets(spec)
     target = folder(spec)
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -200,11 +300,16 @@ def setup(name: str, report: Callable[[str], None] = lambda _: None) -> dict[str
     start = time.perf_counter()
     report(f"{name}: creating {target} with {interpreter}")
     try:
+        debian_packages = _unpack_debian(spec, partial, report) if spec.debs else 0
         _run([interpreter, "-m", "venv", str(partial)], "creating the virtual environment", spec)
         python = partial / "bin" / "python"
         constraints = partial / "constraints.txt"
         constraints.write_text(spec.constraints_text(), encoding="utf-8")
         installer = _installer(python)
+        if spec.bootstrap:
+            report(f"{name}: installing {', '.join(spec.bootstrap)} first")
+            _run([*installer, "-c", str(constraints), *spec.bootstrap], "installing " + ", ".join(spec.bootstrap),
+                 spec)
         report(f"{name}: installing {', '.join(spec.packages)}")
         _run([*installer, "-c", str(constraints), *spec.packages], "installing " + ", ".join(spec.packages), spec)
         for step in spec.steps:
@@ -215,6 +320,8 @@ def setup(name: str, report: Callable[[str], None] = lambda _: None) -> dict[str
             raise EnvironmentError_(f"environment {name}: its interpreter cannot import NumPy: "
                                     f"{probe.stderr.strip().splitlines()[-1:]}")
         facts = json.loads(probe.stdout)
+        _make_links(spec, Path(facts["site_packages"]))
+        _write_paths(spec, partial, Path(facts["site_packages"]))
         _link_worker(partial)
         record = {
             "schema": RECORD_SCHEMA, "name": name, "pin_hash": pin_hash(spec), "python": facts["python"],
@@ -223,6 +330,8 @@ def setup(name: str, report: Callable[[str], None] = lambda _: None) -> dict[str
                 timespec="seconds"), "setup_s": round(time.perf_counter() - start, 1),
             "size_bytes": size_on_disk(partial), "dlarena": dlarena.__version__,
         }
+        if spec.debs:
+            record["debian"] = {"release": spec.debian_release, "packages": debian_packages}
         (partial / RECORD_FILE).write_text(json.dumps(record, indent=1, sort_keys=True), encoding="utf-8")
         os.replace(partial, target)
     except BaseException:
@@ -275,7 +384,7 @@ def launch(name: str, require: bool = True) -> tuple[str, dict[str, str]]:
     if record is None:
         if require:
             raise EnvironmentError_(f"environment {name} is not set up: run `dlarena env setup {name}`")
-        return str(folder(spec) / "bin" / "python"), {**spec.variables}
+        return str(folder(spec) / "bin" / "python"), expand(spec.variables, folder(spec))
     worker_path = _link_worker(folder(spec))
     return record["python_executable"], {"PYTHONPATH": str(worker_path), IDENTITY_VARIABLE: identity(record),
-                                         **spec.variables}
+                                         **expand(spec.variables, folder(spec))}

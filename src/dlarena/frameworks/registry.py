@@ -22,6 +22,14 @@ if TYPE_CHECKING:  # the command line reads this table for its help: it imports 
 TIMED_PRECISIONS: tuple[str, ...] = ("float32",)
 
 
+# CNTK's CPU kernels run on Intel OpenMP, whose workers spin 200 ms after each parallel region: at
+# --threads 1 a second thread stayed busy (frameworks-install.md); 0 puts them to sleep at once.
+CNTK_VARIABLES = {"KMP_BLOCKTIME": "0"}
+CNTK_GRU_REASON = ("cntk.layers.GRU applies the reset gate before the recurrent product (tanh(W x + U (r*h) + b)) "
+                   "with one bias per gate; the spec's GRU (cuDNN form) multiplies a separate recurrent bias "
+                   "and U h by the reset gate")
+
+
 @dataclass(frozen=True)
 class FrameworkInfo:
     name: str
@@ -51,6 +59,10 @@ class FrameworkInfo:
     # module in dlarena_runner.frameworks, run by dlarena_runner.job_worker from files the host
     # writes (frameworks/job.py); None: ``module`` runs in dlarena.worker.
     job_module: str | None = None
+    # What its verification checker computes in: float64 too (where `dlarena verify` compares gradients
+    # between frameworks), or float32 only (pycaffe builds Net<float>; Caffe2's CPU kernels and DyNet
+    # are float32): its float32 gradients are then held to the reference framework's float64 ones.
+    check_precisions: tuple[str, ...] = ("float32", "float64")
 
     def unsupported_reason(self, layer_types: set[str], scenario: str) -> str | None:
         """Why it cannot run a network with these layer types in this scenario; None when it can."""
@@ -70,6 +82,12 @@ class FrameworkInfo:
     def unavailable_message(self) -> str:
         """Why it is unavailable here, with the command that makes it available."""
         if self.environment is not None:
+            from dlarena.environments import environment_spec, manage
+
+            try:
+                manage.find_interpreter(environment_spec(self.environment))
+            except manage.EnvironmentError_ as error:  # the setup command would fail: say why first
+                return f"{self.name} runs in the managed environment {self.environment}, which is not set up: {error}"
             return (f"{self.name} runs in the managed environment {self.environment}, which is not set up "
                     f"(run `dlarena env setup {self.environment}`)")
         return f"{self.name} is not installed (pip install 'dlarena[{self.extra}]')"
@@ -104,6 +122,14 @@ class FrameworkInfo:
 # OMP thread); its allocator reports running out of memory as a C++ bad_alloc.
 MXNET_VARIABLES = {"MXNET_ENGINE_TYPE": "NaiveEngine"}
 MXNET_OOM_MARKERS = ("std::bad_alloc",)
+
+# DyNet 2.1.2 (its Python API, dynet_graph.py): the layers it has no op or builder for, as the spec means them.
+DYNET_UNSUPPORTED_LAYERS = {
+    "AvgPool2D": "DyNet 2.1 has no average pooling op (its only pooling is maxpooling2d)",
+    "GRU": "DyNet's GRUBuilder applies the reset gate before the recurrent product (tanh(W x + U (r*h) + b)) with "
+           "one bias per gate; the spec's GRU (cuDNN form) multiplies a separate recurrent bias and U h by the "
+           "reset gate",
+}
 
 FRAMEWORKS: dict[str, FrameworkInfo] = {
     info.name: info
@@ -177,6 +203,35 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             distributions=("onnx", "onnxruntime"),
             extra="onnxruntime",
             scenarios=("infer",),
+        ),
+        FrameworkInfo(
+            name="openvino",
+            description="OpenVINO, CPU plugin, the onnxruntime framework's ONNX graph; float32 forced (inference only)",
+            module="dlarena.frameworks.openvino_runtime",
+            imports=("onnx", "openvino"),
+            distributions=("onnx", "openvino"),
+            extra="openvino",
+            scenarios=("infer",),
+        ),
+        FrameworkInfo(
+            name="tinygrad",
+            description="tinygrad on its CPU device (kernels compiled by clang): tinygrad.nn, nn.optim, TinyJit steps",
+            module="dlarena.frameworks.tinygrad_nn",
+            imports=("tinygrad",),
+            distributions=("tinygrad",),
+            extra="tinygrad",
+        ),
+        FrameworkInfo(
+            name="pytensor",
+            description="PyTensor 3 (Theano's successor): a symbolic graph, pytensor.function with updates, "
+                        "scan; compiled by Numba",
+            module="dlarena.frameworks.pytensor_graph",
+            imports=("pytensor",),
+            distributions=("pytensor", "numba"),
+            extra="pytensor",
+            unsupported_layers={name: "PyTensor 3 removed Theano's nnet.conv2d and signal.pool (with the nnet "
+                                      "module); it has no 2-D convolution or pooling over channels"
+                                for name in ("Conv2D", "MaxPool2D", "AvgPool2D")},
         ),
         # The frameworks of the published comparisons that need NumPy < 1.24: one managed environment.
         FrameworkInfo(
@@ -253,6 +308,81 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             environment="paddle",
             # It logs a "No ccache found" warning at import (harmless: ccache only speeds its own builds).
             variables={"GLOG_minloglevel": "2"},
+        ),
+        # Caffe2 as torch 1.10.2 carries it (its last wheels with Caffe2), on Python 3.9: a job worker.
+        # No variables of its own: its FC and Conv run MKL GEMMs on every core unless limited (measured:
+        # 2 busy threads on 2 cores with nothing set); the worker's OMP_NUM_THREADS/MKL_NUM_THREADS and
+        # the module's GlobalInit flags (--caffe2_omp_num_threads, --caffe2_mkl_num_threads) keep one.
+        FrameworkInfo(
+            name="caffe2",
+            check_precisions=("float32",),
+            description="Caffe2 (torch 1.10.2): model_helper and brew, caffe2.python.optimizer, workspace.RunNet",
+            module="dlarena_runner.frameworks.caffe2_brew",
+            imports=("caffe2",),
+            distributions=("torch", "numpy"),
+            extra="",
+            scenarios=("train", "infer"),
+            environment="caffe2",
+            job_module="dlarena_runner.frameworks.caffe2_brew",
+        ),
+        # CNTK's newest wheel is for Python 3.6: its workers run dlarena_runner.job_worker there.
+        FrameworkInfo(
+            name="cntk",
+            description="CNTK 2.7: cntk.layers, a cntk.learners learner, Trainer.train_minibatch",
+            module="dlarena_runner.frameworks.cntk_layers",
+            imports=("cntk",),
+            distributions=("cntk", "numpy"),
+            extra="",
+            scenarios=("train", "infer"),
+            environment="cntk",
+            job_module="dlarena_runner.frameworks.cntk_layers",
+            variables=CNTK_VARIABLES,
+            unsupported_layers={"GRU": CNTK_GRU_REASON},
+        ),
+        FrameworkInfo(
+            name="keras2-cntk",
+            description="Keras 2.3.1 on its CNTK backend (Karmanov's \"Keras (CNTK)\")",
+            module="dlarena_runner.frameworks.keras2_cntk",
+            imports=("keras", "cntk"),
+            distributions=("keras", "cntk", "numpy"),
+            extra="",
+            scenarios=("train", "infer"),
+            environment="cntk",
+            job_module="dlarena_runner.frameworks.keras2_cntk",
+            variables={**CNTK_VARIABLES, "KERAS_BACKEND": "cntk"},
+        ),
+        # DyNet 2.1.2's newest wheel is for Python 3.8: its workers run dlarena_runner.job_worker there.
+        # Its memory pools and seed are set by the module before import (dynet_config: DyNet reads
+        # no environment variable); its CPU kernels run in the calling thread.
+        FrameworkInfo(
+            name="dynet",
+            check_precisions=("float32",),
+            description="DyNet 2.1.2: a ParameterCollection, a graph renewed per step (dy.renew_cg), dynet trainers",
+            module="dlarena_runner.frameworks.dynet_graph",
+            imports=("dynet",),
+            distributions=("dynet", "numpy"),
+            extra="",
+            scenarios=("train", "infer"),
+            environment="dynet",
+            job_module="dlarena_runner.frameworks.dynet_graph",
+            unsupported_layers=DYNET_UNSUPPORTED_LAYERS,
+        ),
+        # BVLC Caffe 1.0 from Debian bullseye's packages (no pip route): pycaffe on Python 3.9.
+        FrameworkInfo(
+            name="caffe",
+            check_precisions=("float32",),
+            description="BVLC Caffe 1.0: prototxt from caffe.NetSpec, Caffe's solver, solver.step",
+            module="dlarena_runner.frameworks.caffe_netspec",
+            imports=("caffe",),
+            distributions=("numpy",),  # pycaffe is a Debian package, not a distribution pip knows
+            extra="",
+            scenarios=("train", "infer"),
+            environment="caffe",
+            job_module="dlarena_runner.frameworks.caffe_netspec",
+            # Its threads are OpenBLAS's (OPENBLAS_NUM_THREADS, set by the worker); glog's INFO and
+            # WARNING lines (every layer's set-up) would fill the worker's stderr.
+            variables={"GLOG_minloglevel": "2"},
+            unsupported_layers={"GRU": "Caffe 1.0 has no GRU layer (its recurrent layers are RNN and LSTM)"},
         ),
     )
 }

@@ -95,13 +95,6 @@ UNAVAILABLE: dict[str, Unavailable] = {
                     "nusdbsystem channel and singa.apache.org, which do not resolve from this machine, and "
                     "no Debian release packages it"),
         ),
-        Unavailable(
-            name="dynet",
-            description="DyNet, the dynamic-graph framework (C++ with Python bindings)",
-            reason=(f"measured {MEASURED_ON}: DyNet 2.1.2, its last release, has PyPI wheels for Python 2.7 "
-                    "and 3.5-3.8 only (none for 3.9 or later); it installs on 3.6 and 3.8 and trains a "
-                    "small network here, but dlarena has no DyNet framework module"),
-        ),
     )
 }
 

@@ -417,6 +417,12 @@ def _judge_network(
                     f"float32 gradient of {worst_name} differs from {source}'s float64 by {worst:.2e}, where it is"
                     f" defined (every ReLU and max-pool kink at least {oracle.margin.margin:.1e} of its layer's"
                     " largest away)")
+            elif pair.arrays64 is None:  # nothing decides: say so rather than pass it
+                check.float32_gradients = (
+                    f"unverified: {oracle.margin.where} has an input {oracle.margin.margin:.1e} of its layer's largest"
+                    f" from its kink (float32 gradient off by {worst:.1e}), and {check.framework} computes no float64"
+                    f" gradients to decide ({check.gradient_reference or 'no float64 check'})")
+                check.message = check.message or f"gradients {check.float32_gradients}"
             else:
                 check.float32_gradients = (
                     f"not defined to float32 rounding: {oracle.margin.where} has an input {oracle.margin.margin:.1e}"

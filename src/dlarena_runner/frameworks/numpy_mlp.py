@@ -6,14 +6,16 @@ worker. Registered only with the fault frameworks (``DLARENA_FAULT_FRAMEWORKS=1`
 momentum, summed softmax cross-entropy over the loss divisor, as the spec means them.
 """
 
-from typing import Any, ClassVar, Dict, List, Optional, Tuple
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from dlarena_runner.model import Layer, Model, Unsupported
+from dlarena_runner import model as kernel
+from dlarena_runner.model import Layer, Unsupported
 
 _LAYERS = ("Dense", "Activation", "Dropout", "Flatten")
-_ACTIVATIONS = {
+# Each activation and its derivative, written in terms of the activation's output.
+_ACTIVATIONS: Dict[str, Tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
     "relu": (lambda x: np.maximum(x, 0), lambda y: (y > 0).astype(y.dtype)),
     "tanh": (np.tanh, lambda y: 1 - y * y),
     "sigmoid": (lambda x: 1 / (1 + np.exp(-x)), lambda y: y * (1 - y)),
@@ -32,7 +34,7 @@ def denormal_product(a: Any, b: Any) -> Any:
     return a @ b
 
 
-class NumpyModel(Model):
+class NumpyModel(kernel.Model):
     # Stored (out, in), so that the kernel's transpose is exercised.
     conventions: ClassVar[Dict[str, str]] = {"dense_kernel": "out_in"}
 
