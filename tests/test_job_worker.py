@@ -101,6 +101,25 @@ def test_a_layer_the_module_lacks_is_unsupported_in_the_worker_with_its_reason()
     assert "Conv2D" in execution.data["message"] and execution.exit_code == 0
 
 
+def test_a_job_framework_trains_to_accuracy_on_the_real_data_as_torch_does() -> None:
+    # digits-mlp's recipe is Adam, which the perceptron spells as PyTorch does: the same batches in the
+    # same order from the same weights give the same per-epoch losses, to float32 rounding.
+    cells = {framework: Cell(framework=framework, workload="digits-mlp", scenario="accuracy", batch_size=32,
+                             device="cpu", threads=1, precision="float32", seed=0, epochs=2, target_accuracy=None,
+                             measurement=QUICK) for framework in ("fault-job", "torch")}
+    runs = {framework: execute_cell(cell, CELL_TIMEOUT_S, LocalExecutor()) for framework, cell in cells.items()}
+    assert runs["fault-job"].status == "ok", runs["fault-job"].message + runs["fault-job"].stderr_tail
+    if runs["torch"].status != "ok":
+        pytest.skip(f"torch is not here to compare with: {runs['torch'].message}")
+    mine, theirs = (runs[name].data["accuracy"] for name in ("fault-job", "torch"))
+    assert mine["dataset"] == "digits" and [epoch["epoch"] for epoch in mine["epochs"]] == [1, 2]
+    assert mine["train_samples"] == theirs["train_samples"] and mine["test_samples"] == theirs["test_samples"]
+    for ours, reference in zip(mine["epochs"], theirs["epochs"], strict=True):
+        assert ours["loss"] == pytest.approx(reference["loss"], rel=1e-4)
+        assert ours["test_accuracy"] == pytest.approx(reference["test_accuracy"], abs=0.01)
+    assert len(runs["fault-job"].data["samples_s"]) == 2 * (mine["train_samples"] // 32) - 1
+
+
 def test_a_job_framework_is_verified_against_the_oracle() -> None:
     checks = verify(["fault-job"], ["fcn5-small"], batch_size=8, threads=1)
     assert [check.status for check in checks] == ["ok"], checks

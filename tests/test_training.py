@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 
 from dlarena.measure.aggregate import training_figures, trimmed_mean
-from dlarena.measure.training import accuracy, epoch_order, predict_all, train_to_accuracy
 from dlarena.orchestrate.orchestrator import run_suite
 from dlarena.plan.suite import SuiteError, parse_suite
 from dlarena.report.markdown import render
 from dlarena.spec.catalogue import DIGITS_TARGET_ACCURACY, get_workload
 from dlarena.spec.weights import initial_weights, parameter_specs
 from dlarena.store.database import Store
+from dlarena_runner.training import accuracy, epoch_order, predict_all, train_to_accuracy
 
 CLASSES = 3
 

@@ -207,9 +207,9 @@ def train_cell(cell: Cell, backend: Backend, request: StepRequest, result: dict[
     """The accuracy scenario: load the real data, train from the shared starting weights, test."""
     from dlarena.data import load_dataset
     from dlarena.frameworks.base import Unsupported
-    from dlarena.measure.training import train_to_accuracy
     from dlarena.spec.weights import initial_weights
     from dlarena_runner.resources import current_rss_bytes
+    from dlarena_runner.training import train_to_accuracy
 
     workload = request.workload
     plan = workload.training

@@ -12,8 +12,8 @@ machine. As asv keeps ``asv_runner`` apart, this keeps the old-Python part small
 - ``resources``: this process's resident memory and CPU time, from the kernel
 - ``sampler``: resident memory (and a GPU's use through NVML) sampled beside the timed loop
 - ``record``: the worker result's schema number and its one writer
-- ``process``, ``errors``, ``denormals``: process limits, the declining exceptions and the subnormal
-  probe, shared by ``dlarena.worker`` and the job worker
+- ``process``, ``errors``, ``denormals``, ``training``: process limits, the declining exceptions, the
+  subnormal probe and the accuracy scenario's loop, shared by ``dlarena.worker`` and the job worker
 - ``job_worker``, ``model``, ``layout``, ``frameworks``: the worker of frameworks whose interpreter
   cannot import dlarena, its kernel (NumPy, imported only there) and their modules (DEVELOPERS.md,
   "The old-Python boundary")

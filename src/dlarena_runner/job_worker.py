@@ -29,8 +29,7 @@ from dlarena_runner.resources import current_rss_bytes, peak_rss_bytes
 
 JOB_SCHEMA = 1  # dlarena.frameworks.job.JOB_SCHEMA: the layout of job.json this worker reads
 JOB_FILE = "job.json"
-# The scenarios a job worker times; the accuracy scenario (training on a real data set) is not
-# carried across the boundary yet, so its cells are declared unsupported by the registry.
+# The scenarios a job worker times (``measure``); ``train`` runs the accuracy scenario.
 SCENARIOS = ("train", "infer")
 # The parity fields dlarena.frameworks.base.Parity has: a module's parity() may set these.
 PARITY_FIELDS = ("threads", "dtype", "layout", "execution", "tf32", "cudnn_benchmark", "denormals", "details")
@@ -99,8 +98,10 @@ def _build(module: Any, job: Dict[str, Any], folder: str, workload: str, batch_s
 
     from dlarena_runner.model import Network
 
-    entry = job["networks"][workload]
+    start = time.perf_counter()
+    entry = dict(job["networks"][workload])
     arrays = dict(np.load(os.path.join(folder, entry["arrays"])))
+    entry["arrays_load_s"] = time.perf_counter() - start  # the accuracy scenario's data_load_s
     model = module.Model(Network(entry["network"]), entry["recipe"], job["precision"], batch_size, training,
                          entry["loss_divisor"])
     model.load_weights({key[len("weight/"):]: value for key, value in arrays.items() if key.startswith("weight/")})
@@ -172,6 +173,71 @@ def measure(cell: Dict[str, Any], job: Dict[str, Any], folder: str, module_name:
             "warmup_s": timings.warmup_s, "samples_s": timings.samples_s, "loop_wall_s": timings.loop_wall_s,
             "loop_cpu_s": timings.loop_cpu_s, "cores_used": timings.cores_used, "rss_before_bytes": rss_before,
             "rss_after_bytes": current_rss_bytes(), "parity": parity,
+        })
+    except Exception as error:  # a framework's failure is data, with its traceback on stderr
+        result.update(_failure(error))
+    result.pop("threads_set", None)
+    result["peak_rss_bytes"] = peak_rss_bytes()
+    return result
+
+
+class _Trainer:
+    """What dlarena_runner.training asks of a trainer (frameworks/base.Trainer), from a Model built in
+    training form: each real batch converted as the timed steps' is, logits in inference mode."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def train_step(self, inputs: Any, labels: Any) -> Any:
+        return self.model.train_step(self.model.device_batch(inputs), self.model.device_batch(labels))
+
+    def predict(self, inputs: Any) -> Any:
+        return self.model.logits(self.model.device_batch(inputs))
+
+    def sync(self) -> None:
+        self.model.sync()
+
+
+def train(cell: Dict[str, Any], job: Dict[str, Any], folder: str, module_name: str) -> Dict[str, Any]:
+    """The accuracy scenario (``dlarena.worker.train_cell``'s record): train from the shared starting
+    weights on the real data set the host wrote, test after each epoch; never an exception."""
+    from dlarena_runner.sampler import ResourceSampler
+    from dlarena_runner.training import train_to_accuracy
+
+    result: Dict[str, Any] = {"cell": cell, "status": "failed"}
+    measurement = cell["measurement"]
+    try:
+        module = _load_module(module_name, cell["framework"], cell["threads"], result)
+        backend = _Backend(module, cell["framework"])
+        result["denormals"] = denormals.apply(backend, measurement["denormals"])
+        if cell["device"] != "cpu":
+            raise Unsupported("{} runs on cpu in dlarena, not {!r}".format(cell["framework"], cell["device"]))
+        start = time.perf_counter()
+        model, arrays, entry = _build(module, job, folder, cell["workload"], cell["batch_size"], True)
+        build_s = time.perf_counter() - start - entry["arrays_load_s"]
+        plan = entry["training"]
+        epochs = cell["epochs"] or plan["epochs"]
+        rss_before = current_rss_bytes()
+        interval = measurement["sample_interval_s"]
+        sampler = ResourceSampler(interval) if interval > 0 else None
+        train_split = (arrays["train/inputs"], arrays["train/labels"])
+        test_split = (arrays["test/inputs"], arrays["test/labels"])
+        run = train_to_accuracy(_Trainer(model), train_split, test_split, cell["batch_size"], epochs,
+                                cell["target_accuracy"], cell["seed"], steady=sampler)
+        result["denormals"] = denormals.probe(backend, cell["device"], result["denormals"])
+        parity = _parity(model, cell, result["threads_set"], model.network)
+        parity["denormals"] = result["denormals"]["measured"]
+        accuracy = {"dataset": plan["dataset"], "train_samples": len(train_split[0]),
+                    "test_samples": len(test_split[0]), "epochs_planned": epochs,
+                    "data_load_s": entry["arrays_load_s"]}
+        accuracy.update(run.to_dict())
+        result.update({
+            "status": "ok", "params": model.trainable_params(), "flops_per_step": entry["flops_per_step"]["train"],
+            "build_s": build_s, "first_step_s": run.first_step_s, "warmup_s": [], "samples_s": run.samples_s,
+            "loop_wall_s": run.loop_wall_s, "loop_cpu_s": run.loop_cpu_s,
+            "cores_used": run.loop_cpu_s / run.loop_wall_s if run.loop_wall_s > 0 else 0.0,
+            "rss_before_bytes": rss_before, "rss_after_bytes": current_rss_bytes(),
+            "resources": sampler.report() if sampler else {}, "parity": parity, "accuracy": accuracy,
         })
     except Exception as error:  # a framework's failure is data, with its traceback on stderr
         result.update(_failure(error))
@@ -271,6 +337,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.verify:
         workloads = args.workloads.split(",") if args.workloads else [cell["workload"]]
         result = verify(cell, job, args.job, args.module, args.verify, workloads)
+    elif cell["scenario"] == "accuracy":
+        result = train(cell, job, args.job, args.module)
     else:
         result = measure(cell, job, args.job, args.module)
     result["affinity"] = affinity

@@ -80,16 +80,34 @@ def network_json(network: Network) -> dict[str, Any]:
 
 
 def _network_entry(workload: Workload, batch_size: int) -> dict[str, Any]:
+    plan = workload.training
     return {"network": network_json(workload.network), "recipe": dataclasses.asdict(workload.recipe),
+            "training": {"dataset": plan.dataset, "epochs": plan.epochs} if plan is not None else None,
             "loss_divisor": loss_divisor(workload.network, workload.recipe, max(batch_size, 1)),
             "flops_per_step": {scenario: workload.flops(scenario, batch_size) for scenario in ("train", "infer")},
             "arrays": f"{workload.name}.npz"}
 
 
+def _training_arrays(workload: Workload) -> dict[str, np.ndarray]:
+    """The accuracy scenario's real data set, as ``dlarena.worker.train_cell`` loads it."""
+    from dlarena.data import load_dataset
+
+    network, plan = workload.network, workload.training
+    assert plan is not None  # the registry and the orchestrator refuse a workload without one first
+    dataset = load_dataset(plan.dataset, vocab=network.vocab or None,
+                           steps=network.input_shape[0] if network.input_kind == "tokens" else None)
+    return {"train/inputs": dataset.train.inputs, "train/labels": dataset.train.labels,
+            "test/inputs": dataset.test.inputs, "test/labels": dataset.test.labels}
+
+
 def _arrays(workload: Workload, purpose: str, batch_size: int, precision: str, seed: int) -> dict[str, np.ndarray]:
-    """The weights (``weight/NAME``) and the batch (``inputs``, ``labels``) a worker starts from."""
+    """The weights (``weight/NAME``) and the batch (``inputs``, ``labels``) a worker starts from; to
+    train to accuracy, the real data set's splits (``train/inputs``, ...) instead of the batch."""
     network = workload.network
     dtype = np.dtype(precision)
+    if purpose == "accuracy":
+        start = initial_weights(network, workload.recipe.init, seed)
+        return {**_training_arrays(workload), **{f"weight/{key}": value for key, value in start.items()}}
     if purpose == "verify":  # the canonical weights, exact in float64 too (worker.verify_cell)
         start = {key: value.astype(dtype) for key, value in canonical_weights(network, seed).items()}
     else:
@@ -134,7 +152,7 @@ def job_folder(cell: Cell, purpose: str, workloads: Sequence[str] = ()) -> Path:
 def worker_arguments(cell: Cell, module: str, variables: dict[str, str], extra_args: Sequence[str]) -> list[str]:
     """``-m dlarena_runner.job_worker ...`` for ``cell``: its job written, the framework's module and
     variables named. ``extra_args`` are the verify command's (``--verify FOLDER --workloads A,B``)."""
-    purpose, workloads = "time", []
+    purpose, workloads = ("accuracy" if cell.scenario == "accuracy" else "time"), []
     if "--verify" in extra_args:
         purpose = "verify"
         if "--workloads" in extra_args:

@@ -55,7 +55,7 @@ def accuracy_timeout_s(cell: Cell) -> float:
     if info.train_size is None or info.test_size is None:
         return UNKNOWN_SIZE_TIMEOUT_S
     epochs = cell.epochs or training.epochs
-    # As measure/training.py runs them: complete training batches only, then every test sample in
+    # As dlarena_runner/training.py runs them: complete training batches only, then every test sample in
     # batches of the same size (the last one padded).
     train_steps = info.train_size // cell.batch_size
     test_steps = math.ceil(info.test_size / cell.batch_size)

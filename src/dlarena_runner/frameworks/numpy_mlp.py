@@ -2,8 +2,8 @@
 
 It lets the tests drive the whole old-interpreter path (the host's job, the job worker, its record,
 verification) with no framework installed, the way ``dlarena.frameworks.fault`` does for the host's
-worker. Registered only with the fault frameworks (``DLARENA_FAULT_FRAMEWORKS=1``). Plain SGD with
-momentum, summed softmax cross-entropy over the loss divisor, as the spec means them.
+worker. Registered only with the fault frameworks (``DLARENA_FAULT_FRAMEWORKS=1``). SGD with
+momentum and Adam as PyTorch spells them, summed softmax cross-entropy over the loss divisor.
 """
 
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple
@@ -48,6 +48,8 @@ class NumpyModel(kernel.Model):
                                                             else param.shape, self.dtype)
                                        for param in self.network.params()}
         self.velocity = {name: np.zeros_like(value) for name, value in self.values.items()}
+        self.squares = {name: np.zeros_like(value) for name, value in self.values.items()}  # Adam's
+        self.steps = 0
         self.rng = np.random.RandomState(0)
 
     def handles(self) -> Dict[str, Any]:
@@ -108,14 +110,24 @@ class NumpyModel(kernel.Model):
 
     def train_step(self, inputs: Any, labels: Any) -> Any:
         optimizer = self.recipe["optimizer"]
-        if optimizer["name"] != "sgd" or optimizer["nesterov"] or optimizer["weight_decay"]:
-            raise Unsupported("numpy-job trains with plain SGD and momentum only")
+        if optimizer["name"] not in ("sgd", "adam") or optimizer["nesterov"] or optimizer["weight_decay"]:
+            raise Unsupported("numpy-job trains with SGD (with momentum) and Adam only")
         if self.recipe["grad_clip_norm"] is not None:
             raise Unsupported("numpy-job does not clip gradients")
         loss, gradients = self._loss_and_gradients(inputs, labels, True)
+        self.steps += 1
         for name, gradient in gradients.items():
-            self.velocity[name] = optimizer["momentum"] * self.velocity[name] + gradient
-            self.values[name] -= optimizer["lr"] * self.velocity[name]
+            if optimizer["name"] == "sgd":
+                self.velocity[name] = optimizer["momentum"] * self.velocity[name] + gradient
+                self.values[name] -= optimizer["lr"] * self.velocity[name]
+                continue
+            # PyTorch's Adam: bias-corrected moments, eps added to the corrected root.
+            beta1, beta2 = optimizer["beta1"], optimizer["beta2"]
+            self.velocity[name] = beta1 * self.velocity[name] + (1 - beta1) * gradient
+            self.squares[name] = beta2 * self.squares[name] + (1 - beta2) * gradient * gradient
+            first = self.velocity[name] / (1 - beta1 ** self.steps)
+            second = self.squares[name] / (1 - beta2 ** self.steps)
+            self.values[name] -= optimizer["lr"] * first / (np.sqrt(second) + optimizer["eps"])
         return loss
 
     def parity(self) -> Dict[str, Any]:

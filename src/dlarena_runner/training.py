@@ -4,74 +4,70 @@ One NumPy input pipeline for every framework: the batches of an epoch are drawn 
 seeded by (seed, epoch), so every framework trains the same batches in the same order. Only complete
 batches are trained (as Karmanov's ``yield_mb``), so compiled frameworks see one batch shape. Data
 handling (indexing the arrays), training steps and testing are timed apart.
+
+Both workers run it: ``dlarena.worker`` and, on an older interpreter, ``dlarena_runner.job_worker``
+(Python 3.6: no dataclasses; NumPy imported where used, as the rest of the runner).
 """
 
-from __future__ import annotations
-
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
-
-import numpy as np
+from collections import OrderedDict
+from contextlib import ExitStack
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Tuple
 
 from dlarena_runner.resources import cpu_seconds
 
 Clock = Callable[[], float]
+Arrays = Tuple[Any, Any]  # inputs and labels, NumPy arrays
 
 
-class Trainable(Protocol):
-    """What the loop needs of a framework's trainer (frameworks/base.Trainer)."""
-
-    def train_step(self, inputs: np.ndarray, labels: np.ndarray) -> Any: ...
-
-    def predict(self, inputs: np.ndarray) -> np.ndarray: ...
-
-    def sync(self) -> None: ...
-
-
-@dataclass(frozen=True)
 class Epoch:
-    epoch: int  # from 1
-    train_s: float  # training steps, each ended by a device sync
-    data_s: float  # drawing the epoch's batches from the arrays
-    eval_s: float  # predicting the whole test set
-    loss: float  # mean training loss over the epoch's batches
-    test_accuracy: float
+    """One epoch: its training, data handling and testing times, mean loss and test accuracy."""
+
+    def __init__(self, epoch: int, train_s: float, data_s: float, eval_s: float, loss: float,
+                 test_accuracy: float) -> None:
+        self.epoch = epoch  # from 1
+        self.train_s = train_s  # training steps, each ended by a device sync
+        self.data_s = data_s  # drawing the epoch's batches from the arrays
+        self.eval_s = eval_s  # predicting the whole test set
+        self.loss = loss  # mean training loss over the epoch's batches
+        self.test_accuracy = test_accuracy
+
+    def to_dict(self) -> Dict[str, Any]:
+        return OrderedDict((key, getattr(self, key))
+                           for key in ("epoch", "train_s", "data_s", "eval_s", "loss", "test_accuracy"))
 
 
-@dataclass
 class TrainingRun:
-    epochs: list[Epoch] = field(default_factory=list)
-    first_step_s: float = 0.0  # the first training step: compilation, tracing, allocator growth
-    samples_s: list[float] = field(default_factory=list)  # every later training step
-    loop_wall_s: float = 0.0  # training and data handling, testing excluded
-    loop_cpu_s: float = 0.0
-    target_accuracy: float | None = None
+    def __init__(self, target_accuracy: Optional[float] = None) -> None:
+        self.epochs: List[Epoch] = []
+        self.first_step_s = 0.0  # the first training step: compilation, tracing, allocator growth
+        self.samples_s: List[float] = []  # every later training step
+        self.loop_wall_s = 0.0  # training and data handling, testing excluded
+        self.loop_cpu_s = 0.0
+        self.target_accuracy = target_accuracy
 
     @property
     def final_accuracy(self) -> float:
         return self.epochs[-1].test_accuracy if self.epochs else 0.0
 
     @property
-    def epochs_to_target(self) -> int | None:
+    def epochs_to_target(self) -> Optional[int]:
         """The first epoch whose test accuracy reached the target; None if none did (or no target)."""
         if self.target_accuracy is None:
             return None
         return next((e.epoch for e in self.epochs if e.test_accuracy >= self.target_accuracy), None)
 
     @property
-    def time_to_target_s(self) -> float | None:
+    def time_to_target_s(self) -> Optional[float]:
         """Training time (steps and data, not testing) up to and including the epoch that reached the target."""
         reached = self.epochs_to_target
         if reached is None:
             return None
         return sum(e.train_s + e.data_s for e in self.epochs[:reached])
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Dict[str, Any]:
         return {
-            "epochs": [asdict(epoch) for epoch in self.epochs],
+            "epochs": [epoch.to_dict() for epoch in self.epochs],
             "target_accuracy": self.target_accuracy,
             "final_accuracy": self.final_accuracy,
             "epochs_to_target": self.epochs_to_target,
@@ -82,18 +78,25 @@ class TrainingRun:
         }
 
 
-def epoch_order(samples: int, seed: int, epoch: int) -> np.ndarray:
+def epoch_order(samples: int, seed: int, epoch: int) -> Any:
     """The order in which an epoch visits the training samples: the same on every machine and framework."""
+    import numpy as np
+
     return np.random.default_rng([seed, epoch]).permutation(samples)
 
 
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+def accuracy(logits: Any, labels: Any) -> float:
     """The share of samples (or tokens, for a language model) whose largest logit is the label."""
+    import numpy as np
+
     return float(np.mean(np.argmax(logits, axis=-1) == labels))
 
 
-def predict_all(trainer: Trainable, inputs: np.ndarray, batch_size: int) -> np.ndarray:
-    """Logits for every input, in batches of ``batch_size``; the last batch is padded, then cut."""
+def predict_all(trainer: Any, inputs: Any, batch_size: int) -> Any:
+    """Logits for every input, in batches of ``batch_size``; the last batch is padded, then cut.
+    ``trainer`` has ``predict(inputs)``, as frameworks/base.Trainer."""
+    import numpy as np
+
     parts = []
     for start in range(0, len(inputs), batch_size):
         batch = inputs[start:start + batch_size]
@@ -105,23 +108,28 @@ def predict_all(trainer: Trainable, inputs: np.ndarray, batch_size: int) -> np.n
 
 
 def train_to_accuracy(
-    trainer: Trainable,
-    train: tuple[np.ndarray, np.ndarray],
-    test: tuple[np.ndarray, np.ndarray],
+    trainer: Any,
+    train: Arrays,
+    test: Arrays,
     batch_size: int,
     epochs: int,
-    target_accuracy: float | None,
+    target_accuracy: Optional[float],
     seed: int,
     clock: Clock = time.perf_counter,
-    steady: AbstractContextManager[Any] | None = None,
+    steady: Optional[ContextManager[Any]] = None,
 ) -> TrainingRun:
-    """Train up to ``epochs`` epochs, testing after each; stop at the first that reaches the target."""
+    """Train up to ``epochs`` epochs, testing after each; stop at the first that reaches the target.
+    ``trainer`` has ``train_step``, ``predict`` and ``sync``, as frameworks/base.Trainer."""
+    import numpy as np
+
     inputs, labels = train
     batches = len(inputs) // batch_size
     if batches == 0:
         raise ValueError(f"{len(inputs)} training samples make no complete batch of {batch_size}")
     run = TrainingRun(target_accuracy=target_accuracy)
-    with steady or nullcontext():
+    with ExitStack() as stack:
+        if steady is not None:
+            stack.enter_context(steady)
         for epoch in range(1, epochs + 1):
             cpu_start = cpu_seconds()
             order = epoch_order(len(inputs), seed, epoch)
