@@ -17,19 +17,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from dlarena.environments import ENVIRONMENTS, debs, manage
 from dlarena.frameworks.job import network_json
-from dlarena.frameworks.kernel import loss_divisor
-from dlarena.spec import Activation, Conv2D, Dense, Flatten, Init, MaxPool2D, Network, Optimizer, Recipe, Workload
-from dlarena.spec.weights import canonical_batch, initial_weights
+from dlarena.spec import Activation, Conv2D, Dense, Flatten, Init, MaxPool2D, Network, Optimizer, Recipe
+from job_steps import assert_steps_as_pytorch_does
 
 THREADS = 1
-BATCH = 8
-STEPS = 4
-SEED = 3
 # Weights after STEPS steps, Caffe against PyTorch from the same start, relative to each array's largest:
 # the same bound as test_tensorflow_backend's (float32 rounding, RMSProp's sqrt(ms) + eps amplifying it
 # while ms is small); a wrong formula (epsilon placement, decay after clipping, Nesterov) is 1e-3 or more.
@@ -46,25 +41,6 @@ NETWORK = Network(input_shape=(3, 8, 8), input_kind="image",
 _RECORD = manage.installed_record("caffe")
 needs_caffe = pytest.mark.skipif(_RECORD is None, reason="the caffe environment is not set up: "
                                                          "`dlarena env setup caffe`")
-
-# Run by the caffe environment's interpreter: N steps of the recipe from the given start; the weights after.
-_STEPS_SCRIPT = """
-import json, sys
-import numpy as np
-from dlarena_runner.frameworks import caffe_netspec
-from dlarena_runner.model import Network
-folder, steps = sys.argv[1], int(sys.argv[2])
-job = json.load(open(folder + "/job.json"))
-arrays = dict(np.load(folder + "/arrays.npz"))
-caffe_netspec.set_threads(1)
-model = caffe_netspec.Model(Network(job["network"]), job["recipe"], "float32", job["batch"], True, job["divisor"])
-model.load_weights({k[7:]: v for k, v in arrays.items() if k.startswith("weight/")})
-inputs, labels = model.device_batch(arrays["inputs"]), model.device_batch(arrays["labels"])
-losses = [float(model.train_step(inputs, labels)) for _ in range(steps)]
-np.savez(folder + "/after.npz", **model.export_weights())
-json.dump(losses, open(folder + "/losses.json", "w"))
-"""
-
 
 def _in_caffe(arguments: list[str]) -> subprocess.CompletedProcess[str]:
     python, variables = manage.launch("caffe")
@@ -121,33 +97,8 @@ def test_an_unreachable_archive_is_one_sentence_and_keeps_nothing(tmp_path: Path
     (Optimizer("rmsprop", 1e-3, rho=0.9, eps=1e-8), None),
 ])
 def test_solvers_step_as_pytorch_does(tmp_path: Path, optimizer: Optimizer, clip: float | None) -> None:
-    pytest.importorskip("torch")
-    from dlarena.frameworks.base import StepRequest
-    from dlarena.frameworks.registry import load_backend
-
     recipe = Recipe(optimizer, Init("glorot_uniform"), grad_clip_norm=clip)
-    workload = Workload(name="caffe-test", title="caffe-test", study="test", citation="", network=NETWORK,
-                        recipe=recipe, default_batch_size=BATCH)
-    start = initial_weights(NETWORK, recipe.init, SEED)
-    inputs, labels = canonical_batch(NETWORK, BATCH, SEED)
-    (tmp_path / "job.json").write_text(json.dumps({
-        "network": network_json(NETWORK), "recipe": dataclasses.asdict(recipe), "batch": BATCH,
-        "divisor": loss_divisor(NETWORK, recipe, BATCH)}))
-    np.savez(tmp_path / "arrays.npz", inputs=inputs.astype(np.float32), labels=labels,
-             **{f"weight/{key}": value for key, value in start.items()})
-    completed = _in_caffe(["-c", _STEPS_SCRIPT, str(tmp_path), str(STEPS)])
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    mine = dict(np.load(tmp_path / "after.npz"))
-
-    request = StepRequest(workload=workload, scenario="train", batch_size=BATCH, device="cpu", threads=THREADS,
-                          precision="float32", seed=SEED)
-    theirs = load_backend("torch", THREADS).prepare(request)
-    for _ in range(STEPS):
-        theirs.step()
-    for key, value in theirs.export_weights().items():
-        assert not np.array_equal(value, start[key]), key  # the steps moved it: the comparison means something
-        scale = float(np.max(np.abs(value))) or 1.0
-        assert float(np.max(np.abs(mine[key] - value))) / scale < OPTIMIZER_TOLERANCE, key
+    assert_steps_as_pytorch_does("caffe", tmp_path, NETWORK, recipe, OPTIMIZER_TOLERANCE)
 
 
 _TIME_SCRIPT = """

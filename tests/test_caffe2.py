@@ -9,18 +9,11 @@ sentence. What needs the environment skips, saying why, where it is not set up (
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
-import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from dlarena.environments import manage
-from dlarena.frameworks.job import network_json
-from dlarena.frameworks.kernel import loss_divisor
 from dlarena.spec import (
     GRU,
     LSTM,
@@ -35,14 +28,9 @@ from dlarena.spec import (
     Network,
     Optimizer,
     Recipe,
-    Workload,
 )
-from dlarena.spec.weights import canonical_batch, initial_weights
+from job_steps import assert_steps_as_pytorch_does, steps_in_environment
 
-THREADS = 1
-BATCH = 8
-STEPS = 4
-SEED = 3
 # Weights after STEPS steps, Caffe2 against PyTorch from the same start, relative to each array's
 # largest: float32 rounding (test_cntk's bound); a wrong convention (Caffe2's default Nesterov, lr
 # outside the velocity with clipping, weight decay on weights only) is 1e-2 or more.
@@ -58,8 +46,6 @@ ADAM_TOLERANCE = 3e-2
 # rounding of near-zero gradients, amplified by the normalisation, measured up to 2.3e-3 (LSTM).
 # Given eps itself, its floor is sqrt(eps) = 1e-4 and a lower LSTM layer's bias is 0.76 off.
 RMSPROP_TOLERANCE = 1e-2
-# A worker that imports Caffe2 (2 s) and steps a small network: only a hung one reaches this.
-TIMEOUT_S = 300.0
 
 # The conv has no bias: batch norm cancels it, so its gradient is rounding noise with no scale to compare.
 IMAGES = Network(input_shape=(3, 8, 8), input_kind="image",
@@ -76,46 +62,6 @@ needs_caffe2 = pytest.mark.skipif(_RECORD is None,
 
 # Run by the caffe2 environment's interpreter: N steps of the recipe from the given start; the
 # weights after, or the one sentence of Unsupported.
-_STEPS_SCRIPT = """
-import json, sys
-import numpy as np
-from dlarena_runner.frameworks import caffe2_brew
-from dlarena_runner.model import Network, Unsupported
-folder, steps, precision = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-job = json.load(open(folder + "/job.json"))
-arrays = dict(np.load(folder + "/arrays.npz"))
-caffe2_brew.set_threads(1)
-try:
-    model = caffe2_brew.Model(Network(job["network"]), job["recipe"], precision, job["batch"], True, job["divisor"])
-except Unsupported as error:
-    json.dump({"unsupported": str(error)}, open(folder + "/losses.json", "w"))
-    sys.exit(0)
-model.load_weights({k[7:]: v for k, v in arrays.items() if k.startswith("weight/")})
-inputs, labels = model.device_batch(arrays["inputs"]), model.device_batch(arrays["labels"])
-losses = [float(model.train_step(inputs, labels)) for _ in range(steps)]
-np.savez(folder + "/after.npz", **model.export_weights())
-json.dump(losses, open(folder + "/losses.json", "w"))
-"""
-
-
-def _steps(folder: Path, network: Network, recipe: Recipe, precision: str = "float32") -> object:
-    """The losses of STEPS Caffe2 steps (weights in folder/after.npz), or {"unsupported": sentence}."""
-    start = initial_weights(network, recipe.init, SEED)
-    inputs, labels = canonical_batch(network, BATCH, SEED)
-    (folder / "job.json").write_text(json.dumps({
-        "network": network_json(network), "recipe": dataclasses.asdict(recipe), "batch": BATCH,
-        "divisor": loss_divisor(network, recipe, BATCH)}))
-    np.savez(folder / "arrays.npz", inputs=inputs if network.input_kind == "tokens" else inputs.astype(np.float32),
-             labels=labels, **{f"weight/{key}": value for key, value in start.items()})
-    python, variables = manage.launch("caffe2")
-    environment = {**os.environ, **variables, "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
-    completed = subprocess.run([python, "-c", _STEPS_SCRIPT, str(folder), str(STEPS), precision],
-                               capture_output=True, text=True, timeout=TIMEOUT_S, env=environment)
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    result: object = json.loads((folder / "losses.json").read_text())
-    return result
-
-
 @needs_caffe2
 @pytest.mark.parametrize("network", [IMAGES, TOKENS, SENTIMENT], ids=["conv-bn", "lstm", "gru"])
 @pytest.mark.parametrize("optimizer, clip", [
@@ -129,28 +75,9 @@ def _steps(folder: Path, network: Network, recipe: Recipe, precision: str = "flo
 ], ids=["sgd", "momentum-decay", "momentum-clip", "nesterov", "adadelta", "adam", "rmsprop"])
 def test_optimizers_step_as_pytorch_does(tmp_path: Path, network: Network, optimizer: Optimizer,
                                          clip: float | None) -> None:
-    pytest.importorskip("torch")
-    from dlarena.frameworks.base import StepRequest
-    from dlarena.frameworks.registry import load_backend
-
     recipe = Recipe(optimizer, Init("glorot_uniform"), grad_clip_norm=clip)
-    losses = _steps(tmp_path, network, recipe)
-    assert isinstance(losses, list) and losses[-1] < losses[0]
-    mine = dict(np.load(tmp_path / "after.npz"))
-
-    workload = Workload(name="caffe2-test", title="caffe2-test", study="test", citation="", network=network,
-                        recipe=recipe, default_batch_size=BATCH)
-    request = StepRequest(workload=workload, scenario="train", batch_size=BATCH, device="cpu", threads=THREADS,
-                          precision="float32", seed=SEED)
-    theirs = load_backend("torch", THREADS).prepare(request)
-    for _ in range(STEPS):
-        theirs.step()
-    start = initial_weights(network, recipe.init, SEED)
     tolerance = {"adam": ADAM_TOLERANCE, "rmsprop": RMSPROP_TOLERANCE}.get(optimizer.name, OPTIMIZER_TOLERANCE)
-    for key, value in theirs.export_weights().items():
-        assert not np.array_equal(value, start[key]), key  # the steps moved it: the comparison means something
-        scale = float(np.max(np.abs(value))) or 1.0
-        assert float(np.max(np.abs(mine[key] - value))) / scale < tolerance, key
+    assert_steps_as_pytorch_does("caffe2", tmp_path, network, recipe, tolerance)
 
 
 @needs_caffe2
@@ -163,7 +90,6 @@ def test_optimizers_step_as_pytorch_does(tmp_path: Path, network: Network, optim
 ], ids=["adam-clip", "decay-clip", "float64"])
 def test_what_caffe2_cannot_honour_is_one_sentence(tmp_path: Path, recipe: Recipe, precision: str,
                                                    words: tuple[str, ...]) -> None:
-    result = _steps(tmp_path, IMAGES, recipe, precision)
-    assert isinstance(result, dict)
+    result = steps_in_environment("caffe2", tmp_path, IMAGES, recipe, precision)
     message = result["unsupported"]
     assert "\n" not in message and all(word in message for word in words), message

@@ -11,18 +11,12 @@ an embedding and an LSTM too. What needs the environment skips, saying why, wher
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from dlarena.environments import ENVIRONMENTS, EnvironmentSpec, SystemLink, manage
-from dlarena.frameworks.job import network_json
-from dlarena.frameworks.kernel import loss_divisor
 from dlarena.spec import (
     LSTM,
     Activation,
@@ -35,14 +29,9 @@ from dlarena.spec import (
     Network,
     Optimizer,
     Recipe,
-    Workload,
 )
-from dlarena.spec.weights import canonical_batch, initial_weights
+from job_steps import assert_steps_as_pytorch_does
 
-THREADS = 1
-BATCH = 8
-STEPS = 4
-SEED = 3
 # Weights after STEPS steps, CNTK against PyTorch from the same start, relative to each array's
 # largest: float32 rounding (test_caffe's bound); a wrong convention (the learning rate per sample
 # rather than per minibatch, unit-gain momentum, L2 per sample) is 1e-2 or more.
@@ -54,8 +43,6 @@ OPTIMIZER_TOLERANCE = 1e-4
 # the two formulas coincide (1e-9 apart, measured), so the test checks everything else: the learning
 # rate per minibatch, both moments, the bias correction. A learning rate per sample is 0.3 apart.
 ADAM_EPS_WHERE_PLACEMENT_VANISHES = 1e-14
-# A worker that imports CNTK (1-2 s) and steps a small network: only a hung one reaches this.
-TIMEOUT_S = 300.0
 
 IMAGES = Network(input_shape=(3, 8, 8), input_kind="image",
                  layers=(Conv2D(4, 3, padding=1), Activation("relu"), MaxPool2D(2), Flatten(), Dense(16),
@@ -65,25 +52,6 @@ TOKENS = Network(input_shape=(6,), input_kind="tokens", layers=(Embedding(13, 5)
 
 _RECORD = manage.installed_record("cntk")
 needs_cntk = pytest.mark.skipif(_RECORD is None, reason="the cntk environment is not set up: `dlarena env setup cntk`")
-
-# Run by the cntk environment's interpreter: N steps of the recipe from the given start; the weights after.
-_STEPS_SCRIPT = """
-import json, sys
-import numpy as np
-from dlarena_runner.frameworks import cntk_layers
-from dlarena_runner.model import Network
-folder, steps = sys.argv[1], int(sys.argv[2])
-job = json.load(open(folder + "/job.json"))
-arrays = dict(np.load(folder + "/arrays.npz"))
-cntk_layers.set_threads(1)
-model = cntk_layers.Model(Network(job["network"]), job["recipe"], "float32", job["batch"], True, job["divisor"])
-model.load_weights({k[7:]: v for k, v in arrays.items() if k.startswith("weight/")})
-inputs, labels = model.device_batch(arrays["inputs"]), model.device_batch(arrays["labels"])
-losses = [float(model.train_step(inputs, labels)) for _ in range(steps)]
-np.savez(folder + "/after.npz", **model.export_weights())
-json.dump(losses, open(folder + "/losses.json", "w"))
-"""
-
 
 def test_a_missing_system_library_is_one_sentence_naming_its_package(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -116,12 +84,6 @@ def test_the_environment_links_openmpi_and_records_the_wheels_own_version() -> N
         assert (site / link.path).resolve() == Path(link.target).resolve()
 
 
-def _in_cntk(arguments: list[str]) -> subprocess.CompletedProcess[str]:
-    python, variables = manage.launch("cntk")
-    environment = {**os.environ, **variables, "OMP_NUM_THREADS": str(THREADS), "KMP_BLOCKTIME": "0"}
-    return subprocess.run([python, *arguments], capture_output=True, text=True, timeout=TIMEOUT_S, env=environment)
-
-
 @needs_cntk
 @pytest.mark.parametrize("network", [IMAGES, TOKENS], ids=["conv", "lstm"])
 @pytest.mark.parametrize("optimizer, clip", [
@@ -134,34 +96,7 @@ def _in_cntk(arguments: list[str]) -> subprocess.CompletedProcess[str]:
 ], ids=["sgd", "momentum-decay", "momentum-clip", "nesterov", "adadelta", "adam"])
 def test_learners_step_as_pytorch_does(tmp_path: Path, network: Network, optimizer: Optimizer,
                                        clip: float | None) -> None:
-    pytest.importorskip("torch")
-    from dlarena.frameworks.base import StepRequest
-    from dlarena.frameworks.registry import load_backend
-
     if network is TOKENS and optimizer.weight_decay:
         pytest.skip("cntk refuses weight decay on a language model (its L2 weight is per token)")
     recipe = Recipe(optimizer, Init("glorot_uniform"), grad_clip_norm=clip)
-    workload = Workload(name="cntk-test", title="cntk-test", study="test", citation="", network=network,
-                        recipe=recipe, default_batch_size=BATCH)
-    start = initial_weights(network, recipe.init, SEED)
-    inputs, labels = canonical_batch(network, BATCH, SEED)
-    (tmp_path / "job.json").write_text(json.dumps({
-        "network": network_json(network), "recipe": dataclasses.asdict(recipe), "batch": BATCH,
-        "divisor": loss_divisor(network, recipe, BATCH)}))
-    np.savez(tmp_path / "arrays.npz", inputs=inputs if network.input_kind == "tokens" else inputs.astype(np.float32),
-             labels=labels, **{f"weight/{key}": value for key, value in start.items()})
-    completed = _in_cntk(["-c", _STEPS_SCRIPT, str(tmp_path), str(STEPS)])
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    mine = dict(np.load(tmp_path / "after.npz"))
-    losses = json.loads((tmp_path / "losses.json").read_text())
-    assert losses[-1] < losses[0]
-
-    request = StepRequest(workload=workload, scenario="train", batch_size=BATCH, device="cpu", threads=THREADS,
-                          precision="float32", seed=SEED)
-    theirs = load_backend("torch", THREADS).prepare(request)
-    for _ in range(STEPS):
-        theirs.step()
-    for key, value in theirs.export_weights().items():
-        assert not np.array_equal(value, start[key]), key  # the steps moved it: the comparison means something
-        scale = float(np.max(np.abs(value))) or 1.0
-        assert float(np.max(np.abs(mine[key] - value))) / scale < OPTIMIZER_TOLERANCE, key
+    assert_steps_as_pytorch_does("cntk", tmp_path, network, recipe, OPTIMIZER_TOLERANCE)

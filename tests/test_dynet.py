@@ -10,18 +10,11 @@ needs the environment skips, saying why, where it is not set up (``dlarena env s
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
-import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from dlarena.environments import manage
-from dlarena.frameworks.job import network_json
-from dlarena.frameworks.kernel import loss_divisor
 from dlarena.orchestrate.executor import LocalExecutor
 from dlarena.orchestrate.orchestrator import execute_cell
 from dlarena.plan.cell import Cell, Measurement
@@ -38,14 +31,10 @@ from dlarena.spec import (
     Network,
     Optimizer,
     Recipe,
-    Workload,
 )
-from dlarena.spec.weights import canonical_batch, initial_weights
+from job_steps import assert_steps_as_pytorch_does, steps_in_environment
 
 THREADS = 1
-BATCH = 8
-STEPS = 4
-SEED = 3
 # Weights after STEPS steps, DyNet against PyTorch from the same start, relative to each array's
 # largest: float32 rounding (test_cntk's bound); DyNet's default clipping at 5 left on, or momentum as
 # a learning-rate-scaled velocity with the wrong sign, is 1e-2 or more.
@@ -78,44 +67,6 @@ needs_dynet = pytest.mark.skipif(_RECORD is None,
 
 # Run by the dynet environment's interpreter: N steps of the recipe from the given start; the weights
 # after, or the refusal's message.
-_STEPS_SCRIPT = """
-import json, sys
-import numpy as np
-from dlarena_runner.frameworks import dynet_graph
-from dlarena_runner.model import Network, Unsupported
-folder, steps, precision = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-job = json.load(open(folder + "/job.json"))
-arrays = dict(np.load(folder + "/arrays.npz"))
-try:
-    model = dynet_graph.Model(Network(job["network"]), job["recipe"], precision, job["batch"], True, job["divisor"])
-except Unsupported as error:
-    json.dump({"unsupported": str(error)}, open(folder + "/out.json", "w"))
-    sys.exit(0)
-model.load_weights({k[7:]: v for k, v in arrays.items() if k.startswith("weight/")})
-inputs, labels = model.device_batch(arrays["inputs"]), model.device_batch(arrays["labels"])
-losses = [float(model.train_step(inputs, labels)) for _ in range(steps)]
-np.savez(folder + "/after.npz", **model.export_weights())
-json.dump({"losses": losses}, open(folder + "/out.json", "w"))
-"""
-
-
-def _steps(folder: Path, network: Network, recipe: Recipe, precision: str = "float32") -> dict[str, object]:
-    """The module's STEPS training steps in the dynet environment: its output record."""
-    start = initial_weights(network, recipe.init, SEED)
-    inputs, labels = canonical_batch(network, BATCH, SEED)
-    (folder / "job.json").write_text(json.dumps({
-        "network": network_json(network), "recipe": dataclasses.asdict(recipe), "batch": BATCH,
-        "divisor": loss_divisor(network, recipe, BATCH)}))
-    np.savez(folder / "arrays.npz", inputs=inputs if network.input_kind == "tokens" else inputs.astype(np.float32),
-             labels=labels, **{f"weight/{key}": value for key, value in start.items()})
-    python, variables = manage.launch("dynet")
-    completed = subprocess.run([python, "-c", _STEPS_SCRIPT, str(folder), str(STEPS), precision],
-                               capture_output=True, text=True, timeout=TIMEOUT_S, env={**os.environ, **variables})
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    record: dict[str, object] = json.loads((folder / "out.json").read_text())
-    return record
-
-
 @needs_dynet
 @pytest.mark.parametrize("network", [IMAGES, TOKENS], ids=["conv-bn", "lstm"])
 @pytest.mark.parametrize("optimizer, clip", [
@@ -138,28 +89,7 @@ def test_dynet_s_default_clipping_is_off_when_the_recipe_has_none(tmp_path: Path
 
 
 def _compare_with_torch(tmp_path: Path, network: Network, recipe: Recipe) -> None:
-    """STEPS steps in DyNet and in PyTorch (the torch framework) from the same start: the same weights."""
-    pytest.importorskip("torch")
-    from dlarena.frameworks.base import StepRequest
-    from dlarena.frameworks.registry import load_backend
-
-    record = _steps(tmp_path, network, recipe)
-    mine = dict(np.load(tmp_path / "after.npz"))
-    losses = record["losses"]
-    assert isinstance(losses, list) and losses[-1] < losses[0]
-
-    workload = Workload(name="dynet-test", title="dynet-test", study="test", citation="", network=network,
-                        recipe=recipe, default_batch_size=BATCH)
-    request = StepRequest(workload=workload, scenario="train", batch_size=BATCH, device="cpu", threads=THREADS,
-                          precision="float32", seed=SEED)
-    theirs = load_backend("torch", THREADS).prepare(request)
-    for _ in range(STEPS):
-        theirs.step()
-    start = initial_weights(network, recipe.init, SEED)
-    for key, value in theirs.export_weights().items():
-        assert not np.array_equal(value, start[key]), key  # the steps moved it: the comparison means something
-        scale = float(np.max(np.abs(value))) or 1.0
-        assert float(np.max(np.abs(mine[key] - value))) / scale < OPTIMIZER_TOLERANCE, key
+    assert_steps_as_pytorch_does("dynet", tmp_path, network, recipe, OPTIMIZER_TOLERANCE)
 
 
 @needs_dynet
@@ -171,7 +101,7 @@ def _compare_with_torch(tmp_path: Path, network: Network, recipe: Recipe) -> Non
 ], ids=["float64", "weight-decay", "nesterov", "adadelta-lr"])
 def test_what_dynet_cannot_honour_is_unsupported_with_its_reason(
         tmp_path: Path, optimizer: Optimizer, precision: str, reason: str) -> None:
-    record = _steps(tmp_path, IMAGES, Recipe(optimizer, Init("glorot_uniform")), precision)
+    record = steps_in_environment("dynet", tmp_path, IMAGES, Recipe(optimizer, Init("glorot_uniform")), precision)
     assert reason in str(record.get("unsupported")), record
 
 
