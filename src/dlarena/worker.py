@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from dlarena.plan.cell import Cell
 from dlarena_runner.errors import OUT_OF_MEMORY_MARKERS
-from dlarena_runner.process import die_with_parent, fix_malloc_thresholds, limit_threads
+from dlarena_runner.process import die_with_parent, environment_record, fix_malloc_thresholds, limit_threads
 from dlarena_runner.record import VERIFY_PROGRESS_FILE, write_result
 
 if TYPE_CHECKING:
@@ -80,18 +80,6 @@ def apply_framework_variables(framework: str) -> dict[str, str]:
     variables = dict(info.variables) if info else {}
     os.environ.update(variables)
     return variables
-
-
-def environment_record() -> dict[str, Any]:
-    """The interpreter and NumPy the worker ran on, and the managed environment when it ran in one."""
-    import platform
-
-    import numpy as np
-
-    from dlarena.environments.manage import IDENTITY_VARIABLE
-
-    return {"python": platform.python_version(), "numpy": np.__version__, "executable": sys.executable,
-            "managed": os.environ.get(IDENTITY_VARIABLE)}
 
 
 def _failure(error: BaseException, framework: str | None = None) -> dict[str, str]:

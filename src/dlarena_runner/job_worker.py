@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional
 
 from dlarena_runner import denormals
 from dlarena_runner.errors import OUT_OF_MEMORY_MARKERS, Unavailable, Unsupported
-from dlarena_runner.process import die_with_parent, fix_malloc_thresholds, limit_threads
+from dlarena_runner.process import die_with_parent, environment_record, fix_malloc_thresholds, limit_threads
 from dlarena_runner.record import VERIFY_PROGRESS_FILE, write_result
 from dlarena_runner.resources import current_rss_bytes, peak_rss_bytes
 
@@ -307,15 +307,6 @@ def _verify_network(module: Any, job: Dict[str, Any], folder: str, name: str, pa
     return record
 
 
-def _environment() -> Dict[str, Any]:
-    import platform
-
-    import numpy as np
-
-    return {"python": platform.python_version(), "numpy": np.__version__, "executable": sys.executable,
-            "managed": os.environ.get("DLARENA_ENVIRONMENT")}
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dlarena_runner.job_worker", description=__doc__.splitlines()[0])
     parser.add_argument("--job", required=True, help="the job's folder, written by the host")
@@ -343,7 +334,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         result = measure(cell, job, args.job, args.module)
     result["affinity"] = affinity
     result["framework_variables"] = variables
-    result["environment"] = _environment()
+    result["environment"] = environment_record()
     result["malloc"] = malloc
     # Nothing these frameworks compile is kept between processes, so a cold cell and a shared one
     # start alike; the record says which was asked.

@@ -6,7 +6,7 @@ whatever its interpreter, is measured under the same process rules. Python 3.6, 
 
 import os
 import sys
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 # Variables read at import time by the thread pools of the BLAS and OpenMP runtimes that frameworks
 # link against, and by TensorFlow. Setting them is necessary but not sufficient (see DEVELOPERS.md):
@@ -78,3 +78,18 @@ def limit_threads(threads: int) -> List[int]:
     cores = allowed[:threads]
     os.sched_setaffinity(0, cores)
     return cores
+
+
+# Set by the launcher for every worker in a managed environment (dlarena.environments.manage): its
+# identity, stored with each result.
+IDENTITY_VARIABLE = "DLARENA_ENVIRONMENT"
+
+
+def environment_record() -> Dict[str, Any]:
+    """The interpreter and NumPy the worker ran on, and the managed environment when it ran in one."""
+    import platform
+
+    import numpy as np
+
+    return {"python": platform.python_version(), "numpy": np.__version__, "executable": sys.executable,
+            "managed": os.environ.get(IDENTITY_VARIABLE)}

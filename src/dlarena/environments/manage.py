@@ -28,6 +28,7 @@ import dlarena_runner
 from dlarena.data.cache import cache_base, size_on_disk
 from dlarena.environments import ENV_PLACEHOLDER, ENVIRONMENTS, EnvironmentSpec, debs, environment_spec
 from dlarena.errors import DlarenaError
+from dlarena_runner import process
 
 ENVS_VARIABLE = "DLARENA_ENVS"  # moves the environments' folder (tests, CI, a larger disk)
 RECORD_FILE = "environment.json"
@@ -37,7 +38,7 @@ WORKER_PATH = "worker-path"  # holds only links to dlarena's packages: the worke
 # and, until the worker side moves behind it, the whole of dlarena.
 WORKER_PACKAGES = (dlarena, dlarena_runner)
 # Set for every worker in a managed environment: its identity, stored with each result.
-IDENTITY_VARIABLE = "DLARENA_ENVIRONMENT"
+IDENTITY_VARIABLE = process.IDENTITY_VARIABLE
 PIN_HASH_LENGTH = 12
 # How long one pip step may take before setup gives up: the legacy set downloads ~150 MB and builds
 # Chainer from source (45 s here); a slow mirror can take ten times that.
