@@ -12,9 +12,9 @@ gradient with respect to the parameters, and ``optimizer.step()``. tinygrad's op
 where their rule is the recipe's (SGD with momentum and Nesterov, Adam); a recipe they cannot honour
 (Adadelta, RMSprop, Adam with L2 weight decay) is unsupported.
 
-Layouts are PyTorch's, which tinygrad.nn copies: Linear ``(out, in)``, Conv2d ``OIHW``, LSTMCell
-``(4H, in)`` with gates i, f, g, o; the GRU (tinygrad.nn has no GRU cell) is written here in the same
-layout, cuDNN's form. The kernel (kernel.py) supplies the starting weights, the batch and the runners.
+Layouts are PyTorch's, which tinygrad.nn copies: Linear ``(out, in)``, Conv2d ``OIHW``; the LSTM and GRU
+layers are written here in PyTorch's layout (``(4H, in)``, gates i, f, g, o; the GRU in cuDNN's form).
+The kernel (kernel.py) supplies the starting weights, the batch and the runners.
 """
 
 from __future__ import annotations
@@ -110,54 +110,59 @@ class ConcatBlock:
         return first.cat(*rest, dim=1)
 
 
-class GRUCell:
-    """The spec's GRU step (cuDNN's form: the reset gate multiplies the recurrent product with its
-    bias), laid out as PyTorch's: ``(3H, in)`` and ``(3H, H)`` weights, gates r, z, n."""
+class RecurrentCell:
+    """One LSTM or GRU layer in PyTorch's layout: ``(G*H, in)`` and ``(G*H, H)`` weights, an input bias
+    and (the GRU only) a recurrent bias; the LSTM's gates i, f, g, o with one bias per gate, the GRU's
+    r, z, n in cuDNN's form (the reset gate multiplies the recurrent product with its bias).
 
-    def __init__(self, input_size: int, hidden_size: int) -> None:
-        self.weight_ih = Tensor.zeros(3 * hidden_size, input_size).contiguous()
-        self.weight_hh = Tensor.zeros(3 * hidden_size, hidden_size).contiguous()
-        self.bias_ih = Tensor.zeros(3 * hidden_size).contiguous()
-        self.bias_hh = Tensor.zeros(3 * hidden_size).contiguous()
+    Written here rather than with ``nn.LSTMCell`` for the shape of the graph tinygrad schedules: the
+    input product of every step is one matrix product over the whole sequence, and each step's
+    pre-activations are made contiguous in the backward pass. Without that, tinygrad fused the
+    recurrent weight's gradient of all steps into one kernel with a reduction per step, which took
+    minutes to lower, and a replayed training step of lstm32-small took 3.8 s (0.22 s written so).
+    """
 
-    def __call__(self, x: Tensor, h: Tensor) -> Tensor:
-        xr, xz, xn = x.linear(self.weight_ih.T, self.bias_ih).chunk(3, dim=1)
-        hr, hz, hn = h.linear(self.weight_hh.T, self.bias_hh).chunk(3, dim=1)
-        r, z = (xr + hr).sigmoid(), (xz + hz).sigmoid()
-        return (1 - z) * (xn + r * hn).tanh() + z * h
+    def __init__(self, lstm: bool, input_size: int, hidden_size: int) -> None:
+        gates = 4 if lstm else 3
+        self.lstm, self.hidden = lstm, hidden_size
+        self.weight_ih = Tensor.zeros(gates * hidden_size, input_size).contiguous()
+        self.weight_hh = Tensor.zeros(gates * hidden_size, hidden_size).contiguous()
+        self.bias_ih = Tensor.zeros(gates * hidden_size).contiguous()
+        self.bias_hh: Tensor | None = None if lstm else Tensor.zeros(gates * hidden_size).contiguous()
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """The hidden state at every step of a batch-first sequence, from a zero initial state."""
+        inputs = x.linear(self.weight_ih.T, self.bias_ih)
+        h = Tensor.zeros(x.shape[0], self.hidden, dtype=x.dtype)
+        c = h
+        outputs = []
+        for t in range(x.shape[1]):
+            recurrent = h.linear(self.weight_hh.T, self.bias_hh).contiguous_backward()
+            if self.lstm:
+                i, f, g, o = (inputs[:, t] + recurrent).chunk(4, dim=1)
+                c = (f.sigmoid() * c + i.sigmoid() * g.tanh()).contiguous()
+                h = (o.sigmoid() * c.tanh()).contiguous()
+            else:
+                xr, xz, xn = inputs[:, t].chunk(3, dim=1)
+                hr, hz, hn = recurrent.chunk(3, dim=1)
+                r, z = (xr + hr).sigmoid(), (xz + hz).sigmoid()
+                h = ((1 - z) * (xn + r * hn).tanh() + z * h).contiguous()
+            outputs.append(h)
+        return outputs[0].stack(*outputs[1:], dim=1)
 
 
 class Recurrent:
-    """Stacked LSTM or GRU cells over a batch-first sequence, zero initial state, unrolled over time
+    """Stacked LSTM or GRU layers over a batch-first sequence, zero initial state, unrolled over time
     (tinygrad has no loop op: the JIT captures the unrolled kernels)."""
 
     def __init__(self, layer: LSTM | GRU, n_in: int) -> None:
-        self.lstm = isinstance(layer, LSTM)
-        self.hidden, self.return_sequences = layer.hidden, layer.return_sequences
-        self.cells: list[Any] = []
-        for k in range(layer.layers):
-            size = n_in if k == 0 else layer.hidden
-            if self.lstm:
-                lstm = nn.LSTMCell(size, layer.hidden)
-                # The spec's LSTM has one bias per gate: LSTMCell without its b_hh computes exactly it.
-                lstm.bias_hh = None
-                self.cells.append(lstm)
-            else:
-                self.cells.append(GRUCell(size, layer.hidden))
+        self.return_sequences = layer.return_sequences
+        self.cells = [RecurrentCell(isinstance(layer, LSTM), n_in if k == 0 else layer.hidden, layer.hidden)
+                      for k in range(layer.layers)]
 
     def __call__(self, x: Tensor) -> Tensor:
-        steps = x.shape[1]
         for cell in self.cells:
-            h = Tensor.zeros(x.shape[0], self.hidden, dtype=x.dtype)
-            c = h
-            outputs = []
-            for t in range(steps):
-                if self.lstm:
-                    h, c = cell(x[:, t], (h, c))
-                else:
-                    h = cell(x[:, t], h)
-                outputs.append(h)
-            x = outputs[0].stack(*outputs[1:], dim=1)
+            x = cell(x)
         return x if self.return_sequences else x[:, -1]
 
 
