@@ -24,6 +24,7 @@ demo: $(VENV)/.demo-installed
 	$(BIN)/dlarena verify
 	$(BIN)/dlarena run --suite quick
 	$(BIN)/dlarena report --output results/report.md
+	$(BIN)/dlarena report --format html --output results/report.html
 	$(BIN)/dlarena export --format csv --output results/quick.csv
 
 # The worker runner (src/dlarena_runner) runs in every managed environment, on the oldest interpreter a
@@ -56,6 +57,7 @@ $(addprefix env-,$(ENVIRONMENTS)): env-%: $(VENV)/.test-installed
 # loadgroup keeps the tests of one module-scoped fixture in one process (tests/ marks them).
 MAX_TEST_PROCESSES := 4
 test: $(VENV)/.test-installed lint envs
+	@$(BIN)/python -c 'import sys; sys.path.insert(0, "tests"); import browser; m = browser.missing(); m and print(f"make test: the HTML report'"'"'s browser tests are skipped: {m}")'
 	$(BIN)/python -m pytest -q -n auto --maxprocesses $(MAX_TEST_PROCESSES) --dist loadgroup; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$status
 

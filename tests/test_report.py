@@ -12,71 +12,21 @@ import io
 import json
 import re
 import sys
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from conftest import Cli
 from dlarena import api
 from dlarena.errors import DlarenaError
-from dlarena.measure.aggregate import aggregate
 from dlarena.measure.compare import MIN_PROCESSES
 from dlarena.plan.cell import Cell
-from dlarena.store.database import PlannedCell, Store, StoredResult
+from dlarena.store.database import Store
+from stored_runs import process, run, seed, timed, verified, written
 
 # Its module-scoped runs are built once: under pytest-xdist its tests stay in one test process.
 pytestmark = pytest.mark.xdist_group("report-runs")
 
-ENVIRONMENT = {"cpu_model": "test cpu", "cores": 2, "memory_bytes": 1 << 30, "os": "Linux", "python": "3.11"}
-VERSION = "1.0"
-# Each process's steps spread symmetrically around its own median, and the process medians around the
-# cell's, so that the pooled median is exactly the chosen one (and the report's text is known).
-STEP_OFFSETS = [0.002 * k for k in range(-20, 21)]
-PROCESS_SHIFTS = (0.0, -0.02, 0.02)
-
-
-def _steps(median: float, shift: float) -> list[float]:
-    return [median * (1 + shift) * (1 + offset) for offset in STEP_OFFSETS]
-
-
-def _process(status: str, repetition: int, samples: Sequence[float] = (), **data: Any) -> StoredResult:
-    data = {"status": status, "framework_version": VERSION, "first_step_s": 0.5, "warmup_s": [], "samples_s":
-            list(samples), "flops_per_step": 2e6, "params": 10, "parity": {}, "import_s": 1.0, "build_s": 0.1,
-            "cores_used": 1.0, "peak_rss_bytes": 1 << 20, "resources": {}, **data}
-    return StoredResult(status=status, message="" if status == "ok" else "it broke", stderr_tail="",
-                        command=["python"], exit_code=0, wall_s=1.0, started_at="t0", finished_at="t1", data=data,
-                        repetition=repetition)
-
-
-def _record(store: Store, cell_id: int, cell: Cell, results: Sequence[StoredResult]) -> None:
-    for result in results:
-        store.record_result(cell_id, result)
-    if all(result.status == "ok" for result in results):
-        store.record_summary(cell_id, aggregate(store.ok_processes(cell_id), cell.batch_size, cell.threads, 100.0))
-
-
-def _timed(median: float, processes: int, shifts: Sequence[float] = PROCESS_SHIFTS,
-           first_step_s: float = 0.5) -> list[StoredResult]:
-    return [_process("ok", index, _steps(median, shifts[index]), first_step_s=first_step_s)
-            for index in range(processes)]
-
-
-def _run(store: Store, cells: Sequence[tuple[Cell, list[StoredResult]]]) -> str:
-    planned = [PlannedCell(cell, 60.0, f"key{index}") for index, (cell, _) in enumerate(cells)]
-    run_id, ids = store.start_run(ENVIRONMENT, "test", 1, "", ["dlarena", "run"], "0.1.0", planned)
-    for cell_id, (cell, results) in zip(ids, cells, strict=True):
-        _record(store, cell_id, cell, results)
-    store.finish_run(run_id, "finished")
-    return run_id
-
-
-def _verified(store: Store, framework: str, workload: str, status: str) -> None:
-    store.record_verification({
-        "framework": framework, "workload": workload, "batch_size": 2, "status": status, "message": "",
-        "framework_version": VERSION, "params": 10, "forward_error": 0.0, "loss_error": 0.0, "gradient_error": 0.0,
-        "gradient_reference": None, "worst_parameter": None, "problems": [], "stderr_tail": ""}, "0.1.0")
 
 
 def _timing_run(db: Path) -> str:
@@ -87,15 +37,15 @@ def _timing_run(db: Path) -> str:
     infer = {name: Cell(name, "fcn5-small", "infer", 32, 1)
              for name in ("jax", "torch", "tensorflow", "onnxruntime", "keras-jax")}
     train = {name: Cell(name, "fcn5-small", "train", 32, 1) for name in ("torch", "jax")}
-    run_id = _run(store, [
-        (infer["jax"], _timed(1.5e-3, 3)), (infer["torch"], _timed(1e-3, 3)),
-        (infer["tensorflow"], _timed(1.01e-3, 3)), (infer["onnxruntime"], _timed(0.5e-3, 3)),
-        (infer["keras-jax"], [_process("failed", 0)]),
-        (train["torch"], _timed(2e-3, 1)), (train["jax"], _timed(3e-3, 1)),
+    run_id = run(store, [
+        (infer["jax"], timed(1.5e-3, 3)), (infer["torch"], timed(1e-3, 3)),
+        (infer["tensorflow"], timed(1.01e-3, 3)), (infer["onnxruntime"], timed(0.5e-3, 3)),
+        (infer["keras-jax"], [process("failed", 0)]),
+        (train["torch"], timed(2e-3, 1)), (train["jax"], timed(3e-3, 1)),
     ])
     for framework in ("torch", "tensorflow"):
-        _verified(store, framework, "fcn5-small", "ok")
-    _verified(store, "onnxruntime", "fcn5-small", "mismatch")
+        verified(store, framework, "fcn5-small", "ok")
+    verified(store, "onnxruntime", "fcn5-small", "mismatch")
     store.close()
     return run_id
 
@@ -103,9 +53,7 @@ def _timing_run(db: Path) -> str:
 @pytest.fixture(scope="module")
 def timing_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The timing run, written once for the tests that only read it (writing it bootstraps every cell)."""
-    path = tmp_path_factory.mktemp("timing") / "results.db"
-    _timing_run(path)
-    return path
+    return written(tmp_path_factory, "timing", _timing_run)
 
 
 @pytest.fixture(scope="module")
@@ -155,23 +103,14 @@ def test_every_time_in_the_report_has_a_unit(timing_report: str) -> None:
     assert "0.001" not in report and "e-0" not in report and "e+0" not in report
 
 
-def _seed(time_to_target: float | None, seed: int, target: float = 0.9) -> StoredResult:
-    epochs = [{"epoch": epoch, "train_s": 1.0, "data_s": 0.0, "eval_s": 0.1, "loss": 0.5, "test_accuracy": 0.95}
-              for epoch in range(1, 14)]
-    accuracy = {"dataset": "digits", "target_accuracy": target, "epochs_planned": 13, "final_accuracy": 0.95,
-                "epochs_to_target": None if time_to_target is None else 13, "time_to_target_s": time_to_target,
-                "epochs": epochs, "train_s": 13.0, "data_s": 0.0, "eval_s": 1.3, "data_load_s": 0.1}
-    return _process("ok", seed, _steps(0.01, 0.0), accuracy=accuracy)
-
-
 def test_accuracy_cells_rank_by_time_to_target(db_path: Path) -> None:
     store = Store.open(db_path)
     cells = {name: Cell(name, "digits-mlp", "accuracy", 32, 1) for name in ("torch", "jax", "tensorflow")}
     # four seeds a side: the fewest at which a Mann-Whitney test of one figure per seed can reach p < 0.05
-    _run(store, [
-        (cells["torch"], [_seed(t, i) for i, t in enumerate((10.0, 10.2, 10.5, 11.0))]),
-        (cells["jax"], [_seed(t, i) for i, t in enumerate((20.0, 20.5, 21.0, 22.0))]),
-        (cells["tensorflow"], [_seed(None, i) for i in range(4)]),
+    run(store, [
+        (cells["torch"], [seed(t, i) for i, t in enumerate((10.0, 10.2, 10.5, 11.0))]),
+        (cells["jax"], [seed(t, i) for i, t in enumerate((20.0, 20.5, 21.0, 22.0))]),
+        (cells["tensorflow"], [seed(None, i) for i in range(4)]),
     ])
     store.close()
     report = api.report(db=db_path)
@@ -231,9 +170,7 @@ def test_compare_on_the_command_line(cli: Cli, timing_db: Path) -> None:
 
 @pytest.fixture(scope="module")
 def export_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("export") / "results.db"
-    _export_run(path)
-    return path
+    return written(tmp_path_factory, "export", _export_run)
 
 
 def _export_run(db: Path) -> str:
@@ -241,14 +178,14 @@ def _export_run(db: Path) -> str:
     store = Store.open(db)
     cell = {name: Cell(name, "fcn5-small", "train", 32, 1)
             for name in ("torch", "torch-compile", "tensorflow", "tensorflow-xla", "jax")}
-    run_id = _run(store, [
-        (cell["torch"], _timed(2e-3, 2)),
-        (cell["torch-compile"], _timed(1e-3, 2, first_step_s=5.0)),  # pays off after some 4,500 steps
-        (cell["tensorflow"], _timed(1e-3, 2)),
-        (cell["tensorflow-xla"], _timed(2e-3, 2, first_step_s=5.0)),  # slower once compiled: never pays off
-        (cell["jax"], _timed(1e-3, 2, shifts=(0.0, 0.3))),  # two processes 30% apart, each wide: two warnings
-        (Cell("keras-jax", "fcn5-small", "train", 32, 1), [_process("failed", 0)]),
-        (Cell("torch", "digits-mlp", "accuracy", 32, 1), [_seed(5.0, 0)]),
+    run_id = run(store, [
+        (cell["torch"], timed(2e-3, 2)),
+        (cell["torch-compile"], timed(1e-3, 2, first_step_s=5.0)),  # pays off after some 4,500 steps
+        (cell["tensorflow"], timed(1e-3, 2)),
+        (cell["tensorflow-xla"], timed(2e-3, 2, first_step_s=5.0)),  # slower once compiled: never pays off
+        (cell["jax"], timed(1e-3, 2, shifts=(0.0, 0.3))),  # two processes 30% apart, each wide: two warnings
+        (Cell("keras-jax", "fcn5-small", "train", 32, 1), [process("failed", 0)]),
+        (Cell("torch", "digits-mlp", "accuracy", 32, 1), [seed(5.0, 0)]),
     ])
     store.close()
     return run_id

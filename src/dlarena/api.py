@@ -137,6 +137,7 @@ def run(
                                {cell.framework for cell, _ in suite.cells()})
             return summary
     finally:
+        display.close()  # a bar or waiting line left by an error or Ctrl-C leaves the terminal
         if store is not None:
             store.close()
 
@@ -162,6 +163,7 @@ def resume(
             held.announce(chosen)
             return resume_run(store, chosen, argv, allow_changes, progress=display)
     finally:
+        display.close()  # a bar or waiting line left by an error or Ctrl-C leaves the terminal
         store.close()
 
 
@@ -200,6 +202,40 @@ def report(db: str | Path | None = None, run_id: str | None = None) -> str:
     return markdown.render(run_row, environment, rows, rankings)
 
 
+def report_page(db: str | Path | None = None, run_id: str | None = None) -> str:
+    """The run's HTML report (the latest run by default): one self-contained page, report/html."""
+    from dlarena.report import html
+
+    store, run_row, environment, rows = _report_inputs(db, run_id)
+    try:
+        from dlarena.report.ranking import rank_rows
+
+        return html.render(run_row, environment, rows, rank_rows(store, rows), store.ok_processes)
+    finally:
+        store.close()
+
+
+def report_images(db: str | Path | None = None, run_id: str | None = None, fmt: str = "svg") -> dict[str, bytes]:
+    """The HTML report's charts as static files (``fmt``: svg or png), by file name."""
+    from dlarena.report import html, images
+
+    store, _, _, rows = _report_inputs(db, run_id)
+    try:
+        return images.render(html.build_charts(rows, store.ok_processes), fmt)
+    finally:
+        store.close()
+
+
+def _report_inputs(db: str | Path | None, run_id: str | None) -> tuple[Store, dict[str, Any], dict[str, Any],
+                                                                         list[dict[str, Any]]]:
+    """What a report reads, refusing a run without a single result; the caller closes the store."""
+    run_row, environment, rows = _read(db, run_id)
+    if not any(row["status"] != "pending" for row in rows):
+        raise DlarenaError(f"run {run_row['id']} has no results yet: nothing to report (`dlarena runs` lists the"
+                           " runs and their cells)")
+    return Store.open(_database(db), create=False), run_row, environment, rows
+
+
 def compare(run_a: str, run_b: str | None = None, frameworks: Names | None = None,
             db: str | Path | None = None, baseline: str | None = None) -> str:
     """Markdown verdicts: run B against run A, framework B against A, or several frameworks ranked.
@@ -213,6 +249,20 @@ def compare(run_a: str, run_b: str | None = None, frameworks: Names | None = Non
     store = Store.open(_database(db), create=False)
     try:
         return compare_runs(store, run_a, run_b, _names(frameworks), baseline)
+    finally:
+        store.close()
+
+
+def compare_page(run_a: str, run_b: str | None = None, frameworks: Names | None = None,
+                 db: str | Path | None = None, baseline: str | None = None) -> str:
+    """`compare` as one self-contained HTML page with a forest plot of the ratios (report/html)."""
+    from dlarena.environment import code_version
+    from dlarena.report import html
+    from dlarena.report.comparison import comparison
+
+    store = Store.open(_database(db), create=False)
+    try:
+        return html.render_comparison(comparison(store, run_a, run_b, _names(frameworks), baseline), code_version())
     finally:
         store.close()
 
@@ -271,6 +321,7 @@ def verify(
     version = code_version()
     with machine_lock(path, wait=wait, on_wait=display.waiting) as held:
         held.announce("verify")
+        display.end_waiting()  # verify's own lines follow; no run bar ends the waiting line for it
         store = Store.open(path)
         record = verdicts.open_record(create=True)
         if record is not None and record.path.resolve() == path.resolve():  # --db is the record itself

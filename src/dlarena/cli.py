@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shlex
 import sys
+import tempfile
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,12 +66,33 @@ def _print(text: str, output: Path | None) -> None:
     if output is None:
         sys.stdout.write(text)
         return
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text, encoding="utf-8")
-    except OSError as error:
-        raise DlarenaError(f"cannot write {output}: {error.strerror}") from None
+    _write_files(output.parent, {output.name: text.encode("utf-8")})
     print(f"wrote {output}", file=sys.stderr)
+
+
+def _write_files(folder: Path, files: dict[str, bytes]) -> None:
+    """Each file whole or not at all: written beside its place under a temporary name, then renamed."""
+    written: list[Path] = []
+    # mkstemp creates its file for the owner alone; the finished file gets what the user's umask allows.
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise DlarenaError(f"cannot write into {folder}: it is a file, not a folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, content in files.items():
+            handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".partial")
+            written.append(Path(temporary))
+            with os.fdopen(handle, "wb") as stream:
+                stream.write(content)
+            os.chmod(temporary, 0o666 & ~umask)
+        for partial, name in zip(written, files, strict=True):
+            os.replace(partial, folder / name)
+    except OSError as error:
+        for partial in written:
+            partial.unlink(missing_ok=True)
+        target = folder / next(iter(files)) if len(files) == 1 else folder
+        raise DlarenaError(f"cannot write {target}: {error.strerror or error}") from None
 
 
 _SELECTION = ("frameworks", "workloads", "scenarios", "devices", "precision", "threads", "batch_sizes", "timeout",
@@ -304,18 +327,38 @@ def _show_snapshot(as_json: bool) -> int:
     return 0
 
 
+# Where `dlarena report` writes a page or the charts' files when --output is not given (Markdown goes
+# to standard output): beside the default database, where `make demo` leaves its report.
+DEFAULT_HTML_REPORT = Path("results") / "report.html"
+DEFAULT_CHARTS_FOLDER = Path("results") / "charts"
+DEFAULT_HTML_COMPARISON = Path("results") / "comparison.html"
+REPORT_FORMATS = ("markdown", "html", "svg", "png")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from dlarena import api
 
-    _print(api.report(db=args.db, run_id=args.run), args.output)
+    if args.format == "markdown":
+        _print(api.report(db=args.db, run_id=args.run), args.output)
+    elif args.format == "html":
+        _print(api.report_page(db=args.db, run_id=args.run), args.output or DEFAULT_HTML_REPORT)
+    else:
+        folder = args.output or DEFAULT_CHARTS_FOLDER
+        files = api.report_images(db=args.db, run_id=args.run, fmt=args.format)
+        _write_files(folder, files)
+        print(f"wrote {counted(len(files), f'{args.format.upper()} chart')} into {folder}", file=sys.stderr)
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from dlarena import api
 
-    _print(api.compare(args.run_a, args.run_b, frameworks=args.frameworks, db=args.db, baseline=args.baseline),
-           args.output)
+    if args.format == "html":
+        _print(api.compare_page(args.run_a, args.run_b, frameworks=args.frameworks, db=args.db,
+                                baseline=args.baseline), args.output or DEFAULT_HTML_COMPARISON)
+    else:
+        _print(api.compare(args.run_a, args.run_b, frameworks=args.frameworks, db=args.db, baseline=args.baseline),
+               args.output)
     return 0
 
 
@@ -492,9 +535,15 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--db", type=Path, help=DB_HELP)
     runs.set_defaults(handler=cmd_runs)
 
-    report = commands.add_parser("report", help="Markdown tables of a run (the latest by default)")
+    report = commands.add_parser("report", help="a run's report (the latest by default): Markdown tables, an"
+                                                " interactive HTML page, or its charts as SVG or PNG files")
     report.add_argument("--run", help="run id (default: the latest)")
-    report.add_argument("--output", type=Path, help="write to this file instead of standard output")
+    report.add_argument("--format", choices=REPORT_FORMATS, default="markdown",
+                        help="markdown (default: to standard output), html (one self-contained page, default"
+                             f" {DEFAULT_HTML_REPORT}), svg or png (one file per chart, into a folder, default"
+                             f" {DEFAULT_CHARTS_FOLDER})")
+    report.add_argument("--output", type=Path,
+                        help="the file to write (markdown, html) or the folder (svg, png)")
     report.add_argument("--db", type=Path, help=DB_HELP)
     report.set_defaults(handler=cmd_report)
 
@@ -508,7 +557,10 @@ def build_parser() -> argparse.ArgumentParser:
                               " its fastest (or --baseline)")
     compare.add_argument("--baseline", metavar="NAME",
                          help="with --frameworks: set every framework against NAME instead of the fastest")
-    compare.add_argument("--output", type=Path, help="write to this file instead of standard output")
+    compare.add_argument("--format", choices=("markdown", "html"), default="markdown",
+                         help="markdown (default: to standard output) or html (one self-contained page with a forest"
+                              f" plot of the ratios, default {DEFAULT_HTML_COMPARISON})")
+    compare.add_argument("--output", type=Path, help="the file to write")
     compare.add_argument("--db", type=Path, help=DB_HELP)
     compare.set_defaults(handler=cmd_compare)
 

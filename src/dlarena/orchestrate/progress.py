@@ -1,13 +1,20 @@
 """The progress display of a run: the current cell, cells done, and an estimate of the time left;
-before it starts, whom it waits for and how far that run is."""
+before it starts, whom it waits for and how far that run is.
+
+On a terminal the running cell, processes done of all and the estimate are a rich progress bar, and
+each finished cell is a line printed above it (the scrollback keeps the record); elsewhere (a log
+file, CI) the same lines are written plain, one per event, with no escape codes.
+"""
 
 from __future__ import annotations
 
+import atexit
+import os
 import sqlite3
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from dlarena.errors import DlarenaError
 from dlarena.orchestrate.lock import describe
@@ -16,9 +23,20 @@ from dlarena.report.units import format_duration, format_seconds
 from dlarena.store.database import Store, StoredResult
 from dlarena.wording import counted
 
+if TYPE_CHECKING:  # rich is imported on a terminal only (orchestrate/terminal.py)
+    from rich.console import Console
+    from rich.live import Live
+    from rich.progress import TaskID
+
+    from dlarena.orchestrate.terminal import Bar
+
 # Off a terminal (a log file, CI) the waiting line cannot be rewritten in place, so a new one is
 # written at most this often: a wait of an hour leaves 60 lines, not thousands.
 WAIT_LOG_S = 60.0
+
+# TERM values of terminals that cannot move the cursor (Emacs' shell, some CI runners that give a
+# tty): the list rich itself treats as dumb (Console.is_dumb_terminal). They get the plain lines.
+DUMB_TERMINALS = ("dumb", "unknown")
 
 
 def waiting_line(holder: dict[str, Any], waited_s: float) -> str:
@@ -44,22 +62,56 @@ def _holder_progress(holder: dict[str, Any]) -> str:
 
 
 class Progress:
-    """Writes one line per finished cell; on a terminal, the running cell is shown as it goes."""
+    """Writes one line per finished cell; on a terminal, the running cell is shown as it goes.
+
+    This class alone decides terminal or not (``live``); rich only draws on a terminal."""
 
     def __init__(self, stream: TextIO | None = None, enabled: bool = True) -> None:
         self.stream = stream or sys.stderr
         self.enabled = enabled
-        self.live = enabled and self.stream.isatty()
+        self.live = enabled and self.stream.isatty() and os.environ.get("TERM", "").lower() not in DUMB_TERMINALS
+        self.console: Console | None = None
+        if self.live:
+            from dlarena.orchestrate import terminal
+
+            self.console = terminal.console(self.stream)
         self.total = self.done = 0
         self.repetitions = 1
         self.started = 0.0
-        self.waiting_shown = False  # a live waiting line is on the screen, to be ended by a newline
         self.logged_wait = -WAIT_LOG_S
+        self._waiting: Live | None = None  # the waiting line on a terminal, while one is shown
+        self._waiting_line = ""
+        self._bar: Bar | None = None  # the running run's bar on a terminal, from its first process
+        self._task: TaskID | None = None
 
     def _write(self, text: str) -> None:
         if self.enabled:
             self.stream.write(text)
             self.stream.flush()
+
+    def _say(self, line: str) -> None:
+        """One line of the record: on a terminal printed above the bar or waiting line, else plain."""
+        if self.console is not None:
+            from dlarena.orchestrate import terminal
+
+            terminal.say(self.console, line)
+        else:
+            self._write(f"{line}\n")
+
+    def _held(self) -> None:
+        """A live display left on screen (Ctrl-C while waiting, an error mid-run) is taken off at exit,
+        so that the terminal is not left without its cursor."""
+        atexit.unregister(self.close)
+        if self._waiting is not None or self._bar is not None:
+            atexit.register(self.close)
+
+    def close(self) -> None:
+        """Take any live display off the terminal; harmless when none is shown or it is called again."""
+        self._end_waiting()
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = self._task = None
+        self._held()
 
     def begin(
         self, run_id: str, cells: int, repetitions: int = 1, already_done: int = 0, processes: int | None = None,
@@ -73,11 +125,11 @@ class Progress:
         resumed = f", {counted(already_done, 'process')} stored before" if already_done else ""
         shape = (f"{counted(cells, 'cell')} x {counted(repetitions, 'process')}" if planned == cells * repetitions
                  else f"{counted(cells, 'cell')}, {counted(planned, 'process')}")
-        self._write(f"run {run_id}: {shape}{resumed}\n")
+        self._say(f"run {run_id}: {shape}{resumed}")
 
     def note(self, text: str) -> None:
         self._end_waiting()
-        self._write(f"{text}\n")
+        self._say(text)
 
     def waiting(self, holder: dict[str, Any], waited_s: float) -> None:
         """Whom the run waits for and how far that run is: rewritten in place on a terminal, else
@@ -85,21 +137,35 @@ class Progress:
         if not self.enabled:
             return
         line = waiting_line(holder, waited_s)
-        if self.live:
-            self._write(f"\r\x1b[K{line}")
-            self.waiting_shown = True
+        if self.console is not None:
+            from dlarena.orchestrate import terminal
+
+            self._waiting_line = line
+            if self._waiting is None:
+                self._waiting = terminal.start_waiting(self.console, line)
+                self._held()
+            else:
+                terminal.show_waiting(self._waiting, line)
         elif waited_s - self.logged_wait >= WAIT_LOG_S:
             self._write(f"{line}\n")
             self.logged_wait = waited_s
 
+    def end_waiting(self) -> None:
+        """The wait is over: the last waiting line stays on screen, without its spinner."""
+        self._end_waiting()
+
     def _end_waiting(self) -> None:
-        if self.waiting_shown:
-            self.waiting_shown = False
-            self._write("\n")
+        if self._waiting is not None:
+            from dlarena.orchestrate import terminal
+
+            terminal.stop_waiting(self._waiting, self._waiting_line)
+            self._waiting = None
+            self._held()
 
     def skip(self, count: int) -> None:
         """Planned processes that will not run (the cell's earlier process was not ok)."""
         self.total -= count
+        self._show()
 
     def _eta(self) -> str:
         if self.done == 0:
@@ -112,10 +178,23 @@ class Progress:
         which = f" (process {repetition + 1}/{count})" if count > 1 else ""
         return f"{cell.label()}{which}"
 
+    def _show(self, label: str | None = None) -> None:
+        """Bring the bar up to date (on a terminal): the estimate is the one the lines give."""
+        if self._bar is None or self._task is None:
+            return
+        fields: dict[str, Any] = {"description": label} if label is not None else {}
+        self._bar.update(self._task, completed=self.done, total=self.total, eta=self._eta(), refresh=True, **fields)
+
     def start(self, cell: Cell, repetition: int = 0, of: int | None = None) -> None:
-        if self.live:
-            label = self._label(cell, repetition, of)
-            self._write(f"\r\x1b[K[{self.done + 1}/{self.total}] {label} ... ({self._eta()})")
+        if self.console is None:
+            return
+        self._end_waiting()
+        if self._bar is None:
+            from dlarena.orchestrate import terminal
+
+            self._bar, self._task = terminal.start_bar(self.console, self.total, self.done, self._eta())
+            self._held()
+        self._show(self._label(cell, repetition, of))
 
     def finish(self, cell: Cell, result: StoredResult, median_s: float | None = None, of: int | None = None) -> None:
         self.done += 1
@@ -129,13 +208,13 @@ class Progress:
             outcome = f"ok, median {format_seconds(median_s)} per step"
         else:
             outcome = f"{result.status}: {result.message}"
-        prefix = "\r\x1b[K" if self.live else ""
         label = self._label(cell, result.repetition, of)
-        self._write(f"{prefix}[{self.done}/{self.total}] {label}: {outcome} ({self._eta()})\n")
+        self._say(f"[{self.done}/{self.total}] {label}: {outcome} ({self._eta()})")
+        self._show()
 
     def end(self, interrupted: bool = False) -> None:
         elapsed = format_duration(time.monotonic() - self.started)
-        if interrupted:  # on a terminal, the live line of the cell that was cut stays in view
-            self._write(f"{chr(10) if self.live else ''}stopped after {elapsed}\n")
-        else:
-            self._write(f"done in {elapsed}\n")
+        if interrupted and self._bar is not None:  # on a terminal, the bar of the cell that was cut stays in view
+            self._bar.live.transient = False
+        self.close()
+        self._say(f"stopped after {elapsed}" if interrupted else f"done in {elapsed}")

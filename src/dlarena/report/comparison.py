@@ -16,7 +16,7 @@ from typing import Any
 from dlarena.errors import DlarenaError, did_you_mean
 from dlarena.measure.compare import MIN_EFFECT, SIGNIFICANCE_LEVEL, VERDICTS, Comparison, compare
 from dlarena.report.annotate import annotate
-from dlarena.report.ranking import comparison_table, rank_rows, withheld_note
+from dlarena.report.ranking import Ranking, comparison_table, rank_rows, withheld_note
 from dlarena.report.units import format_seconds
 from dlarena.store import verdicts
 from dlarena.store.database import Store
@@ -97,9 +97,39 @@ def _check_present(name: str, rows: Sequence[Row], present: Sequence[str], run: 
                            f" its frameworks: {', '.join(present)}")
 
 
+@dataclass(frozen=True)
+class PairComparison:
+    """Run B against run A, or framework B against framework A: matched cells with their verdicts."""
+
+    label_a: str
+    label_b: str
+    comparisons: tuple[CellComparison, ...]
+    differences: tuple[str, ...]  # what differs besides what was asked (code, machine, versions, settings)
+    unmatched: int  # cells without a counterpart
+
+
+@dataclass(frozen=True)
+class FrameworkRanking:
+    """Several frameworks of one run, each configuration's ranked against its fastest or a baseline."""
+
+    rankings: tuple[Ranking, ...]
+    frameworks: tuple[str, ...]
+    run_id: str
+    baseline: str | None
+
+
 def compare_runs(store: Store, run_a: str, run_b: str | None, frameworks: Sequence[str] | None,
                  baseline: str | None = None) -> str:
-    """The comparison as Markdown: run B against run A, framework B against A, or N frameworks ranked.
+    """The comparison as Markdown: run B against run A, framework B against A, or N frameworks ranked."""
+    found = comparison(store, run_a, run_b, frameworks, baseline)
+    if isinstance(found, FrameworkRanking):
+        return comparison_table(found.rankings, found.frameworks, found.run_id, found.baseline)
+    return render(found.label_a, found.label_b, found.comparisons, found.differences, found.unmatched)
+
+
+def comparison(store: Store, run_a: str, run_b: str | None, frameworks: Sequence[str] | None,
+               baseline: str | None = None) -> PairComparison | FrameworkRanking:
+    """Run B against run A, framework B against A, or N frameworks ranked, for any rendering.
 
     Two frameworks without ``baseline`` compare B against A; more, or a named ``baseline``, rank the
     frameworks of each configuration of one run against the fastest or the baseline (report/ranking).
@@ -136,10 +166,10 @@ def compare_runs(store: Store, run_a: str, run_b: str | None, frameworks: Sequen
         raise DlarenaError(f"{label_a} and {label_b} have no cell with the same configuration to compare")
     differences = _differences(label_a, label_b, pairs, store.environment(first["environment_id"]),
                                store.environment(second["environment_id"]), first, second)
-    return render(label_a, label_b, _compare_pairs(store, pairs), differences, unmatched)
+    return PairComparison(label_a, label_b, tuple(_compare_pairs(store, pairs)), tuple(differences), unmatched)
 
 
-def _rank(store: Store, run: Row, frameworks: Sequence[str], baseline: str | None) -> str:
+def _rank(store: Store, run: Row, frameworks: Sequence[str], baseline: str | None) -> FrameworkRanking:
     """The frameworks of each configuration that at least two of them ran, ranked (report/ranking)."""
     rows = store.cell_rows(run["id"])
     present = sorted({row["framework"] for row in rows})
@@ -152,7 +182,7 @@ def _rank(store: Store, run: Row, frameworks: Sequence[str], baseline: str | Non
                 if len(ranking.entries) > 1]
     if not rankings:
         raise DlarenaError(f"run {run['id']} has no configuration that two of {', '.join(frameworks)} both ran")
-    return comparison_table(rankings, frameworks, run["id"], baseline)
+    return FrameworkRanking(tuple(rankings), tuple(frameworks), str(run["id"]), baseline)
 
 
 def render(label_a: str, label_b: str, comparisons: Sequence[CellComparison], differences: Sequence[str],
@@ -183,11 +213,20 @@ def render(label_a: str, label_b: str, comparisons: Sequence[CellComparison], di
             f" {result.ci_low:.3f} - {result.ci_high:.3f} | {result.p_value:.2g} | {result.describe()} |"
         )
     if unmatched:
-        lines += ["", f"{counted(unmatched, 'cell')} had no counterpart with the same configuration and"
-                  f" {'is' if unmatched == 1 else 'are'} not shown."]
+        lines += ["", unmatched_note(unmatched)]
+    lines += ["", tally(comparisons)]
+    return "\n".join(lines) + "\n"
+
+
+def unmatched_note(unmatched: int) -> str:
+    return (f"{counted(unmatched, 'cell')} had no counterpart with the same configuration and"
+            f" {'is' if unmatched == 1 else 'are'} not shown.")
+
+
+def tally(comparisons: Sequence[CellComparison]) -> str:
+    """The closing sentence: how many compared cells B is faster, slower or the same in."""
     counts = {verdict: sum(1 for item in comparisons if item.result and item.result.verdict == verdict)
               for verdict in VERDICTS}
     withheld = f", withheld in {counts['withheld']}" if counts["withheld"] else ""
-    lines += ["", f"B is faster in {counts['faster']}, slower in {counts['slower']}, the same in {counts['same']}"
-                  f"{withheld} of the compared cells."]
-    return "\n".join(lines) + "\n"
+    return (f"B is faster in {counts['faster']}, slower in {counts['slower']}, the same in {counts['same']}"
+            f"{withheld} of the compared cells.")

@@ -307,11 +307,11 @@ def comparison_table(rankings: Sequence[Ranking], frameworks: Sequence[str], run
                          interval(comparison), f"{comparison.p_value:.2g}", comparison.describe()])
     header = ["workload", "scenario", "batch", "threads", "framework", "median", f"vs {reference}", "95% CI",
               "p-value", "verdict"]
-    lines += ["", *table(header, body), "", _tally(rankings, frameworks, baseline)]
+    lines += ["", *table(header, body), "", tally(rankings, frameworks, baseline)]
     return "\n".join(lines) + "\n"
 
 
-def _tally(rankings: Sequence[Ranking], frameworks: Sequence[str], baseline: str | None) -> str:
+def tally(rankings: Sequence[Ranking], frameworks: Sequence[str], baseline: str | None) -> str:
     """One closing sentence: how often each framework was fastest, or each one's verdicts against the baseline."""
     if baseline is None:
         fastest = [ranking.baseline for ranking in rankings if ranking.baseline]
