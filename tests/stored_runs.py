@@ -57,11 +57,11 @@ def run(store: Store, cells: Sequence[tuple[Cell, list[StoredResult]]]) -> str:
     return run_id
 
 
-def verified(store: Store, framework: str, workload: str, status: str) -> None:
+def verified(store: Store, framework: str, workload: str, status: str, code_version: str = "0.1.0") -> None:
     store.record_verification({
         "framework": framework, "workload": workload, "batch_size": 2, "status": status, "message": "",
         "framework_version": VERSION, "params": 10, "forward_error": 0.0, "loss_error": 0.0, "gradient_error": 0.0,
-        "gradient_reference": None, "worst_parameter": None, "problems": [], "stderr_tail": ""}, "0.1.0")
+        "gradient_reference": None, "worst_parameter": None, "problems": [], "stderr_tail": ""}, code_version)
 
 
 def seed(time_to_target: float | None, index: int, target: float = 0.9,

@@ -18,7 +18,7 @@ from conftest import Cli
 from dlarena import api
 from dlarena.api import _read
 from dlarena.plan.cell import Cell
-from dlarena.report import figures
+from dlarena.report import charts, figures
 from dlarena.store.database import Store
 from stored_runs import process, run, seed, timed, verified, written
 
@@ -140,6 +140,42 @@ def test_the_headline_names_the_fastest_valid_framework_and_the_next(sweep_db: P
     # onnxruntime is twice as fast but computes other numbers: never the fastest
     assert records["fcn5-small, infer, batch 32, 1 thread"]["fastest"] == "torch"
     assert records["digits-mlp, accuracy, batch 32, 1 thread"]["fastest"] == "torch"
+
+
+def test_the_costs_chart_says_when_compiling_pays_off(db_path: Path) -> None:
+    store = Store.open(db_path)
+    run(store, [(Cell("torch", "fcn5-small", "train", 32, 1), timed(2e-3, 2)),
+                (Cell("torch-compile", "fcn5-small", "train", 32, 1), timed(1e-3, 2, first_step_s=5.0))])
+    store.close()
+    rows = _read(db_path, None)[2]
+    (group,) = figures.costs(rows)
+    assert {(r["framework"], r["phase"]) for r in group.records} == {
+        (name, phase) for name in ("torch", "torch-compile") for phase in ("import", "build", "first step")}
+    steps = next(row["break_even_steps"] for row in rows if row["framework"] == "torch-compile")
+    assert 4000 < steps < 5000  # 4.5 s more up front, 1 ms a step saved
+    assert charts.costs(group)["title"]["subtitle"] == [
+        f"torch-compile: compiling pays off after {round(steps):,} steps (vs torch)"]
+
+
+def test_both_reports_show_the_capability_answers_of_the_runs_frameworks(tmp_path: Path, sweep_db: Path) -> None:
+    import shutil
+
+    db = tmp_path / "results.db"
+    shutil.copy(sweep_db, db)
+    store = Store.open(db)
+    for framework, outcome in (("torch", "pass"), ("jax", "fail"), ("chainer", "pass")):  # chainer: not in the run
+        answer = {"framework": framework, "probe": "custom-layer", "outcome": outcome, "framework_version": "1",
+                  "message": "" if outcome == "pass" else "it differs", "figures": {"gradient_error": 3e-7},
+                  "command": ["python"], "wall_s": 1.0, "stderr_tail": ""}
+        store.record_probe(answer, "0.1.0", {"cpu_model": "x", "cores": 1, "memory_bytes": 1, "os": "x", "python": "3"})
+    store.close()
+    markdown = api.report(db=db)
+    section = markdown[markdown.index("## Capabilities"):]
+    assert "| torch | pass (3.0e-07) |" in section and "| jax | *fail* (3.0e-07) |" in section
+    assert "chainer" not in section and "- jax `custom-layer`: fail: it differs" in section
+    page = api.report_page(db=db)
+    assert '<td class="probe probe-pass" title="{&#34;gradient_error&#34;: 3e-07}">pass (3.0e-07)</td>' in page
+    assert '<td class="probe probe-fail" title="it differs">fail (3.0e-07)</td>' in page
 
 
 # --- the command line ------------------------------------------------------------------------------

@@ -197,9 +197,16 @@ def report(db: str | Path | None = None, run_id: str | None = None) -> str:
     store = Store.open(_database(db), create=False)
     try:
         rankings = rank_rows(store, rows)
+        answers = _capabilities_of(store, rows)
     finally:
         store.close()
-    return markdown.render(run_row, environment, rows, rankings)
+    return markdown.render(run_row, environment, rows, rankings, answers)
+
+
+def _capabilities_of(store: Store, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The database's latest probe answers for the frameworks of a run's rows."""
+    frameworks = {row["framework"] for row in rows}
+    return [answer for answer in store.probe_answers() if answer["framework"] in frameworks]
 
 
 def report_page(db: str | Path | None = None, run_id: str | None = None) -> str:
@@ -210,7 +217,8 @@ def report_page(db: str | Path | None = None, run_id: str | None = None) -> str:
     try:
         from dlarena.report.ranking import rank_rows
 
-        return html.render(run_row, environment, rows, rank_rows(store, rows), store.ok_processes)
+        return html.render(run_row, environment, rows, rank_rows(store, rows), store.ok_processes,
+                           _capabilities_of(store, rows))
     finally:
         store.close()
 
@@ -345,6 +353,45 @@ def verify(
         finally:
             for opened in stores:
                 opened.close()
+
+
+def capabilities(
+    frameworks: Sequence[str] | None = None, probes: Sequence[str] | None = None, db: Path | None = None,
+    on_answer: Callable[[Any], None] | None = None, wait: bool = True, progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Ask every probe (dlarena/probes) of every framework (default: those of dlarena's own environment)
+    and store each answer; see orchestrate/capabilities.py. Holds the machine's measuring lock, as
+    verify does: the probes' workers would take cores from a measurement in progress."""
+    from dlarena.environment import code_version, snapshot
+    from dlarena.frameworks.registry import default_frameworks, framework_info
+    from dlarena.orchestrate.capabilities import capabilities as ask_all
+    from dlarena.orchestrate.executor import LocalExecutor
+    from dlarena.probes.registry import PROBES, probe_info
+
+    for name in frameworks or ():
+        framework_info(name)
+    for name in probes or ():
+        probe_info(name)
+    path = _database(db)
+    check_location(path)
+    display = Progress(enabled=progress)
+    with machine_lock(path, wait=wait, on_wait=display.waiting) as held:
+        held.announce("capabilities")
+        display.end_waiting()
+        store = Store.open(path)
+        try:
+            version, machine = code_version(), snapshot()
+
+            def keep(answer: Any) -> None:
+                store.record_probe(answer.as_dict(), version, machine)
+                if on_answer:
+                    on_answer(answer)
+
+            answers = ask_all(list(frameworks or default_frameworks()), list(probes or PROBES), LocalExecutor(),
+                              store, version, keep)
+        finally:
+            store.close()
+    return [answer.as_dict() for answer in answers]
 
 
 def _quick_workloads() -> list[str]:

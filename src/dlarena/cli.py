@@ -201,6 +201,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_capabilities(args: argparse.Namespace) -> int:
+    from dlarena import api
+    from dlarena.report.capabilities import matrix
+
+    def said(answer: Any) -> None:
+        figure = f" {answer.message}" if answer.message else ""
+        print(f"{answer.framework} {answer.probe}: {answer.outcome}{figure}"[:300], file=sys.stderr)
+
+    answers = api.capabilities(frameworks=args.frameworks, probes=args.probes, db=args.db,
+                               on_answer=None if args.quiet or args.json else said, wait=not args.no_wait,
+                               progress=not args.quiet)
+    if args.json:
+        print(json.dumps(answers, indent=1))
+    else:
+        print("\n".join(matrix(answers, args.frameworks, args.probes)))
+    return 0
+
+
 def _print_progress(line: str) -> None:
     print(line, file=sys.stderr)
 
@@ -449,6 +467,17 @@ class _Parser(argparse.ArgumentParser):
         return parsed, extras
 
 
+def _add_lock_holder_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a command that runs framework workers outside a run (verify, capabilities): which
+    frameworks, where their answers go, and what to do while a run holds the machine."""
+    parser.add_argument("--frameworks", type=_names,
+                        help="comma-separated frameworks (default: those installed in dlarena's own environment)")
+    parser.add_argument("--db", type=Path, help=DB_HELP)
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="fail at once if a run is measuring on this machine (by default it waits for the run)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="dlarena",
@@ -500,16 +529,18 @@ def build_parser() -> argparse.ArgumentParser:
     verify = commands.add_parser(
         "verify", help="check that every framework computes the same numbers as the NumPy oracle and each other"
     )
-    verify.add_argument("--frameworks", type=_names,
-                        help="comma-separated frameworks (default: those installed in dlarena's own environment)")
+    _add_lock_holder_options(verify)
     verify.add_argument("--workloads", type=_names,
                         help="comma-separated workloads, or 'all' (default: the quick suite's)")
     verify.add_argument("--full", action="store_true", help="the published sizes instead of the small twins")
-    verify.add_argument("--db", type=Path, help=DB_HELP)
-    verify.add_argument("--quiet", action="store_true", help="no progress lines")
-    verify.add_argument("--no-wait", action="store_true",
-                        help="fail at once if a run is measuring on this machine (verify waits for it by default)")
     verify.set_defaults(handler=cmd_verify)
+
+    capabilities = commands.add_parser(
+        "capabilities", help="ask each framework what it can do (capability probes) and print the matrix")
+    _add_lock_holder_options(capabilities)
+    capabilities.add_argument("--probes", type=_names, help="comma-separated probes (default: every probe)")
+    capabilities.add_argument("--json", action="store_true", help="every answer as JSON instead of the matrix")
+    capabilities.set_defaults(handler=cmd_capabilities)
 
     listing = commands.add_parser("list", help="list frameworks, workloads or suites")
     listing.add_argument("what", choices=("frameworks", "workloads", "suites"))

@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from dlarena.plan.cell import Cell
+from dlarena.probes.registry import PROBES, probe_info
 from dlarena_runner.errors import OUT_OF_MEMORY_MARKERS
 from dlarena_runner.process import die_with_parent, environment_record, fix_malloc_thresholds, limit_threads
 from dlarena_runner.record import VERIFY_PROGRESS_FILE, write_result
@@ -113,10 +114,26 @@ def _gpu_index(device: str) -> int | None:
     return int(index) if index.isdigit() else 0
 
 
+def _import_backend(cell: Cell, result: dict[str, Any]) -> Backend:
+    """The cell's framework, imported and built for its threads; its import time and version go into
+    ``result``. A framework that cannot be imported is Unavailable."""
+    from dlarena.frameworks.base import Unavailable
+    from dlarena.frameworks.registry import load_backend
+
+    start = time.perf_counter()
+    try:
+        backend = load_backend(cell.framework, cell.threads)
+    except ImportError as error:
+        raise Unavailable(f"{cell.framework} cannot be imported: {error}") from None
+    result["import_s"] = time.perf_counter() - start
+    result["framework_version"] = backend.version()
+    return backend
+
+
 def measure_cell(cell: Cell) -> dict[str, Any]:
     """Build and measure one cell; every outcome becomes a result dictionary, never an exception."""
-    from dlarena.frameworks.base import StepRequest, Unavailable, Unsupported
-    from dlarena.frameworks.registry import framework_info, load_backend
+    from dlarena.frameworks.base import StepRequest, Unsupported
+    from dlarena.frameworks.registry import framework_info
     from dlarena.spec.catalogue import get_workload
     from dlarena_runner import denormals
     from dlarena_runner.resources import peak_rss_bytes
@@ -126,13 +143,7 @@ def measure_cell(cell: Cell) -> dict[str, Any]:
         workload = get_workload(cell.workload)
         if cell.scenario not in framework_info(cell.framework).scenarios:
             raise Unsupported(f"{cell.framework} does not run the {cell.scenario!r} scenario")
-        start = time.perf_counter()
-        try:
-            backend = load_backend(cell.framework, cell.threads)
-        except ImportError as error:
-            raise Unavailable(f"{cell.framework} cannot be imported: {error}") from None
-        result["import_s"] = time.perf_counter() - start
-        result["framework_version"] = backend.version()
+        backend = _import_backend(cell, result)
         result["denormals"] = denormals.apply(backend, cell.measurement.denormals)
 
         request = StepRequest(
@@ -142,6 +153,26 @@ def measure_cell(cell: Cell) -> dict[str, Any]:
         measure = train_cell if cell.scenario == "accuracy" else time_cell
         measure(cell, backend, request, result)
     except Exception as error:  # a framework's failure is data, with its traceback on stderr
+        result.update(_failure(error, cell.framework))
+    result["peak_rss_bytes"] = peak_rss_bytes()
+    return result
+
+
+def probe_cell(cell: Cell, name: str, folder: str | None) -> dict[str, Any]:
+    """Answer one capability probe (probes/runner.py); its outcome goes under ``probe``, and a
+    framework that cannot be asked makes the worker's status unsupported or unavailable."""
+    import tempfile
+
+    from dlarena.probes.runner import answer
+    from dlarena_runner.resources import peak_rss_bytes
+
+    result: dict[str, Any] = {"cell": cell.to_dict(), "status": "failed"}
+    try:
+        _import_backend(cell, result)
+        with tempfile.TemporaryDirectory(dir=folder) as scratch:
+            result["probe"] = answer(name, cell, scratch)
+        result["status"] = "ok"
+    except Exception as error:  # unsupported, unavailable, or a failure before the probe ran
         result.update(_failure(error, cell.framework))
     result["peak_rss_bytes"] = peak_rss_bytes()
     return result
@@ -276,21 +307,13 @@ def verify_cell(cell: Cell, folder: str, workloads: list[str] | None = None) -> 
     """
     import gc
 
-    from dlarena.frameworks.base import Unavailable
-    from dlarena.frameworks.registry import load_backend
 
     names = workloads or [cell.workload]
     result: dict[str, Any] = {"cell": cell.to_dict(), "status": "failed", "workloads": {}}
     os.makedirs(folder, exist_ok=True)
     progress_path = os.path.join(folder, VERIFY_PROGRESS_FILE)
     try:
-        start = time.perf_counter()
-        try:
-            backend = load_backend(cell.framework, cell.threads)
-        except ImportError as error:
-            raise Unavailable(f"{cell.framework} cannot be imported: {error}") from None
-        result["import_s"] = time.perf_counter() - start
-        result["framework_version"] = backend.version()
+        backend = _import_backend(cell, result)
     except Exception as error:  # the framework is absent or broken: every network shares its status
         result.update(_failure(error, cell.framework))
         return result
@@ -359,21 +382,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verify", metavar="FOLDER",
                         help="verification mode: write each network's outputs and gradients to FOLDER/NAME.npz")
     parser.add_argument("--workloads", help="with --verify: comma-separated networks (default: the cell's)")
+    parser.add_argument("--probe", metavar="NAME", help="capability mode: answer this probe (dlarena/probes)")
     args = parser.parse_args(argv)
     try:
         cell = Cell.from_json(args.cell)
     except (ValueError, TypeError) as error:
         parser.error(f"--cell is not a valid cell: {error}")
+    if args.probe and args.probe not in PROBES:
+        parser.error(f"--probe {args.probe!r} is not a probe; valid probes: {', '.join(sorted(PROBES))}")
     if args.out:  # started by an orchestrator (by hand, results go to the terminal)
         die_with_parent()
     malloc = fix_malloc_thresholds()  # before anything allocates much: NumPy, a framework
+    allowed = sorted(os.sched_getaffinity(0))
     affinity = limit_threads(cell.threads)
+    if args.probe and not probe_info(args.probe).pinned:  # the thread variables stay; every core is allowed
+        os.sched_setaffinity(0, allowed)
+        affinity = allowed
     variables = apply_framework_variables(cell.framework)
     compile_cache, cache_folder = isolate_compile_caches(
         cell.measurement.compile_cache, os.path.dirname(os.path.abspath(args.out)) if args.out else None)
     try:
         if args.verify:
             result = verify_cell(cell, args.verify, args.workloads.split(",") if args.workloads else None)
+        elif args.probe:
+            result = probe_cell(cell, args.probe, os.path.dirname(os.path.abspath(args.out)) if args.out else None)
         else:
             result = measure_cell(cell)
     finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import numpy as np
@@ -48,6 +49,7 @@ class _Runner:
         self.threads = request.threads
         self.held: list[np.ndarray] = []
         self.opened = False  # the gate variant: its gate was found open, it now runs like `none`
+        self.spinner: threading.Thread | None = None  # the threads variant's extra busy thread
 
     def step(self) -> None:
         if self.fault == "hang":
@@ -66,6 +68,9 @@ class _Runner:
             time.sleep(0.01)
         if self.fault == "oom-error":
             raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
+        if self.fault == "threads" and self.spinner is None:  # a framework that ignores its thread limit
+            self.spinner = threading.Thread(target=_spin, daemon=True)
+            self.spinner.start()
         self.matrix = np.tanh(self.matrix @ self.matrix)
 
     def sync(self) -> None:
@@ -115,6 +120,13 @@ class _Trainer(_Runner):
     def predict(self, inputs: np.ndarray) -> np.ndarray:
         result: np.ndarray = inputs.reshape(len(inputs), -1) @ self.weights + self.bias
         return result
+
+
+def _spin() -> None:
+    """Keep a second core busy: NumPy's matrix product releases the interpreter's lock."""
+    matrix = np.ones((STEP_MATRIX_SIZE * 2, STEP_MATRIX_SIZE * 2))
+    while True:
+        matrix @ matrix
 
 
 def _wait_for_gate() -> None:

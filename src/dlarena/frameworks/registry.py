@@ -63,6 +63,9 @@ class FrameworkInfo:
     # between frameworks), or float32 only (pycaffe builds Net<float>; Caffe2's CPU kernels and DyNet
     # are float32): its float32 gradients are then held to the reference framework's float64 ones.
     check_precisions: tuple[str, ...] = ("float32", "float64")
+    # The module of its capability probes (dlarena/probes): one function per probe it answers; None,
+    # or a module without a probe's function: that probe is `unsupported` for it.
+    probes: str | None = None
 
     def unsupported_reason(self, layer_types: set[str], scenario: str) -> str | None:
         """Why it cannot run a network with these layer types in this scenario; None when it can."""
@@ -141,6 +144,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             imports=("torch",),
             distributions=("torch",),
             extra="torch",
+            probes="dlarena.probes.torch_probes",
         ),
         FrameworkInfo(
             name="torch-compile",
@@ -149,6 +153,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             imports=("torch",),
             distributions=("torch",),
             extra="torch",
+            probes="dlarena.probes.torch_probes",
             options={"compile": True},
             eager_counterpart="torch",
         ),
@@ -159,6 +164,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             imports=("jax", "flax", "optax"),
             distributions=("jax", "jaxlib", "flax", "optax"),
             extra="jax",
+            probes="dlarena.probes.jax_probes",
         ),
         FrameworkInfo(
             name="tensorflow",
@@ -167,6 +173,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             imports=("tensorflow",),
             distributions=("tensorflow", "tensorflow-cpu"),
             extra="tensorflow",
+            probes="dlarena.probes.tensorflow_probes",
             options={"xla": False},
         ),
         FrameworkInfo(
@@ -176,6 +183,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             imports=("tensorflow",),
             distributions=("tensorflow", "tensorflow-cpu"),
             extra="tensorflow",
+            probes="dlarena.probes.tensorflow_probes",
             options={"xla": True},
             eager_counterpart="tensorflow",
         ),
@@ -187,6 +195,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
                 imports=("keras", backend),
                 distributions=("keras", *backend_distributions),
                 extra="keras",
+                probes="dlarena.probes.keras_probes",
                 options={"backend": backend},
             )
             for backend, backend_distributions in (
@@ -392,6 +401,7 @@ FAULT_FRAMEWORKS_VARIABLE = "DLARENA_FAULT_FRAMEWORKS"
 # The faults that frameworks/fault.py injects (listed here so that this table imports no NumPy).
 FAULTS: tuple[str, ...] = (
     "none", "raise", "hang", "segfault", "exit", "unsupported", "unavailable", "wrong", "grow", "oom-error", "gate",
+    "threads",
 )
 if os.environ.get(FAULT_FRAMEWORKS_VARIABLE) == "1":
     for _fault in FAULTS:
@@ -403,6 +413,7 @@ if os.environ.get(FAULT_FRAMEWORKS_VARIABLE) == "1":
             distributions=("numpy",),
             extra="test",
             options={"fault": _fault},
+            probes="dlarena.probes.fault_probes",
         )
     # Not a fault: a NumPy perceptron on the old-interpreter path (job.py, dlarena_runner.job_worker),
     # so that the tests drive that path with no framework installed. Prefixed as the others are, so

@@ -232,8 +232,8 @@ def costs(rows: Sequence[Row]) -> list[Group]:
         for row in group.records:
             steps = row.get("break_even_steps")
             pays_off = "" if steps is None else (
-                f"never (vs {row['eager_counterpart']})" if steps == float("inf")
-                else f"after {round(steps)} steps (vs {row['eager_counterpart']})")
+                f"compiling never pays off (vs {row['eager_counterpart']})" if steps == float("inf")
+                else f"compiling pays off after {round(steps):,} steps (vs {row['eager_counterpart']})")
             records += [{"framework": row["framework"], "phase": phase, "order": order, "seconds": row.get(column),
                          "pays_off": pays_off, "flags": ", ".join(flags(row))}
                         for order, (phase, column) in enumerate(COST_PHASES) if row.get(column) is not None]
@@ -268,7 +268,6 @@ def headline(rankings: Sequence[Ranking]) -> list[Record]:
             "unit": "a step" if ranking.measure == STEP_TIME else "to the target",
             "fastest": ranking.baseline, "fastest_s": valid[0].median if valid else None,
             "next": None, "next_s": None, "times": None, "ci_low": None, "ci_high": None, "verdict": None,
-            "frameworks": len(ranking.entries),
         }
         if len(valid) > 1 and valid[1].comparison is not None:
             comparison = valid[1].comparison

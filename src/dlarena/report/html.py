@@ -100,7 +100,7 @@ def table_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
     table = []
     for index, row in enumerate(rows):
         ok = row["status"] == "ok"
-        figures_ = training(row) if ok and row["scenario"] == "accuracy" else {}
+        trained = training(row) if ok and row["scenario"] == "accuracy" else {}
         median = row.get("median_s") if ok else None
         table.append({
             "index": index, "row": row, "ok": ok, "flags": figures.flags(row),
@@ -110,8 +110,8 @@ def table_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
             "throughput": "" if not ok or row.get("throughput") is None else f"{row['throughput']:,.4g}",
             "import": _seconds(row.get("import_s")), "build": _seconds(row.get("build_s")),
             "first_step": _seconds(row.get("first_step_s")),
-            "accuracy": f"{figures_['accuracy']:.2%}" if figures_ else "",
-            "accuracy_sort": figures_.get("accuracy", ""),
+            "accuracy": f"{trained['accuracy']:.2%}" if trained else "",
+            "accuracy_sort": trained.get("accuracy", ""),
             "peak_rss": format_bytes(row["peak_rss_bytes"]) if row.get("peak_rss_bytes") else "",
             "peak_rss_sort": row.get("peak_rss_bytes") or "",
             "cores_used": "" if row.get("cores_used") is None else f"{row['cores_used']:.2f}",
@@ -136,6 +136,22 @@ def parity_tables(rows: Sequence[Row]) -> list[dict[str, Any]]:
                 for framework, parity in frameworks.items()]
         tables.append({"workload": workload, "fields": fields, "rows": body, "differing": sorted(differing)})
     return tables
+
+
+def capability_table(answers: Sequence[Row]) -> dict[str, Any]:
+    """The capability matrix as the page shows it: a coloured cell per answer, its reason on hover."""
+    from dlarena.probes.registry import PROBES
+    from dlarena.report.capabilities import cell_text
+
+    frameworks = list(dict.fromkeys(answer["framework"] for answer in answers))
+    probes = [name for name in PROBES if any(answer["probe"] == name for answer in answers)]
+    by_pair = {(answer["framework"], answer["probe"]): answer for answer in answers}
+    rows = [{"framework": framework, "cells": [
+        {"outcome": (answer := by_pair.get((framework, probe)) or {}).get("outcome", "not asked"),
+         "text": cell_text(answer or None).replace("*", ""),
+         "detail": answer.get("message") or json.dumps(answer.get("figures") or {}, sort_keys=True)}
+        for probe in probes]} for framework in frameworks]
+    return {"probes": [PROBES[name] for name in probes], "rows": rows}
 
 
 def context(run: Row, environment: Row) -> list[tuple[str, str]]:
@@ -174,7 +190,7 @@ def _environment() -> jinja2.Environment:
 
 
 def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[Ranking],
-           processes: Callable[[int], Sequence[Row]]) -> str:
+           processes: Callable[[int], Sequence[Row]], capabilities: Sequence[Row] = ()) -> str:
     """The page of one run: ``rows`` annotated as for the Markdown report, ``rankings`` its headline,
     ``processes(cell_id)`` a cell's ok worker results (the training curves)."""
     sections: dict[str, list[Chart]] = defaultdict(list)
@@ -184,7 +200,7 @@ def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[R
     return _page("report.html.j2", str(run["code_version"]), title=f"dlarena run {run['id']}", run=run,
                  headline=figures.headline(rankings), sections=sections, table=table_rows(rows), filters=filters,
                  parity=parity_tables(rows), context=context(run, environment), warnings=warnings(rows),
-                 explanations=FLAG_EXPLANATIONS)
+                 explanations=FLAG_EXPLANATIONS, capabilities=capability_table(capabilities))
 
 
 def render_comparison(found: PairComparison | FrameworkRanking, code_version: str) -> str:

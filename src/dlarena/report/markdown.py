@@ -167,8 +167,10 @@ def denormals_note(rows: Sequence[Row]) -> list[str]:
                 " `--denormals flush` runs every framework that can in the same mode.*"]
 
 
-def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[Ranking] = ()) -> str:
-    """The report: the run, then which framework is fastest (``rankings``, report/ranking), then the tables."""
+def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[Ranking] = (),
+           capabilities: Sequence[Row] = ()) -> str:
+    """The report: the run, then which framework is fastest (``rankings``, report/ranking), then the tables,
+    then what the run's frameworks can do (``capabilities``: the database's latest probe answers)."""
     from dlarena.report import against_published  # it reads this module's figures of a training cell
     from dlarena.report.ranking import headline
 
@@ -272,4 +274,10 @@ def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[R
         body = [[row["framework"], row["workload"], row["scenario"], str(row["batch_size"]), str(row["threads"]),
                  row["status"], row["message"].replace("|", "\\|").replace("\n", " ")] for row in failed]
         lines += _table(["framework", "workload", "scenario", "batch", "threads", "status", "why"], body)
+    if capabilities:
+        from dlarena.report.capabilities import matrix
+
+        lines += ["", "## Capabilities", "",
+                  "What each framework of the run can do, as `dlarena capabilities` last measured it on this"
+                  " database (each answer with the framework version it asked):", "", *matrix(capabilities)]
     return "\n".join(lines) + "\n"

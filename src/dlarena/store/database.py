@@ -280,6 +280,36 @@ class Store:
             " WHERE code_version = ? ORDER BY id", (code_version,)).fetchall()
         return [dict(row) for row in rows]
 
+    def record_probe(self, answer: dict[str, Any], code_version: str, environment: dict[str, Any]) -> None:
+        """One answer of `dlarena capabilities` (orchestrate/capabilities.ProbeAnswer.as_dict)."""
+        with self.transaction() as db:
+            environment_id = self._environment_id(db, environment)
+            db.execute(
+                "INSERT INTO probe_results (checked_at, probe, framework, framework_version, code_version,"
+                " environment_id, outcome, message, figures, command, wall_s, stderr_tail)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (now(), answer["probe"], answer["framework"], answer["framework_version"], code_version,
+                 environment_id, answer["outcome"], answer["message"], json.dumps(answer["figures"]),
+                 json.dumps(answer["command"]), answer["wall_s"], answer["stderr_tail"][-STDERR_TAIL_CHARS:]))
+
+    def probe_answers(self) -> list[dict[str, Any]]:
+        """The latest answer per framework and probe, with the framework version it was asked of."""
+        rows = self.connection.execute(
+            "SELECT * FROM probe_results WHERE id IN (SELECT MAX(id) FROM probe_results GROUP BY framework, probe)"
+            " ORDER BY framework, probe").fetchall()
+        return [{**dict(row), "figures": json.loads(row["figures"]), "command": json.loads(row["command"])}
+                for row in rows]
+
+    def last_probe_pass(self, framework: str, probe: str) -> dict[str, Any] | None:
+        """The latest passing answer of a framework's probe, of any dlarena version (the ecosystem
+        probe keeps its figures when the index cannot be read); None if it never passed."""
+        row = self.connection.execute(
+            "SELECT * FROM probe_results WHERE framework = ? AND probe = ? AND outcome = 'pass'"
+            " ORDER BY id DESC LIMIT 1", (framework, probe)).fetchone()
+        if row is None:
+            return None
+        return {**dict(row), "figures": json.loads(row["figures"]), "command": json.loads(row["command"])}
+
     def verification_statuses(self) -> dict[tuple[str, str, str | None], str]:
         """The latest verification status per (framework, workload, framework version)."""
         rows = self.connection.execute(

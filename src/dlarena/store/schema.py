@@ -6,7 +6,7 @@ migrations in one transaction; opening a newer one is refused (its meaning is un
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # MIGRATIONS[n] turns a database of version n into version n + 1; version 0 is an empty file.
 MIGRATIONS: dict[int, str] = {
@@ -171,5 +171,23 @@ MIGRATIONS: dict[int, str] = {
     ) WITHOUT ROWID;
     ALTER TABLE summaries ADD COLUMN accuracy REAL;          -- accuracy cells: trimmed mean over seeds
     ALTER TABLE summaries ADD COLUMN time_to_target_s REAL;  -- trimmed mean over the seeds that reached it
+    """,
+    5: """
+    CREATE TABLE probe_results (           -- `dlarena capabilities`: one answer of one probe (dlarena/probes)
+        id INTEGER PRIMARY KEY,
+        checked_at TEXT NOT NULL,
+        probe TEXT NOT NULL,
+        framework TEXT NOT NULL,
+        framework_version TEXT,
+        code_version TEXT NOT NULL,
+        environment_id INTEGER REFERENCES environments(id),
+        outcome TEXT NOT NULL,             -- pass, fail, unsupported, unavailable, timeout, oom
+        message TEXT NOT NULL,
+        figures TEXT NOT NULL,             -- JSON: what a passing probe measured
+        command TEXT NOT NULL,             -- JSON list: re-runs the probe by hand ('[]' for a host probe)
+        wall_s REAL NOT NULL,
+        stderr_tail TEXT NOT NULL
+    );
+    CREATE INDEX probe_results_by_pair ON probe_results(framework, probe);
     """,
 }
