@@ -76,7 +76,8 @@ def test_orchestrator_store_and_reports_import_no_framework() -> None:
         (["run", "--precisions", "float16"], "unknown option '--precisions' (did you mean '--precision'?); valid"),
         (["run", "--threads", "0"], "dlarena: error: argument --threads: thread counts must be positive integers"
                                     " separated by commas, got '0'; see `dlarena run --help`"),
-        (["lst"], "unknown command 'lst' (did you mean 'list'?); valid commands: capabilities, compare, data, env, export, list,"),
+        (["lst"], "unknown command 'lst' (did you mean 'list'?); valid commands: capabilities, compare, data, env,"
+                  " export, list,"),
         ([], "dlarena: error: the following arguments are required: COMMAND; see `dlarena --help`"),
         (["run", "--allow-changes"], "--allow-changes goes with --resume"),
         (["run", "--resume"], "there is no results database"),
