@@ -65,7 +65,8 @@ def chromium(user_data: Path) -> Iterator[Any]:
 
 
 def open_report(driver: Any, page: Path) -> float:
-    """Load ``page`` from disk and wait until every chart is drawn; the seconds from navigation until then."""
+    """Load ``page`` from disk and wait until every chart is drawn; the seconds from navigation until then
+    (``first_screen`` has when the charts of the first screen were)."""
     started = time.perf_counter()
     driver.get(page.resolve().as_uri())
     deadline = started + DRAW_TIMEOUT_S
@@ -107,3 +108,8 @@ def full_page_screenshot(driver: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(base64.b64decode(shot["data"]))
     return path
+
+
+def first_screen(driver: Any) -> float:
+    """Seconds from navigation until the charts on the first screen were drawn (report.js)."""
+    return float(driver.execute_script("return document.body.dataset.firstScreenMs")) / 1000.0
