@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,3 +29,14 @@ def annotate(rows: Sequence[dict[str, Any]], verifications: dict[tuple[str, str,
         row["verification"] = {"ok": "verified", None: "unverified"}.get(status, status)
         cores, threads = row.get("cores_used"), row["threads"]
         row["over_threads"] = cores is not None and cores > threads * (1 + CORES_USED_TOLERANCE)
+
+
+def stability_warnings(row: dict[str, Any]) -> list[str]:
+    """A cell's stability warnings (measure/stats.stability_warnings' sentences), stored as JSON."""
+    warnings: list[str] = json.loads(row.get("warnings") or "[]")
+    return warnings
+
+
+def unstable(row: dict[str, Any]) -> bool:
+    """Whether a cell's step times were flagged unstable: every such warning says `unstable: ...`."""
+    return any(warning.startswith("unstable") for warning in stability_warnings(row))

@@ -24,6 +24,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from dlarena.report.annotate import stability_warnings, unstable
 from dlarena.report.markdown import summary_figures, training
 
 FORMATS: tuple[str, ...] = ("csv", "json")
@@ -61,19 +62,13 @@ COUNT_COLUMNS = ("seeds", "reached", "epochs_to_target", "epochs_trained", "brea
 WARNING_SEPARATOR = "; "
 
 
-def _warnings(row: dict[str, Any]) -> list[str]:
-    warnings: list[str] = json.loads(row.get("warnings") or "[]")
-    return warnings
-
-
 def _value(row: dict[str, Any], column: str) -> Any:
     if column in SUMMARY_DATA_COLUMNS:
         return summary_figures(row).get(column)
     if column == "warnings":
-        return WARNING_SEPARATOR.join(_warnings(row))
+        return WARNING_SEPARATOR.join(stability_warnings(row))
     if column == "unstable":
-        # stats.stability_warnings: every warning says `unstable: ...`
-        return None if row.get("median_s") is None else any(w.startswith("unstable") for w in _warnings(row))
+        return None if row.get("median_s") is None else unstable(row)
     value = row.get(column)
     if isinstance(value, float) and math.isinf(value):
         return None  # break_even_steps: never (see the module's docstring)

@@ -8,15 +8,15 @@ records against a database they write.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from dlarena.measure.compare import Comparison
+from dlarena.report.annotate import unstable
 from dlarena.report.comparison import FrameworkRanking, PairComparison
-from dlarena.report.markdown import summary_figures, training
+from dlarena.report.markdown import compile_cache_hit, training
 from dlarena.report.ranking import CONFIGURATION, STEP_TIME, Ranking
 
 Row = dict[str, Any]
@@ -66,12 +66,11 @@ def flags(row: Row) -> list[str]:
         marks.append("mismatch")
     elif verification == "unverified":
         marks.append("unverified")
-    if row["status"] == "ok" and any(warning.startswith("unstable") for warning in json.loads(
-            row.get("warnings") or "[]")):
+    if row["status"] == "ok" and unstable(row):
         marks.append("unstable")
     if row.get("over_threads"):
         marks.append("over threads")
-    if row["status"] == "ok" and summary_figures(row).get("compile_cache_hits"):
+    if row["status"] == "ok" and compile_cache_hit(row):
         marks.append("cached")
     return marks
 

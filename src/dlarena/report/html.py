@@ -20,12 +20,13 @@ import jinja2
 import vl_convert
 
 from dlarena.report import charts, figures, vega_bundle
+from dlarena.report.annotate import stability_warnings
 from dlarena.report.comparison import FrameworkRanking, PairComparison, tally, unmatched_note
 from dlarena.report.figures import FLAG_EXPLANATIONS, Group
 from dlarena.report.markdown import training
 from dlarena.report.ranking import Ranking, verdict_rule
 from dlarena.report.ranking import tally as ranking_tally
-from dlarena.report.units import format_bytes, format_seconds
+from dlarena.report.units import format_bytes, format_optional_seconds, format_seconds
 from dlarena.wording import counted
 
 Row = dict[str, Any]
@@ -82,10 +83,6 @@ def build_charts(rows: Sequence[Row], processes: Callable[[int], Sequence[Row]])
     ]
 
 
-def _seconds(value: float | None) -> str:
-    return "" if value is None else format_seconds(value)
-
-
 def _command(row: Row) -> str:
     return shlex.join(json.loads(row["command"])) if row.get("command") else ""
 
@@ -104,12 +101,13 @@ def table_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
         median = row.get("median_s") if ok else None
         table.append({
             "index": index, "row": row, "ok": ok, "flags": figures.flags(row),
-            "median": _seconds(median), "median_sort": "" if median is None else median,
-            "interval": f"{_seconds(row.get('ci_low_s'))} - {_seconds(row.get('ci_high_s'))}"
+            "median": format_optional_seconds(median), "median_sort": "" if median is None else median,
+            "interval": f"{format_seconds(row['ci_low_s'])} - {format_seconds(row['ci_high_s'])}"
             if ok and row.get("ci_low_s") is not None else "",
             "throughput": "" if not ok or row.get("throughput") is None else f"{row['throughput']:,.4g}",
-            "import": _seconds(row.get("import_s")), "build": _seconds(row.get("build_s")),
-            "first_step": _seconds(row.get("first_step_s")),
+            "import": format_optional_seconds(row.get("import_s")),
+            "build": format_optional_seconds(row.get("build_s")),
+            "first_step": format_optional_seconds(row.get("first_step_s")),
             "accuracy": f"{trained['accuracy']:.2%}" if trained else "",
             "accuracy_sort": trained.get("accuracy", ""),
             "peak_rss": format_bytes(row["peak_rss_bytes"]) if row.get("peak_rss_bytes") else "",
@@ -177,14 +175,14 @@ def warnings(rows: Sequence[Row]) -> list[dict[str, Any]]:
     """Each cell's stability warnings (measure/aggregate's sentences, which say what to do)."""
     return [{"cell": f"{row['framework']} {row['workload']} {row['scenario']} batch {row['batch_size']}"
                      f" {counted(row['threads'], 'thread')}", "warning": warning}
-            for row in rows if row["status"] == "ok" for warning in json.loads(row.get("warnings") or "[]")]
+            for row in rows if row["status"] == "ok" for warning in stability_warnings(row)]
 
 
 def _environment() -> jinja2.Environment:
     environment = jinja2.Environment(loader=jinja2.PackageLoader("dlarena.report", "templates"),
                                      autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
                                      lstrip_blocks=True)
-    environment.filters["seconds"] = _seconds
+    environment.filters["seconds"] = format_optional_seconds
     environment.filters["percent"] = lambda value: "" if value is None else f"{value:.2%}"
     return environment
 

@@ -8,8 +8,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from dlarena.report.annotate import stability_warnings
 from dlarena.report.tables import table as _table
-from dlarena.report.units import format_bytes, format_count, format_seconds
+from dlarena.report.units import format_bytes, format_count, format_optional_seconds, format_seconds
 from dlarena.wording import counted
 
 if TYPE_CHECKING:  # the ranking's statistics import SciPy, which `dlarena export` does not need
@@ -26,7 +27,7 @@ def _cell_text(row: Row) -> str:
             text = f"~~{text}~~ *invalid: mismatch*"
         if row.get("over_threads"):
             text += " (over threads)"
-        if json.loads(row.get("warnings") or "[]"):
+        if stability_warnings(row):
             text += " (unstable)"
         return text
     return f"*{row['status']}*"
@@ -36,24 +37,20 @@ def _optional(value: float | None, fmt: str) -> str:
     return "" if value is None else format(value, fmt)
 
 
-def _seconds(value: float | None) -> str:
-    return "" if value is None else format_seconds(value)
-
-
 def summary_figures(row: Row) -> dict[str, Any]:
     """The figures a cell's summary keeps as JSON (measure/aggregate: GPU, compile cache, training)."""
     figures: dict[str, Any] = json.loads(row.get("summary_data") or "{}")
     return figures
 
 
-def _cached(row: Row) -> bool:
+def compile_cache_hit(row: Row) -> bool:
     """Whether some of the cell's compiled code came from an earlier process's compile cache."""
     return bool(summary_figures(row).get("compile_cache_hits"))
 
 
 def _first_step(row: Row) -> str:
-    text = _seconds(row["first_step_s"])
-    return f"{text} (cached)" if text and _cached(row) else text
+    text = format_optional_seconds(row["first_step_s"])
+    return f"{text} (cached)" if text and compile_cache_hit(row) else text
 
 
 def _rounded(value: float) -> float:
@@ -65,7 +62,7 @@ def _break_even(row: Row) -> str:
     steps = row.get("break_even_steps")
     if steps is None:
         return ""
-    cached = " (cached)" if _cached(row) else ""
+    cached = " (cached)" if compile_cache_hit(row) else ""
     if math.isinf(steps):
         return f"never (vs {row['eager_counterpart']}){cached}"
     return f"{counted(round(steps), 'step')} (vs {row['eager_counterpart']}){cached}"
@@ -231,8 +228,8 @@ def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[R
                 f"{format_seconds(row['ci_low_s'])} - {format_seconds(row['ci_high_s'])}"
                 if row.get("ci_low_s") is not None else "",
                 format_seconds(row["iqr_s"]),
-                _seconds(row.get("p90_s")) if row["scenario"] == "infer" else "",
-                _seconds(row.get("p99_s")) if row["scenario"] == "infer" else "",
+                format_optional_seconds(row.get("p90_s")) if row["scenario"] == "infer" else "",
+                format_optional_seconds(row.get("p99_s")) if row["scenario"] == "infer" else "",
                 format_count(row["throughput"]), _optional(row["gflops"], ".3g"),
                 _optional(row.get("peak_percent"), ".1f"),
                 row.get("verification", ""),
@@ -252,7 +249,7 @@ def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[R
         body = [
             [
                 *_cell_columns(row),
-                _seconds(row["import_s"]), _seconds(row["build_s"]), _first_step(row),
+                format_optional_seconds(row["import_s"]), format_optional_seconds(row["build_s"]), _first_step(row),
                 _break_even(row), _optional(row["cores_used"], ".2f"),
                 _optional(None if row.get("cpu_utilisation") is None else 100 * row["cpu_utilisation"], ".0f"),
                 format_bytes(row["peak_rss_bytes"] or 0),
@@ -262,7 +259,7 @@ def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[R
         ]
         lines += _table([*_CELL_HEADER, "import", "build", "first step", "compiling pays off after", "cores used",
                          "% of allowed cores", "peak RSS", "memory growth"], body)
-        warned = [(row, json.loads(row.get("warnings") or "[]")) for row in ok]
+        warned = [(row, stability_warnings(row)) for row in ok]
         warned = [(row, warnings) for row, warnings in warned if warnings]
         if warned:
             lines += ["", "## Stability warnings", ""]

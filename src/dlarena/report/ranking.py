@@ -10,13 +10,13 @@ these rankings.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from dlarena.measure.compare import MIN_EFFECT, MIN_PROCESSES, SIGNIFICANCE_LEVEL, VERDICTS, Comparison, rank
+from dlarena.report.annotate import unstable
 from dlarena.report.tables import table
 from dlarena.report.units import format_seconds
 from dlarena.store.database import Store
@@ -160,14 +160,9 @@ def framework_text(row: Row, figure: bool = True, steps: bool = True) -> str:
         marks.append("unverified")
     elif verification not in (None, "verified"):
         marks.append(f"verify: {verification}")
-    if steps and any(warning.startswith("unstable") for warning in _warnings(row)):
+    if steps and unstable(row):
         marks.append("unstable")
     return name + "".join(f" *({mark})*" for mark in marks)
-
-
-def _warnings(row: Row) -> list[str]:
-    warnings: list[str] = json.loads(row.get("warnings") or "[]")
-    return warnings
 
 
 def _names(names: Sequence[str]) -> str:

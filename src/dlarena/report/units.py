@@ -15,6 +15,11 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds * 1e6:.3g} us"
 
 
+def format_optional_seconds(seconds: float | None) -> str:
+    """``format_seconds``, or nothing where a cell has no such figure."""
+    return "" if seconds is None else format_seconds(seconds)
+
+
 def format_count(value: float) -> str:
     """A rate or a count with three significant digits, grouped by thousands: `10,100`, `987`, `4.56`."""
     rounded = float(f"{value:.3g}")
