@@ -29,6 +29,12 @@ WRONG_ANSWERS = {
     "higher-order": "the Hessian-vector product differs from the NumPy float64 reference by",
     "dynamic-loop": "eager: from start 0 the loop ran 12 steps, the reference 13",
     "variable-length": "the final hidden states differs from the NumPy float64 reference by",
+    "export-onnx": "digits-mlp: the export-onnx artefact's output differs from the framework's own by",
+    "save-load": "digits-mlp: the save-load artefact's output differs from the framework's own by",
+    "aot-export": "digits-mlp: the aot-export artefact's output differs from the framework's own by",
+    "mobile": "digits-mlp: the mobile artefact's output differs from the framework's own by",
+    "cold-start": "digits-mlp: the cold-started model's output differs from the framework's own by",
+    "multi-device": "two halves: the gradients differs from the NumPy float64 reference by",
 }
 
 
@@ -162,3 +168,51 @@ def test_the_loop_counts_differ_with_the_start_and_padding_matters() -> None:
     padded = checks.SequenceProblem(sequences.inputs, np.full_like(sequences.lengths, sequences.inputs.shape[1]),
                                     sequences.input_kernel, sequences.recurrent_kernel, sequences.bias)
     assert checks.relative_error(padded.reference(), sequences.reference()) > 100 * checks.TOLERANCE
+
+
+def test_cold_start_is_the_fresh_processs_whole_time_and_its_parts(
+        answers: dict[tuple[str, str], dict[str, object]]) -> None:
+    figures = answers[("fault-none", "cold-start")]["figures"]
+    assert isinstance(figures, dict)
+    parts = [figures[name] for name in ("interpreter_s", "import_s", "load_s", "first_call_s")]
+    assert all(part >= 0 for part in parts) and sum(parts) <= figures["cold_start_s"], figures
+
+
+def test_every_real_framework_states_its_languages_and_a_licence_its_wheel_agrees_with() -> None:
+    from importlib import metadata
+
+    from dlarena.frameworks.registry import FRAMEWORKS
+    from dlarena.probes.stated import STATED
+
+    real = {name for name in FRAMEWORKS if not name.startswith("fault-")}
+    assert real <= set(STATED), real - set(STATED)
+    checked = 0
+    for entry in STATED.values():
+        assert entry.languages and entry.source.startswith("https://") and entry.checked
+        try:
+            found = metadata.metadata(entry.distribution)
+        except metadata.PackageNotFoundError:
+            continue
+        if not found["Version"].startswith(entry.release):  # Keras 3 installed, the entry states Keras 2.3
+            continue
+        said = " ".join([found.get("License-Expression") or "", found.get("License") or "",
+                         *(found.get_all("Classifier") or [])])
+        assert _licence_words(entry.licence) & _licence_words(said), (entry.project, entry.licence, said)
+        checked += 1
+    assert checked or not any(FRAMEWORKS[name].is_installed() for name in real)
+
+
+def _licence_words(text: str) -> set[str]:
+    """A licence's family as metadata spells it in any of its forms: Apache-2.0, "Apache 2.0",
+    "Apache Software License"; BSD-3-Clause, "BSD License"; MIT, "MIT License"."""
+    lowered = text.lower()
+    return {family for family in ("apache", "bsd", "mit") if family in lowered.replace("submit", "")}
+
+
+def test_the_matrix_marks_the_stated_columns_as_stated() -> None:
+    lines = matrix([{"framework": "onnxruntime", "probe": "save-load", "outcome": "pass", "message": "",
+                     "figures": {"load_s": 0.01}}])
+    assert lines[0] == "| framework | save-load | languages (stated) | licence (stated) |"
+    assert "| onnxruntime | pass (0.01) | Python, C, C++, C#, Java, JavaScript, Objective-C | MIT |" in lines
+    assert any(line.startswith("Columns marked *stated* are not measured") and "microsoft/onnxruntime" in line
+               for line in lines)

@@ -10,6 +10,7 @@ import shlex
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -209,9 +210,14 @@ def cmd_capabilities(args: argparse.Namespace) -> int:
         figure = f" {answer.message}" if answer.message else ""
         print(f"{answer.framework} {answer.probe}: {answer.outcome}{figure}"[:300], file=sys.stderr)
 
+    start = time.monotonic()
     answers = api.capabilities(frameworks=args.frameworks, probes=args.probes, db=args.db,
                                on_answer=None if args.quiet or args.json else said, wait=not args.no_wait,
                                progress=not args.quiet)
+    if not args.quiet:
+        frameworks = len({answer["framework"] for answer in answers})
+        print(f"{len(answers)} answers from {frameworks} frameworks in {time.monotonic() - start:.0f} s",
+              file=sys.stderr)
     if args.json:
         print(json.dumps(answers, indent=1))
     else:

@@ -211,6 +211,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             imports=("onnx", "onnxruntime"),
             distributions=("onnx", "onnxruntime"),
             extra="onnxruntime",
+            probes="dlarena.probes.onnxruntime_probes",
             scenarios=("infer",),
         ),
         FrameworkInfo(

@@ -268,3 +268,48 @@ def sequence_problem() -> SequenceProblem:
                            (scale * rng.standard_normal((4 * hidden, features))).astype(np.float32),
                            (scale * rng.standard_normal((4 * hidden, hidden))).astype(np.float32),
                            (scale * rng.standard_normal(4 * hidden)).astype(np.float32))
+
+
+# --- deployment (probes/deployment.py) -------------------------------------------------------------
+
+
+def check_deployed(name: str, answer: np.ndarray, own: np.ndarray) -> float:
+    """A deployed artefact's logits against the framework's own for the same inputs: an exporter or a
+    runtime may reorder a sum or fuse ops (float32 rounding, well under TOLERANCE), never change the
+    function."""
+    answer = np.asarray(answer)
+    if answer.size == own.size and answer.shape != own.shape:
+        answer = answer.reshape(own.shape)  # a runtime that returns (1, batch, ...) or drops a unit axis
+    error = relative_error(answer, own.astype(np.float64))
+    if not error <= TOLERANCE:
+        raise ProbeFailure(f"{name} differs from the framework's own by {error:.3g} (tolerance {TOLERANCE:g})")
+    return error
+
+
+# --- multi-device --------------------------------------------------------------------------------
+
+# The data-parallel step splits the Hessian problem's batch of 8 in two halves, one per device.
+DEVICES = 2
+
+
+def mean_loss(problem: HessianProblem) -> float:
+    """The mean softmax cross-entropy of the Hessian problem's network over its whole batch, in float64."""
+    w1, b1, w2, b2 = (p.astype(np.float64) for p in problem.params)
+    logits = np.tanh(problem.inputs.astype(np.float64) @ w1 + b1) @ w2 + b2
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(-log_probabilities[np.arange(len(problem.labels)), problem.labels].mean())
+
+
+def check_data_parallel(problem: HessianProblem, mode: str, loss: float,
+                        gradients: Sequence[np.ndarray]) -> float:
+    """A training step's loss and gradients (w1, b1, w2, b2) over the whole batch, against float64.
+    A data-parallel step that forgot to average over the devices gives twice the gradient; one that
+    dropped a device's half, another loss."""
+    reference = problem.loss_gradient(problem.params)
+    if len(gradients) != len(reference):
+        raise ProbeFailure(f"{mode}: {len(gradients)} gradients for {len(reference)} parameters")
+    loss_error = check(f"{mode}: the loss", np.asarray([loss]), np.asarray([mean_loss(problem)]))
+    gradient_error = check(f"{mode}: the gradients", np.concatenate([np.ravel(g) for g in gradients]),
+                           np.concatenate([np.ravel(r) for r in reference]))
+    return max(loss_error, gradient_error)

@@ -68,3 +68,68 @@ def variable_length(context: ProbeContext) -> dict[str, Any]:
     reference = checks.SequenceProblem(problem.inputs, lengths, problem.input_kernel, problem.recurrent_kernel,
                                        problem.bias).reference()
     return {"error": checks.check("the final hidden states", reference, problem.reference()), "method": "NumPy"}
+
+
+def multi_device(context: ProbeContext) -> dict[str, Any]:
+    """Two 'devices' as two halves of the batch, each half's gradient by hand; fault-wrong sums the
+    halves' mean gradients where a data-parallel step averages them."""
+    problem = checks.hessian_problem()
+    halves = [checks.HessianProblem(problem.inputs[part], problem.labels[part], problem.params, problem.vector)
+              for part in np.array_split(np.arange(len(problem.labels)), checks.DEVICES)]
+    combine = np.sum if _fault(context) == "wrong" else np.mean
+    gradients = [combine(np.stack(parts), axis=0) for parts in zip(*(half.loss_gradient(problem.params)
+                                                                      for half in halves), strict=True)]
+    loss = float(np.mean([checks.mean_loss(half) for half in halves]))
+    error = checks.check_data_parallel(problem, "two halves", loss, gradients)
+    return {"gradient_error": error, "devices": checks.DEVICES, "method": "NumPy, by hand"}
+
+
+# --- the deployment probes' hooks (probes/deployment.py) ------------------------------------------
+# NumPy has no exporter, no ahead-of-time compiler and no mobile runtime: every artefact of the fault
+# frameworks is the weights in an .npz file, run by the NumPy oracle, and the ONNX file is written with
+# onnx.helper. fault-wrong's own output is off by WRONG_SCALE (frameworks/fault.py), so every reloaded
+# artefact differs from it, as a lossy exporter's would.
+
+DEPLOY_WORKLOADS = ("digits-mlp",)  # the fault frameworks build Dense layers only
+
+
+def deployable(checker: Any, inputs: np.ndarray) -> tuple[Any, np.ndarray]:
+    return checker, inputs
+
+
+def save(model: Any, native_inputs: np.ndarray, path: Any) -> str:
+    with open(path, "wb") as handle:
+        np.savez(handle, **model.export_weights())
+    return "NumPy .npz"
+
+
+def load(path: Any, workload: Any) -> Any:
+    from dlarena.spec import reference
+
+    with np.load(path) as stored:
+        weights = {name: stored[name] for name in stored.files}
+    return lambda inputs: reference.forward(workload.network, weights, inputs).astype(np.float32)
+
+
+aot_export = mobile_export = save
+aot_load = mobile_load = load
+
+
+def export_onnx(model: Any, native_inputs: np.ndarray, path: Any) -> str:
+    """digits-mlp (Flatten, Dense, ReLU, Dense) as an ONNX graph, written with onnx.helper."""
+    try:
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        raise Unavailable("onnx is not installed") from None
+    weights = model.export_weights()
+    nodes = [helper.make_node("Flatten", ["inputs"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "1.kernel", "1.bias"], ["hidden"]),
+             helper.make_node("Relu", ["hidden"], ["active"]),
+             helper.make_node("Gemm", ["active", "3.kernel", "3.bias"], ["logits"])]
+    graph = helper.make_graph(nodes, "digits-mlp",
+                              [helper.make_tensor_value_info("inputs", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+                              [numpy_helper.from_array(value, name) for name, value in weights.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10), str(path))
+    return "onnx.helper"

@@ -62,6 +62,23 @@ PROBES: dict[str, Probe] = {probe.name: probe for probe in (
           (f"{ZER0N}: modelling capability", f"{SVDS}: RNN modelling"), "error"),
     Probe("higher-order", "does it compute a Hessian-vector product of a small network's loss?", "modelling",
           (f"{ZER0N}: modelling capability",), "hvp_error"),
+    Probe("export-onnx", "does it (or its ecosystem's exporter) export a CNN and an LSTM workload to ONNX that ONNX"
+          " Runtime runs with its own outputs?", "deployment",
+          (f"{ZER0N}: model deployment (other platforms)", f"{ZER0N}: cross-platform"), "error", timeout_s=600.0),
+    Probe("save-load", "does its native format save a CNN and an LSTM workload that a fresh process loads with the"
+          " same outputs?", "deployment", (f"{ZER0N}: model deployment",), "load_s"),
+    Probe("aot-export", "does it write an ahead-of-time artefact (no Python model code) that reloads and runs with"
+          " the same outputs?", "deployment", (f"{ZER0N}: model deployment (C++)", f"{ZER0N}: interfaces"),
+          "error", timeout_s=600.0),
+    Probe("mobile", "does a CNN and an LSTM workload convert to an on-device runtime installable from PyPI, whose"
+          " interpreter here gives the same outputs?", "deployment", (f"{ZER0N}: model deployment (mobile)",),
+          "error", timeout_s=600.0),
+    Probe("cold-start", "how long from a fresh process to the first output of a saved CNN: interpreter, import,"
+          " load, first call?", "deployment", (f"{ZER0N}: performance (start-up)", f"{ZER0N}: architecture"),
+          "cold_start_s"),
+    Probe("multi-device", "does one data-parallel training step over two devices (processes or logical CPU"
+          " devices) give the loss and gradients of one device on the same global batch?", "deployment",
+          (f"{SVDS}: multi-GPU support",), "gradient_error"),
     Probe("thread-limit", "given one thread by its own controls, with every core allowed, does it keep to one?",
           "resources", (f"{ZER0N}: performance", f"{SVDS}: speed"), "parallel_share", pinned=False),
     Probe("ecosystem", "what is its latest release on PyPI and when was it published, how many releases came in"

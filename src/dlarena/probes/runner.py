@@ -27,7 +27,10 @@ class ProbeContext:
 
 
 # Probes that every framework answers the same way: the module holding each one's function.
-GENERIC = {"thread-limit": "dlarena.probes.threads"}
+# The deployment probes' protocol is the same everywhere; a framework's probe module supplies hooks.
+GENERIC = {"thread-limit": "dlarena.probes.threads",
+           **dict.fromkeys(("export-onnx", "save-load", "aot-export", "mobile", "cold-start"),
+                           "dlarena.probes.deployment")}
 
 
 def answer(name: str, cell: Cell, folder: str) -> dict[str, Any]:
@@ -47,8 +50,9 @@ def answer(name: str, cell: Cell, folder: str) -> dict[str, Any]:
         raise Unavailable(f"{cell.framework}'s probes cannot be imported: {error}") from None
     function = getattr(loaded, probe.function, None)
     if function is None:
-        raise Unsupported(f"{cell.framework} does not answer the {name!r} probe yet ({module} has no"
-                          f" {probe.function})")
+        reasons: dict[str, str] = getattr(loaded, "UNSUPPORTED", {})
+        raise Unsupported(reasons.get(name) or f"{cell.framework} does not answer the {name!r} probe yet ({module}"
+                          f" has no {probe.function})")
     try:
         figures = function(context)
     except ProbeFailure as failure:

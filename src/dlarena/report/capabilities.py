@@ -1,5 +1,6 @@
-"""The capability matrix: frameworks x probes, each answer with its key figure, then why each probe
-that did not pass did not (probes/registry.py says what each column asks and what it replaces)."""
+"""The capability matrix: frameworks x probes, each answer with its key figure, then the stated facts
+(languages, licence: probes/stated.py, marked as stated), then why each probe that did not pass did
+not (probes/registry.py says what each column asks and what it replaces)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dlarena.probes.registry import PROBES
+from dlarena.probes.stated import CHECKED, STATED, stated
 from dlarena.report.tables import table
 
 Answer = dict[str, Any]
@@ -33,17 +35,33 @@ def cell_text(answer: Answer | None) -> str:
     return f"pass ({figure})" if figure else "pass"
 
 
+# The stated facts' columns, after the probes' (zer0n's "interfaces"; SVDS's "languages").
+STATED_COLUMNS = ("languages (stated)", "licence (stated)")
+
+
+def stated_cells(framework: str) -> tuple[str, str]:
+    """A framework's stated languages and licence, or a dash where dlarena states nothing."""
+    entry = STATED.get(framework)
+    return (", ".join(entry.languages), entry.licence) if entry else ("-", "-")
+
+
 def matrix(answers: Sequence[Answer], frameworks: Sequence[str] | None = None,
            probes: Sequence[str] | None = None) -> list[str]:
     """The Markdown lines of the matrix and, under it, the reason of every answer that is not a pass."""
     frameworks = list(frameworks or dict.fromkeys(answer["framework"] for answer in answers))
     probes = list(probes or [name for name in PROBES if any(answer["probe"] == name for answer in answers)])
     by_pair = {(answer["framework"], answer["probe"]): answer for answer in answers}
-    body = [[framework, *(cell_text(by_pair.get((framework, probe))) for probe in probes)] for framework in frameworks]
-    lines = table(["framework", *probes], body)
+    body = [[framework, *(cell_text(by_pair.get((framework, probe))) for probe in probes), *stated_cells(framework)]
+            for framework in frameworks]
+    lines = table(["framework", *probes, *STATED_COLUMNS], body)
     lines += ["", "Columns: " + "; ".join(
         f"`{name}`: {PROBES[name].question} (key figure: {PROBES[name].figure}; replaces "
         f"{', '.join(PROBES[name].replaces)})" for name in probes if name in PROBES) + "."]
+    sources = sorted({entry.source for framework in frameworks if (entry := stated(framework)) is not None})
+    if sources:
+        lines += ["", f"Columns marked *stated* are not measured: they come from these sources, checked {CHECKED}"
+                  " (languages: the project's own APIs; licence: its LICENSE file, checked against the installed"
+                  " wheel's metadata): " + "; ".join(sources) + "."]
     reasons = [f"- {framework} `{probe}`: {answer['outcome']}: {answer['message']}"
                for framework in frameworks for probe in probes
                if (answer := by_pair.get((framework, probe))) is not None and answer["outcome"] != "pass"]

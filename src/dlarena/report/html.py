@@ -139,7 +139,8 @@ def parity_tables(rows: Sequence[Row]) -> list[dict[str, Any]]:
 def capability_table(answers: Sequence[Row]) -> dict[str, Any]:
     """The capability matrix as the page shows it: a coloured cell per answer, its reason on hover."""
     from dlarena.probes.registry import PROBES
-    from dlarena.report.capabilities import cell_text
+    from dlarena.probes.stated import CHECKED, stated
+    from dlarena.report.capabilities import STATED_COLUMNS, cell_text, stated_cells
 
     frameworks = list(dict.fromkeys(answer["framework"] for answer in answers))
     probes = [name for name in PROBES if any(answer["probe"] == name for answer in answers)]
@@ -148,8 +149,10 @@ def capability_table(answers: Sequence[Row]) -> dict[str, Any]:
         {"outcome": (answer := by_pair.get((framework, probe)) or {}).get("outcome", "not asked"),
          "text": cell_text(answer or None).replace("*", ""),
          "detail": answer.get("message") or json.dumps(answer.get("figures") or {}, sort_keys=True)}
-        for probe in probes]} for framework in frameworks]
-    return {"probes": [PROBES[name] for name in probes], "rows": rows}
+        for probe in probes], "stated": stated_cells(framework)} for framework in frameworks]
+    return {"probes": [PROBES[name] for name in probes], "rows": rows, "stated_columns": STATED_COLUMNS,
+            "stated_sources": sorted({entry.source for framework in frameworks
+                                      if (entry := stated(framework)) is not None}), "stated_checked": CHECKED}
 
 
 def context(run: Row, environment: Row) -> list[tuple[str, str]]:

@@ -1,0 +1,204 @@
+"""The deployment probes, written once for every framework: ``export-onnx``, ``save-load``,
+``aot-export``, ``mobile`` and ``cold-start``.
+
+Each takes catalogue workloads (a CNN and an LSTM), builds them with the framework's own module (its
+checker, as `dlarena verify` does) holding dlarena's canonical weights, and asks the framework's
+probe module only for what differs between frameworks, its *hooks*:
+
+- ``deployable(checker, inputs) -> (model, native_inputs)``: the object the framework exports or
+  saves, and the canonical batch in the layout that object takes;
+- ``save(model, native_inputs, path) -> format`` and ``load(path, workload) -> run``: its native format;
+- ``export_onnx(model, native_inputs, path) -> exporter``: an ONNX file, run here by ONNX Runtime;
+- ``aot_export(model, native_inputs, path) -> method`` and ``aot_load(path, workload) -> run``;
+- ``mobile_export(model, native_inputs, path) -> runtime`` and ``mobile_load(path, workload) -> run``.
+
+Each writer writes its artefact (a file or a folder) at ``path`` and returns the name of its format or
+method; a ``run`` maps native inputs to the logits. Every artefact is loaded and run in a *fresh process*
+(probes/fresh.py), which proves the file stands alone, and its logits are compared with the
+framework's own output for the same inputs (checks.check_deployed). A module without a hook answers
+``unsupported`` with the reason its ``UNSUPPORTED`` mapping gives for the probe.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from dlarena.frameworks.base import Unsupported
+from dlarena.probes import checks
+from dlarena.probes.runner import ProbeContext
+
+# The workloads deployed: a CNN (the digits workload dlarena trains to accuracy) and a two-layer
+# LSTM language model; a framework module can name others in DEPLOY_WORKLOADS (the fault frameworks
+# have only Dense layers). cold-start times the first only: one number per framework.
+DEPLOY_WORKLOADS = ("digits-cnn", "lstm32-small")
+DEPLOY_BATCH = 4
+DEPLOY_SEED = 0
+# A fresh process loads and runs an artefact within this time or the probe fails: loading a framework
+# takes seconds (TensorFlow's import about 5 s here), an export's artefact no longer than the export.
+FRESH_PROCESS_TIMEOUT_S = 240.0
+ONNX_LOADER = "dlarena.probes.deployment:load_onnx"
+
+
+def _module(context: ProbeContext) -> ModuleType:
+    from dlarena.frameworks.registry import framework_info
+
+    name = framework_info(context.framework).probes
+    if name is None:
+        raise Unsupported(f"{context.framework} has no probe module yet")
+    return importlib.import_module(name)
+
+
+def hook(module: ModuleType, probe: str, name: str) -> Callable[..., Any]:
+    """A hook of the framework's probe module, or Unsupported with the module's reason."""
+    function = getattr(module, name, None)
+    if function is None:
+        reasons: dict[str, str] = getattr(module, "UNSUPPORTED", {})
+        raise Unsupported(reasons.get(probe) or f"{module.__name__} has no {name} hook for the {probe!r} probe")
+    return function  # type: ignore[no-any-return]
+
+
+class Deployed:
+    """One workload built by the framework with the canonical weights: its model, inputs and own logits."""
+
+    def __init__(self, context: ProbeContext, module: ModuleType, probe: str, workload_name: str) -> None:
+        from dlarena.frameworks.registry import load_backend
+        from dlarena.spec.catalogue import get_workload
+        from dlarena.spec.weights import canonical_batch, canonical_weights
+
+        self.workload = get_workload(workload_name)
+        backend = load_backend(context.framework, context.threads)
+        checker = backend.checker(self.workload, "cpu", "float32")
+        checker.load_weights(canonical_weights(self.workload.network, DEPLOY_SEED))
+        inputs, _ = canonical_batch(self.workload.network, DEPLOY_BATCH, DEPLOY_SEED)
+        self.own = np.asarray(checker.forward(inputs))
+        self.model, self.native_inputs = hook(module, probe, "deployable")(checker, inputs)
+        self.folder = Path(context.folder) / workload_name
+        self.folder.mkdir(exist_ok=True)
+        np.save(self.folder / "inputs.npy", np.asarray(self.native_inputs))
+
+    def run_fresh(self, loader: str, artefact: Path) -> dict[str, Any]:
+        """Load ``artefact`` with ``loader`` ("module:function") in a fresh process and run it on the
+        inputs: the logits and the child's timings, with the wall time from start to answer."""
+        outputs = self.folder / "outputs.npy"
+        command = [sys.executable, "-m", "dlarena.probes.fresh", loader, str(artefact), self.workload.name,
+                   str(self.folder / "inputs.npy"), str(outputs)]
+        start = time.perf_counter()
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=FRESH_PROCESS_TIMEOUT_S,
+                                  env=os.environ.copy())
+        except subprocess.TimeoutExpired:
+            raise checks.ProbeFailure(f"{self.workload.name}: the fresh process loading {artefact.name} did not"
+                                      f" answer within {FRESH_PROCESS_TIMEOUT_S:.0f} s") from None
+        wall_s = time.perf_counter() - start
+        if done.returncode != 0 or not outputs.exists():
+            last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+            raise checks.ProbeFailure(f"{self.workload.name}: a fresh process could not load and run"
+                                      f" {artefact.name}: {last}"[:500])
+        timings: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        return {**timings, "wall_s": wall_s, "logits": np.load(outputs)}
+
+    def compare(self, what: str, logits: np.ndarray) -> float:
+        return checks.check_deployed(f"{self.workload.name}: {what}", logits, self.own)
+
+
+def _workloads(module: ModuleType) -> tuple[str, ...]:
+    return tuple(getattr(module, "DEPLOY_WORKLOADS", DEPLOY_WORKLOADS))
+
+
+def _size(path: Path) -> int:
+    """An artefact's bytes: a file's size, or a folder's (a SavedModel) files' sizes summed."""
+    if path.is_dir():
+        return sum(entry.stat().st_size for entry in path.rglob("*") if entry.is_file())
+    return path.stat().st_size
+
+
+def _export_and_reload(context: ProbeContext, probe: str, export: str, loader: Callable[[ModuleType], str],
+                       suffix: str) -> dict[str, Any]:
+    """Export every deploy workload with hook ``export``, reload each artefact in a fresh process, compare."""
+    module = _module(context)
+    exporter = hook(module, probe, export)
+    load_with = loader(module)
+    figures: dict[str, Any] = {}
+    errors = []
+    for name in _workloads(module):
+        deployed = Deployed(context, module, probe, name)
+        artefact = deployed.folder / f"{name}{suffix}"
+        method = exporter(deployed.model, deployed.native_inputs, artefact)
+        reloaded = deployed.run_fresh(load_with, artefact)
+        errors.append(deployed.compare(f"the {probe} artefact's output", reloaded["logits"]))
+        figures[name] = {"bytes": _size(artefact), "load_s": round(reloaded["load_s"], 4), "error": errors[-1]}
+        figures["method"] = str(method)
+    figures["error"] = max(errors)
+    figures["load_s"] = max(figures[name]["load_s"] for name in _workloads(module))
+    return figures
+
+
+def _hook_path(module: ModuleType, probe: str, name: str) -> str:
+    hook(module, probe, name)  # present, or Unsupported
+    return f"{module.__name__}:{name}"
+
+
+def export_onnx(context: ProbeContext) -> dict[str, Any]:
+    """Exported to ONNX by the framework's (or its ecosystem's) exporter, run by ONNX Runtime."""
+    return _export_and_reload(context, "export-onnx", "export_onnx", lambda module: ONNX_LOADER, ".onnx")
+
+
+def save_load(context: ProbeContext) -> dict[str, Any]:
+    """Saved in the framework's native format, loaded by the framework in a fresh process."""
+    return _export_and_reload(context, "save-load", "save", lambda module: _hook_path(module, "save-load", "load"),
+                              ".saved")
+
+
+def aot_export(context: ProbeContext) -> dict[str, Any]:
+    """An ahead-of-time artefact (torch.export, jax.export, SavedModel), reloaded and run."""
+    return _export_and_reload(context, "aot-export", "aot_export",
+                              lambda module: _hook_path(module, "aot-export", "aot_load"), ".aot")
+
+
+def mobile(context: ProbeContext) -> dict[str, Any]:
+    """Converted for an on-device runtime, run by that runtime's interpreter on this machine."""
+    return _export_and_reload(context, "mobile", "mobile_export",
+                              lambda module: _hook_path(module, "mobile", "mobile_load"), ".mobile")
+
+
+def cold_start(context: ProbeContext) -> dict[str, Any]:
+    """From a fresh process to the first result of a saved model: interpreter start, import, load, first
+    call, as one number (the parent's wall time) and its parts (the child's own clocks)."""
+    module = _module(context)
+    name = _workloads(module)[0]
+    deployed = Deployed(context, module, "cold-start", name)
+    artefact = deployed.folder / f"{name}.saved"
+    saved_as = hook(module, "cold-start", "save")(deployed.model, deployed.native_inputs, artefact)
+    reloaded = deployed.run_fresh(_hook_path(module, "cold-start", "load"), artefact)
+    error = deployed.compare("the cold-started model's output", reloaded["logits"])
+    return {"cold_start_s": round(reloaded["wall_s"], 3), "interpreter_s": round(reloaded["interpreter_s"], 3),
+            "import_s": round(reloaded["import_s"], 3), "load_s": round(reloaded["load_s"], 4),
+            "first_call_s": round(reloaded["first_call_s"], 4), "workload": name, "format": str(saved_as),
+            "error": error}
+
+
+def load_onnx(path: Path, workload: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """An ONNX file in an ONNX Runtime session on the CPU: its first input fed, its first output read."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1  # a probe, not a timing
+    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    feed = session.get_inputs()[0]
+    element = np.int64 if "int64" in feed.type else np.int32 if "int32" in feed.type else np.float32
+
+    def run(inputs: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run(None, {feed.name: inputs.astype(element)})[0])
+
+    return run
