@@ -1,18 +1,23 @@
 """One cell's figures from the results of its k worker processes.
 
-Step times are pooled (stats.summarise); the one-off costs of a process (import, build, first step)
+Each process's step times are cut to their steady segment (steady.classify: the warm-up or the level
+before a slowdown dropped), and the steady segments are pooled (stats.summarise); a process with no
+steady state is left out while another settled, and a cell where none settled says so in a
+warning. The one-off costs of a process (import, build, first step)
 and its CPU use are reported as the median over processes, and memory as the worst process, since
 a user must provision for the worst.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from dlarena.measure.stats import Summary, summarise
+from dlarena.measure.steady import CLASSES, NO_STEADY_STATE, Steady, classify
 
 
 @dataclass(frozen=True)
@@ -123,11 +128,31 @@ def denormal_figures(processes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return figures
 
 
+def _steady_summary(steadies: Sequence[Steady]) -> Summary:
+    """The pooled steady segments; with a warning where no process reached a steady state."""
+    settled = [steady for steady in steadies if steady.steady_class != NO_STEADY_STATE]
+    summary = summarise([list(steady.samples) for steady in settled or steadies])
+    if settled:
+        return summary
+    warning = (f"unstable: none of the {len(steadies)} processes reached a steady state (its step times were still"
+               " changing in their last quarter). The figures are each process's last level: raise min_time_s or"
+               " max_steps")
+    return dataclasses.replace(summary, warnings=(*summary.warnings, warning))
+
+
+def steady_figures(steadies: Sequence[Steady]) -> dict[str, Any]:
+    """How many processes fell in each steady-state class, and the steps each one's steady segment left out."""
+    return {"classes": {name: count for name in CLASSES
+                        if (count := sum(steady.steady_class == name for steady in steadies))},
+            "steps_dropped": [steady.steps_dropped for steady in steadies]}
+
+
 def aggregate(
     processes: Sequence[Mapping[str, Any]], batch_size: int, threads: int, peak_gflops: float | None,
 ) -> CellFigures:
     """Figures of a cell from its ok worker results (each the worker's JSON result)."""
-    summary = summarise([list(process.get("samples_s") or []) for process in processes])
+    steadies = [classify(list(process.get("samples_s") or [])) for process in processes]
+    summary = _steady_summary(steadies)
     cores_used = _median([process.get("cores_used") for process in processes])
     flops = _median([process.get("flops_per_step") for process in processes])
     gflops = flops / summary.median_s / 1e9 if flops and summary.median_s > 0 else None
@@ -140,6 +165,7 @@ def aggregate(
         value = _largest([process.get("resources", {}).get(key) for process in processes])
         if value is not None:
             extra[key] = value
+    extra["steady_state"] = steady_figures(steadies)
     extra.update(compile_cache_figures(processes))
     extra.update(denormal_figures(processes))
     return CellFigures(

@@ -40,3 +40,11 @@ def stability_warnings(row: dict[str, Any]) -> list[str]:
 def unstable(row: dict[str, Any]) -> bool:
     """Whether a cell's step times were flagged unstable: every such warning says `unstable: ...`."""
     return any(warning.startswith("unstable") for warning in stability_warnings(row))
+
+
+def steady_state(row: dict[str, Any]) -> str:
+    """Its processes' steady-state classes (measure/steady.py) as `warmup 2, flat 1`; blank for a cell
+    measured before dlarena classified them."""
+    figures: dict[str, Any] = json.loads(row.get("summary_data") or "{}")
+    classes: dict[str, int] = (figures.get("steady_state") or {}).get("classes") or {}
+    return ", ".join(f"{name} {count}" for name, count in classes.items())

@@ -20,7 +20,7 @@ import jinja2
 import vl_convert
 
 from dlarena.report import charts, figures, vega_bundle
-from dlarena.report.annotate import stability_warnings
+from dlarena.report.annotate import stability_warnings, steady_state
 from dlarena.report.comparison import FrameworkRanking, PairComparison, tally, unmatched_note
 from dlarena.report.figures import FLAG_EXPLANATIONS, Group
 from dlarena.report.markdown import training
@@ -104,6 +104,7 @@ def table_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
             "median": format_optional_seconds(median), "median_sort": "" if median is None else median,
             "interval": f"{format_seconds(row['ci_low_s'])} - {format_seconds(row['ci_high_s'])}"
             if ok and row.get("ci_low_s") is not None else "",
+            "steady_state": steady_state(row) if ok else "",
             "throughput": "" if not ok or row.get("throughput") is None else f"{row['throughput']:,.4g}",
             "import": format_optional_seconds(row.get("import_s")),
             "build": format_optional_seconds(row.get("build_s")),

@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from dlarena.report.annotate import stability_warnings
+from dlarena.report.annotate import stability_warnings, steady_state
 from dlarena.report.tables import table as _table
 from dlarena.report.units import format_bytes, format_count, format_optional_seconds, format_seconds
 from dlarena.wording import counted
@@ -219,12 +219,17 @@ def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[R
     timed = [row for row in timing if row["status"] == "ok"]
     if timed:
         lines += ["", "## Step times", "",
-                  "Pooled over the cell's processes. The 95% interval of the median resamples processes, then"
-                  " steps within them. p90 and p99 are the latencies of a batch for inference.", ""]
+                  "Pooled over the steady segments of the cell's processes: each process's step times are cut"
+                  " where they settle (PELT changepoints), and its class says how it got there (`flat`: one level"
+                  " throughout; `warmup`: slower steps first, dropped; `slowdown`: faster steps first, dropped;"
+                  " `no steady state`: still changing in its last quarter, left out while another process"
+                  " settled). The 95% interval of the median resamples processes, then steps within them. p90"
+                  " and p99 are the latencies of a batch for inference.", ""]
         body = [
             [
                 *_cell_columns(row),
-                f"{row['processes']} x {row['n'] // max(row['processes'], 1)}", format_seconds(row["median_s"]),
+                f"{row['processes']} x {row['n'] // max(row['processes'], 1)}", steady_state(row),
+                format_seconds(row["median_s"]),
                 f"{format_seconds(row['ci_low_s'])} - {format_seconds(row['ci_high_s'])}"
                 if row.get("ci_low_s") is not None else "",
                 format_seconds(row["iqr_s"]),
@@ -236,8 +241,8 @@ def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[R
             ]
             for row in timed
         ]
-        lines += _table([*_CELL_HEADER, "processes x steps", "median", "95% CI", "IQR", "p90", "p99", "samples/s",
-                         "GFLOP/s", "% of peak", "verify"], body)
+        lines += _table([*_CELL_HEADER, "processes x steps", "steady state", "median", "95% CI", "IQR", "p90", "p99",
+                         "samples/s", "GFLOP/s", "% of peak", "verify"], body)
     if ok:
         lines += ["", "## Costs and resources", "",
                   "One-off costs are medians over processes: importing the framework, building the network,"
