@@ -29,12 +29,12 @@ import sys
 import time
 from collections.abc import Callable
 
+from dlarena.measure.canary import PYTHON_LOOP_LENGTH, python_loop, window_median  # the run's canary kernel
 from dlarena_runner.process import fix_malloc_thresholds, limit_threads
 from repeatability import AGREEMENT, TARGET_FRACTION  # the criterion this script gives the ceiling of
 
 # Cache-resident work: three 256 x 256 float32 matrices are 768 KiB, inside a server core's L2.
 MATRIX_SIZE = 256
-PYTHON_LOOP_LENGTH = 2_000
 # Simulated cells; enough that the share's sampling error (under 0.5%) is below the figures' precision.
 SIMULATED_CELLS = 10_000
 SEED = 0
@@ -45,19 +45,6 @@ def _steal_ticks() -> int:
     with open("/proc/stat", encoding="ascii") as handle:
         fields = handle.readline().split()
     return int(fields[8]) if len(fields) > 8 else 0
-
-
-def _window(kernel: Callable[[], object], seconds: float) -> float:
-    """Median duration of ``kernel`` over a window of ``seconds``."""
-    times = []
-    start = time.perf_counter()
-    while True:
-        begin = time.perf_counter()
-        kernel()
-        end = time.perf_counter()
-        times.append(end - begin)
-        if end - start >= seconds:
-            return statistics.median(times)
 
 
 def _autocorrelation(values: list[float]) -> float:
@@ -107,6 +94,10 @@ def main() -> int:
     parser.add_argument("--apart", type=float, default=10.0,
                         help="least seconds between a simulated cell's two runs (default 10)")
     args = parser.parse_args()
+    # simulated_agreement needs the second run's windows at least --apart after the first's, both ways.
+    if args.seconds <= 2 * args.apart:
+        parser.error(f"--seconds ({args.seconds:g}) must be more than twice --apart ({args.apart:g}): the two runs"
+                     " of a simulated cell are drawn that far apart in the trace")
     fix_malloc_thresholds()
     if args.core is not None:
         os.sched_setaffinity(0, [args.core])
@@ -117,14 +108,14 @@ def main() -> int:
     product = matrix @ matrix
     kernels: dict[str, Callable[[], object]] = {
         f"float32 matmul {MATRIX_SIZE}": lambda: np.matmul(matrix, matrix, out=product),
-        f"Python loop {PYTHON_LOOP_LENGTH}": lambda: sum(i * i for i in range(PYTHON_LOOP_LENGTH)),
+        f"Python loop {PYTHON_LOOP_LENGTH}": python_loop,
     }
     medians: dict[str, list[float]] = {name: [] for name in kernels}
     ticks_per_second = os.sysconf("SC_CLK_TCK")
     steal_before, started = _steal_ticks(), time.perf_counter()
     while time.perf_counter() - started < args.seconds:
         for name, kernel in kernels.items():
-            medians[name].append(_window(kernel, args.window))
+            medians[name].append(window_median(kernel, args.window))
     elapsed = time.perf_counter() - started
     steal = (_steal_ticks() - steal_before) / ticks_per_second / (os.cpu_count() or 1) / elapsed
     windows_apart = max(1, round(args.apart / (args.window * len(kernels))))

@@ -113,3 +113,13 @@ def full_page_screenshot(driver: Any, path: Path) -> Path:
 def first_screen(driver: Any) -> float:
     """Seconds from navigation until the charts on the first screen were drawn (report.js)."""
     return float(driver.execute_script("return document.body.dataset.firstScreenMs")) / 1000.0
+
+
+def cell_marks(driver: Any, element_id: str) -> int:
+    """The marks Vega drew in the chart's layer of cells (report/charts.CELLS_LAYER)."""
+    # Vega names the layer's group `cells_marks`, or `cells_0_marks` inside a concatenation.
+    count: int = driver.execute_script(
+        "return Array.from(document.getElementById(arguments[0]).querySelectorAll('g.role-mark'))"
+        ".filter(g => Array.from(g.classList).some(name => /^cells(_[0-9]+)?_marks$/.test(name)))"
+        ".reduce((n, g) => n + g.children.length, 0)", element_id)
+    return count

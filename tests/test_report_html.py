@@ -236,16 +236,6 @@ def opened(page: Path, tmp_path_factory: pytest.TempPathFactory) -> object:
         yield driver
 
 
-def _marks(driver: object, element_id: str) -> int:
-    """The marks Vega drew in the chart's layer of cells (report/charts.CELLS_LAYER)."""
-    # Vega names the layer's group `cells_marks`, or `cells_0_marks` inside a concatenation.
-    count: int = driver.execute_script(  # type: ignore[attr-defined]
-        "return Array.from(document.getElementById(arguments[0]).querySelectorAll('g.role-mark'))"
-        ".filter(g => Array.from(g.classList).some(name => /^cells(_[0-9]+)?_marks$/.test(name)))"
-        ".reduce((n, g) => n + g.children.length, 0)", element_id)
-    return count
-
-
 @needs_browser
 def test_the_page_opens_offline_without_errors_and_draws_every_cell(opened: object, sweep_db: Path) -> None:
     driver = opened
@@ -262,11 +252,11 @@ def test_the_page_opens_offline_without_errors_and_draws_every_cell(opened: obje
         store.close()
     for *key, cells in counts:
         element = "chart-steps-" + "-".join(str(part) for part in key)
-        assert _marks(driver, element) == cells, element
+        assert browser.cell_marks(driver, element) == cells, element
     # Shi et al.'s thread-scaling chart: one point per framework and thread count
-    assert _marks(driver, "chart-threads-fcn5-small-train-cpu-float32-32") == 6
+    assert browser.cell_marks(driver, "chart-threads-fcn5-small-train-cpu-float32-32") == 6
     # one line per seed of each framework that trained
-    assert _marks(driver, "chart-curves-digits-mlp-cpu-float32-32-1") == 4
+    assert browser.cell_marks(driver, "chart-curves-digits-mlp-cpu-float32-32-1") == 4
 
 
 @needs_browser
@@ -344,7 +334,7 @@ def test_a_comparison_page_draws_one_ratio_per_compared_cell(cli: Cli, sweep_db:
     with browser.chromium(tmp_path / "chromium") as driver:
         browser.open_report(driver, page)
         assert browser.console_errors(driver) == []
-        assert _marks(driver, "chart-forest-comparison") == _pairs_of(sweep_db, "torch", "jax") == 5
+        assert browser.cell_marks(driver, "chart-forest-comparison") == _pairs_of(sweep_db, "torch", "jax") == 5
         verdicts = [cell.text for cell in driver.find_elements(By.CSS_SELECTOR, "#comparison-table td:last-child")]
         # jax is 1.5x slower at one thread and 1.33x at two, in 3 processes a side: real differences
         assert sum(verdict.startswith("slower") for verdict in verdicts) >= 2

@@ -181,6 +181,7 @@ def _read(db: str | Path | None, run_id: str | None) -> tuple[dict[str, Any], di
     try:
         run_row = dict(store.run(run_id))
         run_row["peaks"] = store.peaks(run_row["id"])
+        run_row["canary"] = store.canary_readings(run_row["id"])
         rows = store.cell_rows(run_row["id"])
         annotate(rows, verdicts.statuses(store, str(run_row["code_version"])))
         annotate_break_even(rows)

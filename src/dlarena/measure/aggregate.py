@@ -166,6 +166,9 @@ def aggregate(
         if value is not None:
             extra[key] = value
     extra["steady_state"] = steady_figures(steadies)
+    judged = [process["canary"] for process in processes if process.get("canary")]
+    if judged:
+        extra["slow_spell_processes"] = sum(bool(canary["slow_spell"]) for canary in judged)
     extra.update(compile_cache_figures(processes))
     extra.update(denormal_figures(processes))
     return CellFigures(

@@ -17,6 +17,7 @@ from dlarena.environment import code_version, framework_versions, snapshot
 from dlarena.errors import DlarenaError
 from dlarena.frameworks.registry import FRAMEWORKS
 from dlarena.measure.aggregate import aggregate
+from dlarena.measure.canary import Canary
 from dlarena.measure.peak import probe
 from dlarena.orchestrate.executor import Execution, Executor, LocalExecutor, worker_command
 from dlarena.orchestrate.progress import Progress
@@ -269,7 +270,9 @@ def _execute(
     """Run the missing processes of ``pending``, interleaved, storing each as soon as it ends.
 
     Repetitions are interleaved: the first process of every cell, then the second of every cell, and
-    so on, so that a drift of the machine (heat, another program) hits every framework alike. A cell
+    so on, so that a drift of the machine (heat, another program) hits every framework alike. A canary
+    reading (measure/canary.py) before the first process and after each one records the machine's
+    speed, and marks a process that ran in a slow spell. A cell
     whose process was not ok is not run again: its status is already known. Ctrl-C kills the running
     process, which is stored as ``interrupted`` (not final: a resume runs it again).
     """
@@ -280,8 +283,10 @@ def _execute(
                    processes=sum(_repetitions(item, repetitions) for item in pending))
     store.set_run_status(run_id, "running")
     ran: dict[str, int] = {}
+    canary = Canary()
     try:
         peaks = probe_peaks(run_id, [item.item for item in pending], store, progress)
+        before = canary.read()
         for repetition in range(max((_repetitions(item, repetitions) for item in pending), default=0)):
             for entry in pending:
                 if entry.status != "ok" or repetition < entry.done or repetition >= _repetitions(entry, repetitions):
@@ -296,6 +301,11 @@ def _execute(
                     store.record_result(entry.cell_id, _interrupted(cell, repetition, started, run_id))
                     ran["interrupted"] = 1
                     raise
+                if result.wall_s > 0:  # a process ran: the machine's speed after it, and was it in a slow spell?
+                    judgement = canary.bracket(before)
+                    before = judgement.after_s
+                    if result.status == "ok":
+                        result.data["canary"] = judgement.as_dict()
                 store.record_result(entry.cell_id, result)
                 ran[result.status] = ran.get(result.status, 0) + 1
                 median = None

@@ -197,6 +197,19 @@ def resources(group: Group) -> Spec:
         width=WIDTH // 2, height=_height(group.records), title="cores")).properties(title=group.title))
 
 
+def machine_speed(group: Group) -> Spec:
+    """The machine's speed after each process (the canary: 1 is the run's typical speed), a slow spell's
+    processes in red, a dashed rule at the typical speed."""
+    data = _data(group.records)
+    x = alt.X("started_at:T", title="process started")
+    line = alt.Chart(data).mark_line(color="#9ca3af").encode(x=x, y=alt.Y("speed:Q", title="speed (1: typical)"))
+    points = alt.Chart(data).mark_point(filled=True).encode(
+        x=x, y="speed:Q", color=alt.condition("datum.slow_spell", alt.value("#dc2626"), alt.value("#0e7490")),
+        tooltip=["process:N", alt.Tooltip("speed:Q", format=".2f"), "slow_spell:N"]).properties(name=CELLS_LAYER)
+    typical = alt.Chart(_data([{"speed": 1.0}])).mark_rule(strokeDash=[4, 4], color="#111827").encode(y="speed:Q")
+    return _spec(alt.layer(line, points, typical).properties(width=2 * WIDTH, height=160, title=group.title))
+
+
 VERDICT_COLOURS = {"faster": "#047857", "slower": "#b91c1c", "same": "#6b7280", "withheld": "#a16207",
                    "not compared": STATUS_COLOUR}
 

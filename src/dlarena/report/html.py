@@ -19,7 +19,8 @@ from typing import Any
 import jinja2
 import vl_convert
 
-from dlarena.report import charts, figures, vega_bundle
+from dlarena.measure.canary import SLOW_SPELL_THRESHOLD
+from dlarena.report import charts, figures, machine, vega_bundle
 from dlarena.report.annotate import stability_warnings, steady_state
 from dlarena.report.comparison import FrameworkRanking, PairComparison, tally, unmatched_note
 from dlarena.report.figures import FLAG_EXPLANATIONS, Group
@@ -66,9 +67,13 @@ def _charts(section: str, groups: Sequence[Group], build: Callable[[Group], dict
                   cells(group) if cells else len(group.records)) for group in groups]
 
 
-def build_charts(rows: Sequence[Row], processes: Callable[[int], Sequence[Row]]) -> list[Chart]:
-    """Every chart of a run's report, in page order, grouped by their ``section``."""
+def build_charts(rows: Sequence[Row], processes: Callable[[int], Sequence[Row]],
+                 canary: Sequence[Row] = ()) -> list[Chart]:
+    """Every chart of a run's report, in page order, grouped by their ``section``; ``canary`` the run's
+    canary readings (Store.canary_readings)."""
     curves = figures.accuracy_curves(rows, processes)
+    speed = [Group(("machine-speed",), "the machine's speed after each process (canary)",
+                   machine.speed_points(canary))] if canary else []
     return [
         *_charts("steps", figures.step_times(rows), charts.step_time),
         *_charts("threads", figures.thread_scaling(rows), charts.thread_scaling),
@@ -80,6 +85,7 @@ def build_charts(rows: Sequence[Row], processes: Callable[[int], Sequence[Row]])
         # one stacked segment per one-off cost of each cell
         *_charts("costs", figures.costs(rows), charts.costs),
         *_charts("resources", figures.resources(rows), charts.resources),
+        *_charts("machine", speed, charts.machine_speed),
     ]
 
 
@@ -196,13 +202,14 @@ def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[R
     """The page of one run: ``rows`` annotated as for the Markdown report, ``rankings`` its headline,
     ``processes(cell_id)`` a cell's ok worker results (the training curves)."""
     sections: dict[str, list[Chart]] = defaultdict(list)
-    for chart in build_charts(rows, processes):
+    for chart in build_charts(rows, processes, run.get("canary") or ()):
         sections[chart.section].append(chart)
     filters = [(label, key, sorted({str(row[key]) for row in rows}, key=_natural)) for label, key in TABLE_FILTERS]
     return _page("report.html.j2", str(run["code_version"]), title=f"dlarena run {run['id']}", run=run,
                  headline=figures.headline(rankings), sections=sections, table=table_rows(rows), filters=filters,
                  parity=parity_tables(rows), context=context(run, environment), warnings=warnings(rows),
-                 explanations=FLAG_EXPLANATIONS, capabilities=capability_table(capabilities))
+                 explanations=FLAG_EXPLANATIONS, capabilities=capability_table(capabilities),
+                 slow_spell_threshold=SLOW_SPELL_THRESHOLD)
 
 
 def render_comparison(found: PairComparison | FrameworkRanking, code_version: str) -> str:

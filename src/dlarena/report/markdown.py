@@ -8,6 +8,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from dlarena.report import machine
 from dlarena.report.annotate import stability_warnings, steady_state
 from dlarena.report.tables import table as _table
 from dlarena.report.units import format_bytes, format_count, format_optional_seconds, format_seconds
@@ -270,6 +271,7 @@ def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[R
             lines += ["", "## Stability warnings", ""]
             lines += [f"- {' '.join(_cell_columns(row))}: {warning}"
                       for row, warnings in warned for warning in warnings]
+    lines += machine.lines(run.get("canary") or [])
     failed = [row for row in rows if row["status"] != "ok"]
     if failed:
         lines += ["", "## Cells without a time", ""]

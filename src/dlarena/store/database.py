@@ -461,6 +461,18 @@ class Store:
             groups.setdefault(int(row[0]), []).append(float(row[1]))
         return list(groups.values())
 
+    def canary_readings(self, run_id: str) -> list[dict[str, Any]]:
+        """The canary's judgement of each ok process of a run (measure/canary.py), in the order they ran,
+        with the process's cell and start: the machine's speed over the run."""
+        rows = self.connection.execute(
+            "SELECT c.framework, c.workload, c.scenario, c.threads, r.repetition, r.started_at,"
+            " json_extract(r.data, '$.canary') AS canary FROM results r JOIN cells c ON c.id = r.cell_id"
+            " WHERE c.run_id = ? AND r.status = 'ok' AND json_extract(r.data, '$.canary') IS NOT NULL"
+            " ORDER BY r.id", (run_id,),
+        ).fetchall()
+        return [{**{key: row[key] for key in ("framework", "workload", "scenario", "threads", "repetition",
+                                              "started_at")}, **json.loads(row["canary"])} for row in rows]
+
     def ok_processes(self, cell_id: int) -> list[dict[str, Any]]:
         """The worker results of a cell's ok processes, as the worker wrote them: the JSON with its
         step times put back from the samples table (where alone they are stored)."""
