@@ -130,12 +130,12 @@ def test_compare_ranks_several_frameworks_against_the_fastest_or_a_baseline(timi
     assert ranked.startswith(f"# jax, torch, tensorflow in run {run_id}, against the fastest")
     assert _row(ranked, "| fcn5-small | infer | 32 | 1 | torch |")[5:7] == ["1 ms", "fastest"]
     jax = _row(ranked, "| fcn5-small | infer | 32 | 1 | jax *(unverified)* |")
-    assert jax[6] == "1.50x slower" and jax[9].startswith("slower (+50.0%)")
+    assert jax[6] == "1.50x slower" and jax[9].startswith("slower by 50.0% (95% CI ")
     assert _row(ranked, "| fcn5-small | train | 32 | 1 | jax *(unverified)* |")[9] == "withheld: 1 process"
     assert "Fastest in 2 compared configurations: jax 0, torch 2, tensorflow 0." in ranked
     against_jax = api.compare("latest", frameworks=["jax", "torch", "tensorflow"], baseline="jax", db=db_path)
     torch = _row(against_jax, "| fcn5-small | infer | 32 | 1 | torch |")
-    assert torch[6] == "1.50x faster" and torch[9] == "faster (-33.3%)"
+    assert torch[6] == "1.50x faster" and torch[9].startswith("faster by 33.3% (95% CI ")
     assert _row(against_jax, "| fcn5-small | infer | 32 | 1 | jax *(unverified)* |")[6] == "baseline"
     assert "Against jax: torch faster in 1, slower in 0, same in 0, withheld in 1;" in against_jax
     # two frameworks and no baseline: B against A, as before

@@ -97,7 +97,7 @@ def test_one_process_a_side_withholds_the_verdict_however_small_the_p_value() ->
     assert one.verdict == "withheld" and not one.real and one.describe() == "withheld: 1 process"
     assert MIN_PROCESSES == 2
     two = compare([*a, _steps(1.0, 0.03, 1000, 2)], [*b, _steps(0.78, 0.03, 1000, 3)])
-    assert two.verdict == "faster" and two.describe().startswith("faster (-2")
+    assert two.verdict == "faster" and two.describe().startswith("faster by 2")
     # one side with enough processes is not enough: the other side's single process still hides its spread
     assert compare([*a, _steps(1.0, 0.03, 1000, 2)], b).verdict == "withheld"
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dlarena.errors import DlarenaError, did_you_mean
-from dlarena.measure.compare import MIN_EFFECT, SIGNIFICANCE_LEVEL, VERDICTS, Comparison, compare
+from dlarena.measure.compare import VERDICTS, Comparison, compare, verdict_rule
 from dlarena.report.annotate import annotate
 from dlarena.report.ranking import Ranking, comparison_table, rank_rows, withheld_note
 from dlarena.report.units import format_seconds
@@ -192,9 +192,8 @@ def render(label_a: str, label_b: str, comparisons: Sequence[CellComparison], di
         lines += ["Besides what you asked to compare, these differ:", ""]
         lines += [f"- {note}" for note in differences] + [""]
     lines += [
-        f"Ratio: B's median step time over A's (below 1: B is faster), with its 95% bootstrap interval."
-        f" A verdict needs a Mann-Whitney U p-value below {SIGNIFICANCE_LEVEL}, a difference of at least"
-        f" {MIN_EFFECT:.0%}, and an interval that excludes 1.",
+        "Ratio: B's median step time over A's (below 1: B is faster), with its 95% bootstrap interval. "
+        + verdict_rule(),
         "",
         *([withheld_note(), ""] if any(item.result and item.result.withheld for item in comparisons) else []),
         "| framework | workload | scenario | batch | threads | A median | B median | B/A | 95% CI | p-value"

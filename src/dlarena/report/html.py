@@ -20,12 +20,13 @@ import jinja2
 import vl_convert
 
 from dlarena.measure.canary import SLOW_SPELL_THRESHOLD
+from dlarena.measure.compare import verdict_rule
 from dlarena.report import charts, figures, machine, vega_bundle
 from dlarena.report.annotate import stability_warnings, steady_state
 from dlarena.report.comparison import FrameworkRanking, PairComparison, tally, unmatched_note
 from dlarena.report.figures import FLAG_EXPLANATIONS, Group
 from dlarena.report.markdown import training
-from dlarena.report.ranking import Ranking, verdict_rule
+from dlarena.report.ranking import Ranking
 from dlarena.report.ranking import tally as ranking_tally
 from dlarena.report.units import format_bytes, format_optional_seconds, format_seconds
 from dlarena.wording import counted

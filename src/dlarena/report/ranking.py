@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dlarena.measure.compare import MIN_EFFECT, MIN_PROCESSES, SIGNIFICANCE_LEVEL, VERDICTS, Comparison, rank
+from dlarena.measure.compare import MIN_PROCESSES, VERDICTS, Comparison, rank, verdict_rule
 from dlarena.report.annotate import unstable
 from dlarena.report.tables import table
 from dlarena.report.units import format_seconds
@@ -175,11 +175,6 @@ def withheld_note() -> str:
             " process agree far more closely than separate processes of the same cell do, so one process cannot"
             " show whether another run would agree, and its tiny p-value means nothing (run with"
             f" `--repetitions {MIN_PROCESSES}` or more; the default is 3).")
-
-
-def verdict_rule() -> str:
-    return (f"A difference is real when a Mann-Whitney U p-value is below {SIGNIFICANCE_LEVEL}, the ratio is at"
-            f" least {MIN_EFFECT:.0%} away from 1 and its interval excludes 1 (`dlarena compare`'s rule).")
 
 
 def _title(ranking: Ranking, varying: Sequence[str]) -> str:
