@@ -10,7 +10,8 @@ probe module only for what differs between frameworks, its *hooks*:
 - ``save(model, native_inputs, path) -> format`` and ``load(path, workload) -> run``: its native format;
 - ``export_onnx(model, native_inputs, path) -> exporter``: an ONNX file, run here by ONNX Runtime;
 - ``aot_export(model, native_inputs, path) -> method`` and ``aot_load(path, workload) -> run``;
-- ``mobile_export(model, native_inputs, path) -> runtime`` and ``mobile_load(path, workload) -> run``.
+- ``mobile_export(model, native_inputs, path) -> runtime`` and ``mobile_load(path, workload) -> run``
+  (or ``MOBILE_LOADER = LITERT_LOADER`` for a LiteRT file).
 
 Each writer writes its artefact (a file or a folder) at ``path`` and returns the name of its format or
 method; a ``run`` maps native inputs to the logits. Every artefact is loaded and run in a *fresh process*
@@ -48,6 +49,9 @@ DEPLOY_SEED = 0
 # takes seconds (TensorFlow's import about 5 s here), an export's artefact no longer than the export.
 FRESH_PROCESS_TIMEOUT_S = 240.0
 ONNX_LOADER = "dlarena.probes.deployment:load_onnx"
+# A LiteRT file's loader: a framework module that converts to LiteRT names it as its MOBILE_LOADER
+# instead of writing a mobile_load hook, and the fresh process then imports no framework at all.
+LITERT_LOADER = "dlarena.probes.deployment:load_litert"
 
 
 def _module(context: ProbeContext) -> ModuleType:
@@ -89,11 +93,12 @@ class Deployed:
 
     def run_fresh(self, loader: str, artefact: Path) -> dict[str, Any]:
         """Load ``artefact`` with ``loader`` ("module:function") in a fresh process and run it on the
-        inputs: the logits and the child's timings, with the wall time from start to answer."""
+        inputs: the logits, the child's timings, the time from its start to its answer (``answer_s``)
+        and to its exit (``wall_s``)."""
         outputs = self.folder / "outputs.npy"
         command = [sys.executable, "-m", "dlarena.probes.fresh", loader, str(artefact), self.workload.name,
                    str(self.folder / "inputs.npy"), str(outputs)]
-        start = time.perf_counter()
+        start, spawned_at = time.perf_counter(), time.time()
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=FRESH_PROCESS_TIMEOUT_S,
                                   env=os.environ.copy())
@@ -106,7 +111,8 @@ class Deployed:
             raise checks.ProbeFailure(f"{self.workload.name}: a fresh process could not load and run"
                                       f" {artefact.name}: {last}"[:500])
         timings: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-        return {**timings, "wall_s": wall_s, "logits": np.load(outputs)}
+        return {**timings, "wall_s": wall_s, "answer_s": timings["answered_at"] - spawned_at,
+                "logits": np.load(outputs)}
 
     def compare(self, what: str, logits: np.ndarray) -> float:
         return checks.check_deployed(f"{self.workload.name}: {what}", logits, self.own)
@@ -167,14 +173,17 @@ def aot_export(context: ProbeContext) -> dict[str, Any]:
 
 
 def mobile(context: ProbeContext) -> dict[str, Any]:
-    """Converted for an on-device runtime, run by that runtime's interpreter on this machine."""
+    """Converted for an on-device runtime, run by that runtime's interpreter on this machine (the
+    module's MOBILE_LOADER, such as LITERT_LOADER, or its mobile_load hook)."""
     return _export_and_reload(context, "mobile", "mobile_export",
-                              lambda module: _hook_path(module, "mobile", "mobile_load"), ".mobile")
+                              lambda module: getattr(module, "MOBILE_LOADER", None)
+                              or _hook_path(module, "mobile", "mobile_load"), ".mobile")
 
 
 def cold_start(context: ProbeContext) -> dict[str, Any]:
     """From a fresh process to the first result of a saved model: interpreter start, import, load, first
-    call, as one number (the parent's wall time) and its parts (the child's own clocks)."""
+    call, as one number (from the parent's start of the process to the child's answer, both read on the
+    wall clock) and its parts (the child's own clocks); the process's exit after it apart."""
     module = _module(context)
     name = _workloads(module)[0]
     deployed = Deployed(context, module, "cold-start", name)
@@ -182,8 +191,9 @@ def cold_start(context: ProbeContext) -> dict[str, Any]:
     saved_as = hook(module, "cold-start", "save")(deployed.model, deployed.native_inputs, artefact)
     reloaded = deployed.run_fresh(_hook_path(module, "cold-start", "load"), artefact)
     error = deployed.compare("the cold-started model's output", reloaded["logits"])
-    return {"cold_start_s": round(reloaded["wall_s"], 3), "interpreter_s": round(reloaded["interpreter_s"], 3),
+    return {"cold_start_s": round(reloaded["answer_s"], 3), "interpreter_s": round(reloaded["interpreter_s"], 3),
             "import_s": round(reloaded["import_s"], 3), "load_s": round(reloaded["load_s"], 4),
+            "exit_s": round(reloaded["wall_s"] - reloaded["answer_s"], 3),
             "first_call_s": round(reloaded["first_call_s"], 4), "workload": name, "format": str(saved_as),
             "error": error}
 
@@ -200,5 +210,22 @@ def load_onnx(path: Path, workload: Any) -> Callable[[np.ndarray], np.ndarray]:
 
     def run(inputs: np.ndarray) -> np.ndarray:
         return np.asarray(session.run(None, {feed.name: inputs.astype(element)})[0])
+
+    return run
+
+
+def load_litert(path: Path, workload: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """A .tflite file in LiteRT's interpreter (ai_edge_litert, no TensorFlow): its first input fed, its
+    first output read. The mobile hook of every framework that converts to LiteRT."""
+    from ai_edge_litert.interpreter import Interpreter  # type: ignore[import-untyped]
+
+    interpreter = Interpreter(model_path=str(path), num_threads=1)  # a probe, not a timing
+    interpreter.allocate_tensors()
+    (feed, *_), (output, *_) = interpreter.get_input_details(), interpreter.get_output_details()
+
+    def run(inputs: np.ndarray) -> np.ndarray:
+        interpreter.set_tensor(feed["index"], inputs.astype(feed["dtype"]))
+        interpreter.invoke()
+        return np.asarray(interpreter.get_tensor(output["index"]))
 
     return run

@@ -5,7 +5,8 @@
 It imports MODULE (which imports the framework, or only the runtime the artefact needs: ONNX Runtime,
 a LiteRT interpreter), calls FUNCTION(ARTEFACT, workload) for a run function, runs it on the inputs,
 saves the logits and prints one JSON line of its own clocks: interpreter start (from the process's
-start time in /proc to this module's first line), import, load and first call, in seconds.
+start time in /proc to this module's first line), import, load and first call, in seconds, and the
+wall-clock time of its answer (the process's exit, which can take seconds, comes after it).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def main(argv: list[str]) -> int:
     called = time.perf_counter()
     np.save(outputs_path, logits)
     print(json.dumps({"interpreter_s": interpreter_s, "import_s": imported - start, "load_s": loaded - imported,
-                      "first_call_s": called - loaded}))
+                      "first_call_s": called - loaded, "answered_at": time.time()}))
     return 0
 
 
