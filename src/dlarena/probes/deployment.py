@@ -91,31 +91,37 @@ class Deployed:
         self.folder.mkdir(exist_ok=True)
         np.save(self.folder / "inputs.npy", np.asarray(self.native_inputs))
 
-    def run_fresh(self, loader: str, artefact: Path) -> dict[str, Any]:
-        """Load ``artefact`` with ``loader`` ("module:function") in a fresh process and run it on the
-        inputs: the logits, the child's timings, the time from its start to its answer (``answer_s``)
-        and to its exit (``wall_s``)."""
-        outputs = self.folder / "outputs.npy"
-        command = [sys.executable, "-m", "dlarena.probes.fresh", loader, str(artefact), self.workload.name,
-                   str(self.folder / "inputs.npy"), str(outputs)]
-        start, spawned_at = time.perf_counter(), time.time()
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=FRESH_PROCESS_TIMEOUT_S,
-                                  env=os.environ.copy())
-        except subprocess.TimeoutExpired:
-            raise checks.ProbeFailure(f"{self.workload.name}: the fresh process loading {artefact.name} did not"
-                                      f" answer within {FRESH_PROCESS_TIMEOUT_S:.0f} s") from None
-        wall_s = time.perf_counter() - start
-        if done.returncode != 0 or not outputs.exists():
-            last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-            raise checks.ProbeFailure(f"{self.workload.name}: a fresh process could not load and run"
-                                      f" {artefact.name}: {last}"[:500])
-        timings: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-        return {**timings, "wall_s": wall_s, "answer_s": timings["answered_at"] - spawned_at,
-                "logits": np.load(outputs)}
-
     def compare(self, what: str, logits: np.ndarray) -> float:
         return checks.check_deployed(f"{self.workload.name}: {what}", logits, self.own)
+
+
+def run_fresh(loader: str, loads: list[tuple[Deployed, Path]]) -> list[dict[str, Any]]:
+    """Load each artefact with ``loader`` ("module:function") in one fresh process and run it on its
+    workload's inputs: per artefact, the logits, the child's clocks (its interpreter's start and the
+    loader module's import, shared, then the artefact's load and first call) and ``answer_s``, from the
+    process's start to that artefact's answer, both read on the wall clock; ``exit_s``, how long the
+    process took to exit after its last answer."""
+    arguments = [loader]
+    for deployed, artefact in loads:
+        arguments += [str(artefact), deployed.workload.name, str(deployed.folder / "inputs.npy"),
+                      str(deployed.folder / "outputs.npy")]
+    names = ", ".join(artefact.name for _, artefact in loads)
+    spawned_at = time.time()
+    try:
+        done = subprocess.run([sys.executable, "-m", "dlarena.probes.fresh", *arguments], capture_output=True,
+                              text=True, timeout=FRESH_PROCESS_TIMEOUT_S, env=os.environ.copy())
+    except subprocess.TimeoutExpired:
+        raise checks.ProbeFailure(f"the fresh process loading {names} did not answer within"
+                                  f" {FRESH_PROCESS_TIMEOUT_S:.0f} s") from None
+    exited_at = time.time()
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        raise checks.ProbeFailure(f"a fresh process could not load and run {names}: {last}"[:500])
+    clocks: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return [{**item, "interpreter_s": clocks["interpreter_s"], "import_s": clocks["import_s"],
+             "answer_s": item["answered_at"] - spawned_at, "exit_s": exited_at - clocks["items"][-1]["answered_at"],
+             "logits": np.load(deployed.folder / "outputs.npy")}
+            for item, (deployed, _) in zip(clocks["items"], loads, strict=True)]
 
 
 def _workloads(module: ModuleType) -> tuple[str, ...]:
@@ -135,17 +141,18 @@ def _export_and_reload(context: ProbeContext, probe: str, export: str, loader: C
     module = _module(context)
     exporter = hook(module, probe, export)
     load_with = loader(module)
-    figures: dict[str, Any] = {}
-    errors = []
+    loads = []
     for name in _workloads(module):
         deployed = Deployed(context, module, probe, name)
         artefact = deployed.folder / f"{name}{suffix}"
         method = exporter(deployed.model, deployed.native_inputs, artefact)
-        reloaded = deployed.run_fresh(load_with, artefact)
-        errors.append(deployed.compare(f"the {probe} artefact's output", reloaded["logits"]))
-        figures[name] = {"bytes": _size(artefact), "load_s": round(reloaded["load_s"], 4), "error": errors[-1]}
-        figures["method"] = str(method)
-    figures["error"] = max(errors)
+        loads.append((deployed, artefact))
+    figures: dict[str, Any] = {"method": str(method)}
+    for (deployed, artefact), reloaded in zip(loads, run_fresh(load_with, loads), strict=True):
+        figures[deployed.workload.name] = {
+            "bytes": _size(artefact), "load_s": round(reloaded["load_s"], 4),
+            "error": deployed.compare(f"the {probe} artefact's output", reloaded["logits"])}
+    figures["error"] = max(figures[name]["error"] for name in _workloads(module))
     figures["load_s"] = max(figures[name]["load_s"] for name in _workloads(module))
     return figures
 
@@ -189,11 +196,11 @@ def cold_start(context: ProbeContext) -> dict[str, Any]:
     deployed = Deployed(context, module, "cold-start", name)
     artefact = deployed.folder / f"{name}.saved"
     saved_as = hook(module, "cold-start", "save")(deployed.model, deployed.native_inputs, artefact)
-    reloaded = deployed.run_fresh(_hook_path(module, "cold-start", "load"), artefact)
+    (reloaded,) = run_fresh(_hook_path(module, "cold-start", "load"), [(deployed, artefact)])
     error = deployed.compare("the cold-started model's output", reloaded["logits"])
     return {"cold_start_s": round(reloaded["answer_s"], 3), "interpreter_s": round(reloaded["interpreter_s"], 3),
             "import_s": round(reloaded["import_s"], 3), "load_s": round(reloaded["load_s"], 4),
-            "exit_s": round(reloaded["wall_s"] - reloaded["answer_s"], 3),
+            "exit_s": round(reloaded["exit_s"], 3),
             "first_call_s": round(reloaded["first_call_s"], 4), "workload": name, "format": str(saved_as),
             "error": error}
 

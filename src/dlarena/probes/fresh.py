@@ -1,12 +1,13 @@
 """A fresh process that loads one deployed artefact and runs it once (probes/deployment.py):
 
-    python -m dlarena.probes.fresh MODULE:FUNCTION ARTEFACT WORKLOAD INPUTS.npy OUTPUTS.npy
+    python -m dlarena.probes.fresh MODULE:FUNCTION (ARTEFACT WORKLOAD INPUTS.npy OUTPUTS.npy)...
 
 It imports MODULE (which imports the framework, or only the runtime the artefact needs: ONNX Runtime,
-a LiteRT interpreter), calls FUNCTION(ARTEFACT, workload) for a run function, runs it on the inputs,
-saves the logits and prints one JSON line of its own clocks: interpreter start (from the process's
-start time in /proc to this module's first line), import, load and first call, in seconds, and the
-wall-clock time of its answer (the process's exit, which can take seconds, comes after it).
+a LiteRT interpreter), then for each artefact in turn calls FUNCTION(ARTEFACT, workload) for a run
+function, runs it on the inputs and saves the logits; it prints one JSON line of its own clocks:
+interpreter start (from the process's start time in /proc to this module's first line) and import,
+then each artefact's load and first call, in seconds, with the wall-clock time of its answer (the
+process's exit, which can take seconds, comes after the last).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def _process_start() -> float:
 
 
 def main(argv: list[str]) -> int:
-    loader, artefact, workload_name, inputs_path, outputs_path = argv
+    loader, *artefacts = argv
     module_name, function_name = loader.split(":")
     interpreter_s = max(0.0, STARTED - _process_start())
     start = time.perf_counter()
@@ -44,13 +45,17 @@ def main(argv: list[str]) -> int:
     from dlarena.spec.catalogue import get_workload
 
     imported = time.perf_counter()
-    run = getattr(module, function_name)(artefact, get_workload(workload_name))
-    loaded = time.perf_counter()
-    logits = np.asarray(run(np.load(inputs_path)))
-    called = time.perf_counter()
-    np.save(outputs_path, logits)
-    print(json.dumps({"interpreter_s": interpreter_s, "import_s": imported - start, "load_s": loaded - imported,
-                      "first_call_s": called - loaded, "answered_at": time.time()}))
+    items = []
+    for index in range(0, len(artefacts), 4):
+        artefact, workload_name, inputs_path, outputs_path = artefacts[index:index + 4]
+        begun = time.perf_counter()
+        run = getattr(module, function_name)(artefact, get_workload(workload_name))
+        loaded = time.perf_counter()
+        logits = np.asarray(run(np.load(inputs_path)))
+        called = time.perf_counter()
+        np.save(outputs_path, logits)
+        items.append({"load_s": loaded - begun, "first_call_s": called - loaded, "answered_at": time.time()})
+    print(json.dumps({"interpreter_s": interpreter_s, "import_s": imported - start, "items": items}))
     return 0
 
 
