@@ -20,11 +20,24 @@ ANSWERING = [name for name, info in FRAMEWORKS.items()
              if not name.startswith("fault-") and info.probes is not None and info.is_installed()]
 MODELLING = [name for name, probe in PROBES.items() if probe.where != HOST and name != "thread-limit"]
 THREAD_CHECKED = [name for name in ("torch", "jax", "tensorflow") if name in ANSWERING]
-# Answers that are not a pass, each with the words its message must hold: a new one fails the test.
+# Answers that are not a pass, each with its outcome and the words its message must hold: a new one
+# fails the test.
 KNOWN = {
     # JAX obeys only CPU affinity (frameworks-install.md): with every core allowed, XLA's CPU runtime
     # computes on several threads whatever dlarena's thread controls say (measured: 63% of samples).
-    ("jax", "thread-limit"): "of its threads computing or waiting for a core at once",
+    ("jax", "thread-limit"): ("fail", "of its threads computing or waiting for a core at once"),
+    # jax2onnx 0.13 converts the LSTM but not the CNN, and jax2tf's one XlaCallModule op defeats tf2onnx.
+    ("jax", "export-onnx"): ("unsupported", "jax2onnx 0.13.0 converts the LSTM"),
+    # Keras exports ONNX from JAX with jax2onnx, whose 4-D MaxPool ONNX Runtime rejects (the CNN only).
+    ("keras-jax", "export-onnx"): ("fail", "Unsupported pooling size"),
+    # Keras' SavedModel and LiteRT exports from torch need torch_xla and litert-torch, not built for torch 2.13.
+    ("keras-torch", "aot-export"): ("unsupported", "needs torch_xla"),
+    ("keras-torch", "mobile"): ("unsupported", "needs litert-torch"),
+    # An inference engine: no autodiff, no exporter, no compiler of its own (probes/onnxruntime_probes.py).
+    **{("onnxruntime", probe): ("unsupported", words) for probe, words in (
+        ("custom-layer", "computes no gradients"), ("higher-order", "computes no gradients"),
+        ("multi-device", "computes no gradients"), ("export-onnx", "exports nothing"),
+        ("aot-export", "no ahead-of-time compiler"))},
 }
 
 
@@ -41,4 +54,5 @@ def test_every_probe_passes_or_is_known(framework: str, tmp_path: Path) -> None:
             assert answer["outcome"] == "pass", answer
             assert PROBES[answer["probe"]].figure in answer["figures"]
         else:
-            assert answer["outcome"] == "fail" and known in answer["message"], answer
+            outcome, words = known
+            assert answer["outcome"] == outcome and words in answer["message"], answer
