@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from dlarena.frameworks.base import Unsupported
+from dlarena.frameworks.base import Unavailable, Unsupported
 from dlarena.probes import checks
 from dlarena.probes.runner import ProbeContext
 
@@ -149,7 +149,10 @@ def _export_and_reload(context: ProbeContext, probe: str, export: str, loader: C
     for name in _workloads(module):
         deployed = Deployed(context, module, probe, name)
         artefact = deployed.folder / f"{name}{suffix}"
-        method = exporter(deployed.model, deployed.native_inputs, artefact)
+        try:
+            method = exporter(deployed.model, deployed.native_inputs, artefact)
+        except ModuleNotFoundError as error:  # the exporter's package (tf2onnx, onnxscript, ...) is not installed
+            raise Unavailable(f"{export} needs {error.name}, which is not installed here") from None
         loads.append((deployed, artefact))
     figures: dict[str, Any] = {"method": str(method)}
     for (deployed, artefact), reloaded in zip(loads, run_fresh(load_with, loads), strict=True):

@@ -6,11 +6,17 @@ answer to the same check as every other framework.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import socket
+import time
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch.multiprocessing.spawn import ProcessException, start_processes
 
 from dlarena.probes import checks
 from dlarena.probes.runner import ProbeContext
@@ -39,14 +45,15 @@ def custom_layer(context: ProbeContext) -> dict[str, Any]:
     return {"gradient_error": error, "mode": "torch.compile" if context.framework == "torch-compile" else "eager"}
 
 
+def _hessian_loss(inputs: torch.Tensor, labels: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
+                  b2: torch.Tensor) -> torch.Tensor:
+    """The Hessian problem's loss (checks.hessian_problem): a tanh MLP, mean softmax cross-entropy."""
+    return torch.nn.functional.cross_entropy(torch.tanh(inputs @ w1 + b1) @ w2 + b2, labels)
+
+
 def higher_order(context: ProbeContext) -> dict[str, Any]:
     problem = checks.hessian_problem()
-    inputs, labels = torch.tensor(problem.inputs), torch.tensor(problem.labels)
-
-    def loss(w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
-        logits = torch.tanh(inputs @ w1 + b1) @ w2 + b2
-        return torch.nn.functional.cross_entropy(logits, labels)
-
+    loss = functools.partial(_hessian_loss, torch.tensor(problem.inputs), torch.tensor(problem.labels))
     params = tuple(torch.tensor(p) for p in problem.params)
     vector = tuple(torch.tensor(v) for v in problem.vector)
     def hessian_vector(params: tuple[torch.Tensor, ...], vector: tuple[torch.Tensor, ...]) -> Any:
@@ -105,3 +112,138 @@ def variable_length(context: ProbeContext) -> dict[str, Any]:
     _, (hidden, _) = function(packed)
     error = checks.check("the final hidden states", hidden[0].detach().numpy(), problem.reference())
     return {"error": error, "method": "pack_padded_sequence"}
+
+
+# --- multi-device --------------------------------------------------------------------------------
+
+# Two spawned interpreters import torch and, for torch-compile, compile the step: the whole probe took
+# 25-63 s (torch) and 87-174 s (torch-compile) on this 2-core machine under load. Longer is a stuck
+# rendezvous or step; under the probe's own 300 s, so that this failure, not the worker's kill, reports it.
+DDP_TIMEOUT_S = 240.0
+
+
+class _HessianNet(torch.nn.Module):
+    """The Hessian problem's network with its loss as the output: the module DDP wraps."""
+
+    def __init__(self, params: Sequence[np.ndarray]) -> None:
+        super().__init__()
+        self.params = torch.nn.ParameterList(torch.tensor(p) for p in params)
+
+    def forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return _hessian_loss(inputs, labels, *self.params)
+
+
+def _ddp_step(rank: int, framework: str, port: int, answer: str) -> None:
+    """One process's training step on its half of the batch; DDP's backward averages the gradients."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.set_num_threads(1)  # one core per "device"
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                         world_size=checks.DEVICES, timeout=timedelta(seconds=DDP_TIMEOUT_S))
+    problem = checks.hessian_problem()
+    half = np.array_split(np.arange(len(problem.labels)), checks.DEVICES)[rank]
+    net = _HessianNet(problem.params)
+    model = DistributedDataParallel(net)
+    step = torch.compile(model) if framework == "torch-compile" else model
+    loss = step(torch.tensor(problem.inputs[half]), torch.tensor(problem.labels[half]))
+    loss.backward()
+    total = loss.detach()  # the halves are equal: the global batch's mean loss is the halves' mean
+    torch.distributed.all_reduce(total)
+    if rank == 0:
+        np.savez(answer, total.numpy() / checks.DEVICES, *(p.grad.numpy() for p in net.params if p.grad is not None))
+    torch.distributed.destroy_process_group()
+
+
+def multi_device(context: ProbeContext) -> dict[str, Any]:
+    """DistributedDataParallel over gloo: two spawned processes, each half of the global batch."""
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    answer = Path(context.folder) / "ddp.npz"
+    spawned = start_processes(_ddp_step, (context.framework, port, str(answer)), nprocs=checks.DEVICES,  # type: ignore[no-untyped-call]
+                              join=False, start_method="spawn")
+    deadline = time.monotonic() + DDP_TIMEOUT_S
+    try:
+        while not spawned.join(max(0.0, deadline - time.monotonic())):
+            if time.monotonic() > deadline:
+                raise checks.ProbeFailure(f"the DDP processes did not finish within {DDP_TIMEOUT_S:.0f} s")
+    except ProcessException as failure:
+        raise checks.ProbeFailure(f"a DDP process failed: {str(failure).strip().splitlines()[-1]}"[:500]) from None
+    finally:
+        for process in spawned.processes:
+            if process.is_alive():
+                process.terminate()
+    with np.load(answer) as stored:
+        loss, *gradients = (stored[f"arr_{i}"] for i in range(len(stored.files)))
+    error = checks.check_data_parallel(checks.hessian_problem(), "DDP", float(loss), gradients)
+    method = "DistributedDataParallel, gloo, 2 processes" + (", torch.compile" if context.framework == "torch-compile"
+                                                              else "")
+    return {"gradient_error": error, "devices": checks.DEVICES, "method": method}
+
+
+# --- the deployment probes' hooks (probes/deployment.py) ------------------------------------------
+
+
+def deployable(checker: Any, inputs: np.ndarray) -> tuple[torch.nn.Module, np.ndarray]:
+    # The checker's nn.Module, eager for torch-compile too: torch.compile's wrapper is no artefact,
+    # every exporter traces the module itself (torch.export), and the compiled model's output is the same.
+    net: torch.nn.Module = checker.model.net
+    return net.eval(), inputs
+
+
+def _runs(module: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[np.ndarray], np.ndarray]:
+    def run(inputs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return module(torch.from_numpy(inputs)).numpy()
+
+    return run
+
+
+def save(model: torch.nn.Module, native_inputs: np.ndarray, path: Path) -> str:
+    torch.save(model.state_dict(), path)
+    return "torch.save state_dict"
+
+
+def load(path: str | Path, workload: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """A state dict holds weights only: the network is rebuilt from its code (the backend's builder)."""
+    from dlarena.frameworks.pytorch import build_sequence
+
+    net = build_sequence(workload.network.layers, workload.network.input_shape)
+    net.load_state_dict(torch.load(path))  # weights_only, torch's default
+    return _runs(net.eval())
+
+
+def export_onnx(model: torch.nn.Module, native_inputs: np.ndarray, path: Path) -> str:
+    # external_data=False: one self-contained file (the default writes the weights beside it).
+    torch.onnx.export(model, (torch.from_numpy(native_inputs),), path, dynamo=True, external_data=False,
+                      verbose=False)
+    return "torch.onnx.export (dynamo)"
+
+
+def aot_export(model: torch.nn.Module, native_inputs: np.ndarray, path: Path) -> str:
+    torch.export.save(torch.export.export(model, (torch.from_numpy(native_inputs),)), path)
+    return "torch.export.export + torch.export.save (.pt2)"
+
+
+def aot_load(path: str | Path, workload: Any) -> Callable[[np.ndarray], np.ndarray]:
+    return _runs(torch.export.load(path).module())
+
+
+def mobile_export(model: torch.nn.Module, native_inputs: np.ndarray, path: Path) -> str:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import (  # type: ignore[import-untyped]
+        XnnpackPartitioner,
+    )
+    from executorch.exir import to_edge_transform_and_lower  # type: ignore[import-untyped]
+
+    # The slow part: lstm32-small's LSTM, unrolled over its 32 steps, lowers to 67 XNNPACK partitions
+    # (the gate split and squeezes stay on portable kernels), 86 s on this machine idle, ~4 min loaded.
+    exported = torch.export.export(model, (torch.from_numpy(native_inputs),))
+    path.write_bytes(to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch().buffer)
+    return "ExecuTorch .pte, XNNPACK delegate"
+
+
+def mobile_load(path: str | Path, workload: Any) -> Callable[[np.ndarray], np.ndarray]:
+    from executorch.runtime import Runtime  # type: ignore[import-untyped]
+
+    method = Runtime.get().load_program(path).load_method("forward")
+    return lambda inputs: method.execute([torch.from_numpy(inputs)])[0].numpy()
