@@ -3,6 +3,7 @@ no clock, no framework. Each series has the noise of a real step (lognormal, 3-5
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +103,25 @@ def test_both_reports_show_each_cells_steady_state_classes(tmp_path: Path) -> No
     store.close()
     assert "| 2 x " in api.report(db=db) and "| flat 1, warmup 1 |" in api.report(db=db)
     assert "<td>flat 1, warmup 1</td>" in api.report_page(db=db)
+
+
+def test_the_ranking_and_the_comparison_rest_on_the_same_steady_segments_as_the_summary(tmp_path: Path) -> None:
+    from dlarena import api
+    from dlarena.plan.cell import Cell
+    from dlarena.report.units import format_seconds
+    from dlarena.store.database import Store
+    from stored_runs import process, run
+
+    db = tmp_path / "results.db"
+    store = Store.open(db)
+    warm = [process("ok", index, _noisy([(0.030, 40), (0.010, 160)], seed=index)) for index in range(2)]
+    run(store, [(Cell("torch", "fcn5-small", "train", 32, 1), warm),
+                (Cell("jax", "fcn5-small", "train", 32, 1),
+                 [process("ok", index, _noisy([(0.012, 200)], seed=10 + index)) for index in range(2)])])
+    store.close()
+    torch = next(row for row in api.results(db=db) if row["framework"] == "torch")
+    # with the warm-up steps torch's median would still be about 10 ms, but its mean and interval would not
+    assert f"**torch** is fastest ({format_seconds(torch['median_s'])} a step)" in api.report(db=db)
+    ranked = api.compare("latest", frameworks="torch,jax", db=db)
+    slower = float(re.search(r"slower by ([0-9.]+)%", ranked).group(1))  # type: ignore[union-attr]
+    assert 15 < slower < 25  # jax 12 ms against torch 10 ms, both from the steady segments

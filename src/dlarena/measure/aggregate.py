@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dlarena.measure.stats import Summary, summarise
-from dlarena.measure.steady import CLASSES, NO_STEADY_STATE, Steady, classify
+from dlarena.measure.steady import CLASSES, NO_STEADY_STATE, Steady, classify, used
 
 
 @dataclass(frozen=True)
@@ -130,9 +130,8 @@ def denormal_figures(processes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def _steady_summary(steadies: Sequence[Steady]) -> Summary:
     """The pooled steady segments; with a warning where no process reached a steady state."""
-    settled = [steady for steady in steadies if steady.steady_class != NO_STEADY_STATE]
-    summary = summarise([list(steady.samples) for steady in settled or steadies])
-    if settled:
+    summary = summarise([list(steady.samples) for steady in used(steadies)])
+    if any(steady.steady_class != NO_STEADY_STATE for steady in steadies):
         return summary
     warning = (f"unstable: none of the {len(steadies)} processes reached a steady state (its step times were still"
                " changing in their last quarter). The figures are each process's last level: raise min_time_s or"

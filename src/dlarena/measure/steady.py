@@ -115,3 +115,15 @@ def classify(samples: Sequence[float]) -> Steady:
     else:
         steady_class = WARMUP
     return Steady(steady_class, start, means, tuple(series[start:].tolist()))
+
+
+def used(steadies: Sequence[Steady]) -> list[Steady]:
+    """The processes a cell's figures rest on: those that reached a steady state, or all of them when
+    none did (their last levels, with a warning: aggregate.py)."""
+    return [steady for steady in steadies if steady.steady_class != NO_STEADY_STATE] or list(steadies)
+
+
+def steady_groups(processes: Sequence[Sequence[float]]) -> list[list[float]]:
+    """Each used process's steady segment: the samples every figure of a cell is computed from (its
+    summary, its ranking, its comparisons), so that they all agree."""
+    return [list(steady.samples) for steady in used([classify(samples) for samples in processes])]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dlarena.measure.compare import MIN_PROCESSES, VERDICTS, Comparison, rank, verdict_rule
+from dlarena.measure.steady import steady_groups
 from dlarena.report.annotate import unstable
 from dlarena.report.tables import table
 from dlarena.report.units import format_seconds
@@ -97,7 +98,7 @@ def _figures(store: Store, row: Row, measure: str) -> tuple[list[list[float]], s
         return [], str(row["status"])
     if measure == TIME_TO_TARGET:
         return _time_to_target_samples(store, row)
-    found = store.samples_by_process(row["cell_id"])
+    found = steady_groups(store.samples_by_process(row["cell_id"]))  # the samples its summary rests on
     return found, "" if found else "no step times"
 
 
