@@ -63,6 +63,8 @@ def test_orchestrator_store_and_reports_import_no_framework() -> None:
         (["run", "--threads", "1024"], "1024 threads asked for, but this machine lets dlarena use"),
         (["run", "--timeout", "0"], "--timeout must be a positive number"),
         (["run", "--repetitions", "0"], "repetitions must be a positive integer"),
+        (["run", "--target-ci", "5"], "--target-ci is a share of the median from 0 (off) to below 1, such as 0.03"),
+        (["run", "--max-processes", "0"], "max processes must be a positive integer"),
         (["run", "--epochs", "0"], "epochs must be a positive integer"),
         (["run", "--target-accuracy", "97"], "a target accuracy is a fraction in (0, 1], such as 0.97; got '97'"),
         (["data", "import", "cifar100", "."], "unknown data set 'cifar100' (did you mean 'cifar10'?); valid data"),
@@ -134,7 +136,8 @@ def test_run_report_and_export_with_fault_framework(cli: Cli, tmp_path: Path) ->
     """The whole command path, framework-free: run, then report and export read the database."""
     db = str(tmp_path / "r.db")
     run = cli("run", "--frameworks", "fault-none,fault-raise", "--workloads", "fcn5-small",
-              "--scenarios", "train", "--batch-sizes", "4", "--threads", "1", "--repetitions", "2", "--db", db)
+              "--scenarios", "train", "--batch-sizes", "4", "--threads", "1", "--repetitions", "2",
+              "--target-ci", "0", "--db", db)
     assert run.returncode == 0, run.stderr
     # progress: processes done and time left; the failed cell's second process is not run
     assert "[3/3]" in run.stderr and "left" in run.stderr and "process 2/2" in run.stderr
@@ -169,7 +172,7 @@ def test_a_run_says_how_it_ended_and_where_to_see_it_and_runs_lists_every_run(cl
     with one sentence, and `dlarena runs` lists the database's runs with their cells by status."""
     db = "my results/r.db"  # relative to the command's folder, with a space, in a folder not yet there
     selection = ("--workloads", "fcn5-small", "--scenarios", "train", "--batch-sizes", "4", "--threads", "1",
-                 "--repetitions", "2", "--quiet", "--db", db)
+                 "--repetitions", "2", "--target-ci", "0", "--quiet", "--db", db)
     measured = cli("run", "--frameworks", "fault-none,fault-raise", *selection)
     assert measured.returncode == 0, measured.stderr
     assert "finished in " in measured.stderr and "2 cells: 1 ok, 1 failed; see it with `dlarena report --db" in (
@@ -217,8 +220,8 @@ def test_compare_two_runs_and_two_frameworks(cli: Cli, tmp_path: Path) -> None:
     """Verdicts for every matched cell; cells without a time are listed, not compared; bad names get a sentence."""
     db = str(tmp_path / "r.db")
     args = ("run", "--frameworks", "fault-none,fault-wrong,fault-raise", "--workloads", "fcn5-small",
-            "--scenarios", "infer", "--batch-sizes", "4", "--threads", "1", "--repetitions", "2", "--quiet",
-            "--db", db)
+            "--scenarios", "infer", "--batch-sizes", "4", "--threads", "1", "--repetitions", "2",
+            "--target-ci", "0", "--quiet", "--db", db)
     assert cli(*args).returncode == 0
     assert cli(*args).returncode == 0
     with sqlite3.connect(db) as connection:

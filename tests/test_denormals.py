@@ -35,6 +35,7 @@ name = "denormals"
 frameworks = ["fault-none"]
 threads = [1]
 repetitions = 1
+target_ci = 0
 [measurement]
 warmup_steps = 1
 min_steps = 3

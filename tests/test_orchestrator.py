@@ -40,8 +40,9 @@ STATE_WAIT_S = 120
 
 def _suite(frameworks: list[str], timeout_s: float = GENEROUS_TIMEOUT_S, threads: str = "[1]") -> str:
     names = ", ".join(f'"{name}"' for name in frameworks)
+    # target_ci = 0: each cell's pilot only, so that the tests know how many processes run.
     return (f'name = "faults"\nframeworks = [{names}]\nworkloads = ["fcn5-small"]\nscenarios = ["train"]\n'
-            f"threads = {threads}\nbatch_sizes = [4]\ntimeout_s = {timeout_s}\n{FAST}")
+            f"threads = {threads}\nbatch_sizes = [4]\ntimeout_s = {timeout_s}\ntarget_ci = 0\n{FAST}")
 
 
 def _and_a_hang(suite_text: str, timeout_s: float) -> str:
@@ -84,7 +85,7 @@ def test_every_fault_gets_its_status_and_ok_cells_around_them_are_measured(
 
     ok = rows["fault-none"]
     assert ok["status"] == "ok" and ok["n"] >= 5 and ok["median_s"] > 0
-    assert len(store.samples(ok["cell_id"])) == ok["n"]
+    assert len(store.samples(ok["cell_id"])) >= ok["n"]  # every step stored; the summary pools the steady ones
     assert ok["params"] == 64 * 64 and ok["import_s"] is not None and ok["first_step_s"] is not None
 
     assert rows["fault-raise"]["status"] == "failed"
@@ -101,7 +102,8 @@ def test_every_fault_gets_its_status_and_ok_cells_around_them_are_measured(
     assert grow["status"] == "oom" and "over the cell's limit of 512.0 MiB" in grow["message"]
     # a framework's own out-of-memory error is oom too
     assert rows["fault-oom-error"]["status"] == "oom" and "CUDA out of memory" in rows["fault-oom-error"]["message"]
-    assert ok["processes"] == 3 and ok["processes_run"] == 3  # faulty cells ran once, the healthy one k times
+    # faulty cells ran once, the healthy one k times (its figures use those that reached a steady state)
+    assert ok["processes_run"] == 3 and 1 <= ok["processes"] <= 3
     assert rows["fault-raise"]["processes_run"] == 1
     assert summary.counts == {"ok": 1, "failed": 3, "timeout": 1, "unsupported": 1, "unavailable": 1, "oom": 2}
     assert store.run(summary.run_id)["status"] == "finished"
@@ -290,7 +292,7 @@ def test_a_second_run_waits_showing_the_first_ones_progress_or_refuses_naming_it
         # refused at once, naming the run; a mistyped database folder is not created
         other_db = tmp_path / "typo" / "other.db"
         args = ("--frameworks", "fault-none", "--workloads", "fcn5-small", "--scenarios", "train", "--threads", "1",
-                "--repetitions", "1", "--db", str(other_db))
+                "--repetitions", "1", "--target-ci", "0", "--db", str(other_db))
         refused = cli("run", *args, "--no-wait")
         assert refused.returncode == 2 and "is measuring on this machine" in refused.stderr
         assert f"run {first_id} (pid {first.pid}" in refused.stderr and "Traceback" not in refused.stderr

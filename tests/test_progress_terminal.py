@@ -266,7 +266,7 @@ def test_dlarena_run_on_a_terminal_shows_the_bar_while_a_cell_runs(
     env = {**os.environ, "DLARENA_FAULT_GATE": str(gate), "DLARENA_FAULT_PIDFILE": str(pidfile)}
     run = subprocess.Popen(
         [sys.executable, "-m", "dlarena.cli", "run", "--frameworks", "fault-gate", "--workloads", "fcn5-small",
-         "--scenarios", "train", "--batch-sizes", "4", "--threads", "1", "--repetitions", "1",
+         "--scenarios", "train", "--batch-sizes", "4", "--threads", "1", "--repetitions", "1", "--target-ci", "0",
          "--db", str(tmp_path / "r.db")],
         cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=terminal.slave, stderr=terminal.slave,
     )
@@ -301,7 +301,7 @@ def test_dlarena_run_waiting_for_another_run_shows_the_waiting_line_on_a_termina
     pidfile, gate = tmp_path / "children.txt", tmp_path / "gate"
     env = {**os.environ, "DLARENA_FAULT_GATE": str(gate), "DLARENA_FAULT_PIDFILE": str(pidfile)}
     args = ["--workloads", "fcn5-small", "--scenarios", "train", "--batch-sizes", "4", "--threads", "1",
-            "--repetitions", "1"]
+            "--repetitions", "1", "--target-ci", "0"]
     command = [sys.executable, "-m", "dlarena.cli", "run"]
     first = subprocess.Popen([*command, "--frameworks", "fault-gate", *args, "--db", str(tmp_path / "first.db"),
                               "--quiet"], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,

@@ -128,7 +128,7 @@ def test_a_framework_whose_environment_is_not_set_up_gives_unavailable_cells(cli
     assert text != builtin_suites()["shatnawi2017"]
     suite.write_text(text)
     result = cli("run", "--suite", str(suite), "--workloads", "mnist-cnn-small", "--scenarios", "train", "--threads",
-                 "1", "--batch-sizes", "8", "--repetitions", "1", "--db", "results.db",
+                 "1", "--batch-sizes", "8", "--repetitions", "1", "--target-ci", "0", "--db", "results.db",
                  env={"DLARENA_ENVS": str(tmp_path / "no-envs")})
     # stored, not an error; a run of which nothing could be measured says so and exits 1
     assert result.returncode == 1, result.stderr

@@ -83,6 +83,9 @@ def select(
     target_accuracy: float | None = None,
     compile_cache: str | None = None,
     denormals: str | None = None,
+    target_ci: float | None = None,
+    max_processes: int | None = None,
+    time_budget_s: float | None = None,
 ) -> Suite:
     """A suite (built-in name or TOML path) with the given axes replaced, validated by planning it.
 
@@ -106,6 +109,9 @@ def select(
         target_accuracy=target_accuracy,
         compile_cache=compile_cache,
         denormals=denormals,
+        target_ci=target_ci,
+        max_processes=max_processes,
+        time_budget_s=time_budget_s,
     )
     chosen.cells()  # every name and count checked before anything is written
     return chosen

@@ -63,6 +63,19 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _share(option: str) -> Any:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not 0 <= value < 1:
+            raise argparse.ArgumentTypeError(f"{option} is a share of the median from 0 (off) to below 1, such as"
+                                             f" 0.03 for 3%; got {text!r}")
+        return value
+    return parse
+
+
 def _print(text: str, output: Path | None) -> None:
     if output is None:
         sys.stdout.write(text)
@@ -97,7 +110,8 @@ def _write_files(folder: Path, files: dict[str, bytes]) -> None:
 
 
 _SELECTION = ("frameworks", "workloads", "scenarios", "devices", "precision", "threads", "batch_sizes", "timeout",
-              "repetitions", "memory_limit", "epochs", "target_accuracy", "compile_cache", "denormals")
+              "repetitions", "memory_limit", "epochs", "target_accuracy", "compile_cache", "denormals", "target_ci",
+              "max_processes", "time_budget")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -117,7 +131,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         devices=args.devices, precisions=args.precision, batch_sizes=args.batch_sizes, threads=args.threads,
         timeout_s=args.timeout, repetitions=args.repetitions, memory_limit_gib=args.memory_limit,
         epochs=args.epochs, target_accuracy=args.target_accuracy, compile_cache=args.compile_cache,
-        denormals=args.denormals,
+        denormals=args.denormals, target_ci=args.target_ci, max_processes=args.max_processes,
+        time_budget_s=args.time_budget,
     )
     summary = api.run(suite, db=args.db, argv=sys.argv, progress=not args.quiet, wait=not args.no_wait)
     return _finished(summary, args.db)
@@ -506,7 +521,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="comma-separated thread counts, 'all' (powers of two) or 'max' (every core)")
     run.add_argument("--batch-sizes", type=_positive_ints("batch sizes"), help="comma-separated batch sizes")
     run.add_argument("--repetitions", type=_positive_int("repetitions"),
-                     help="worker processes per cell, for accuracy cells one seed each (default: the suite's, else 3)")
+                     help="worker processes per cell: a timing cell's pilot, an accuracy cell's seeds (default: the"
+                          " suite's, else 3)")
+    run.add_argument("--target-ci", type=_share("--target-ci"), metavar="SHARE",
+                     help="timing cells: add processes until the 95%% interval of the median is within this share"
+                          " of it, e.g. 0.03 for 3%%; 0 runs the pilot only (default: the suite's, else 0.03)")
+    run.add_argument("--max-processes", type=_positive_int("max processes"),
+                     help="timing cells: the most processes, the pilot's included (default: the suite's, else 6)")
+    run.add_argument("--time-budget", type=float, metavar="SECONDS",
+                     help="start no process beyond a cell's pilot that would end past this many seconds of the run"
+                          " (default: the suite's, else none)")
     run.add_argument("--epochs", type=_positive_int("epochs"),
                      help="accuracy cells: the most epochs (default: the workload's training recipe)")
     run.add_argument("--target-accuracy", type=_fraction, metavar="FRACTION",

@@ -404,6 +404,8 @@ FAULTS: tuple[str, ...] = (
     "none", "raise", "hang", "segfault", "exit", "unsupported", "unavailable", "wrong", "grow", "oom-error", "gate",
     "threads",
 )
+# The A/B test's known difference (issue 17: a framework 10% slower than torch must be found slower).
+CALIBRATION_SLOWDOWN = 0.10
 if os.environ.get(FAULT_FRAMEWORKS_VARIABLE) == "1":
     for _fault in FAULTS:
         FRAMEWORKS[f"fault-{_fault}"] = FrameworkInfo(
@@ -427,6 +429,17 @@ if os.environ.get(FAULT_FRAMEWORKS_VARIABLE) == "1":
                             for name in ("Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "BatchNorm",
                                          "Embedding", "LSTM", "GRU", "Residual", "Concat")},
     )
+
+
+    # Not faults either: torch under a second name, and torch made exactly CALIBRATION_SLOWDOWN slower
+    # (frameworks/slowed.py), so that benchmarks/calibration.py counts dlarena's false verdicts (A/A)
+    # and the real differences it finds (A/B).
+    for _name, _slowdown, _what in (("fault-torch-twin", 0.0, "torch under a second name"),
+                                    ("fault-torch-slower", CALIBRATION_SLOWDOWN, "torch with every step 10% longer")):
+        FRAMEWORKS[_name] = FrameworkInfo(
+            name=_name, description=f"test-only: {_what}", module="dlarena.frameworks.slowed", imports=("torch",),
+            distributions=("torch",), extra="test", options={"slowdown": _slowdown},
+        )
 
 
 def default_frameworks() -> tuple[str, ...]:

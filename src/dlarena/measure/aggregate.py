@@ -16,8 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dlarena.measure.canary import outside_slow_spells
 from dlarena.measure.stats import Summary, summarise
-from dlarena.measure.steady import CLASSES, NO_STEADY_STATE, Steady, classify, used
+from dlarena.measure.steady import CLASSES, NO_STEADY_STATE, Steady, classify, steady_groups, used
 
 
 @dataclass(frozen=True)
@@ -146,10 +147,19 @@ def steady_figures(steadies: Sequence[Steady]) -> dict[str, Any]:
             "steps_dropped": [steady.steps_dropped for steady in steadies]}
 
 
+def cell_groups(processes: Sequence[Mapping[str, Any]]) -> list[list[float]]:
+    """The step times a cell's every figure rests on (its summary, its ranking, its comparisons): the
+    steady segment of each process outside the machine's slow spells."""
+    return steady_groups([list(process.get("samples_s") or []) for process in outside_slow_spells(processes)])
+
+
 def aggregate(
     processes: Sequence[Mapping[str, Any]], batch_size: int, threads: int, peak_gflops: float | None,
 ) -> CellFigures:
-    """Figures of a cell from its ok worker results (each the worker's JSON result)."""
+    """Figures of a cell from its ok worker results (each the worker's JSON result). Processes run in a
+    slow spell and measured again are left out (canary.outside_slow_spells)."""
+    judged = [process["canary"] for process in processes if process.get("canary")]
+    processes = outside_slow_spells(processes)
     steadies = [classify(list(process.get("samples_s") or [])) for process in processes]
     summary = _steady_summary(steadies)
     cores_used = _median([process.get("cores_used") for process in processes])
@@ -165,7 +175,6 @@ def aggregate(
         if value is not None:
             extra[key] = value
     extra["steady_state"] = steady_figures(steadies)
-    judged = [process["canary"] for process in processes if process.get("canary")]
     if judged:
         extra["slow_spell_processes"] = sum(bool(canary["slow_spell"]) for canary in judged)
     extra.update(compile_cache_figures(processes))

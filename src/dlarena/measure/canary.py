@@ -16,8 +16,9 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 # machine_noise.py's interpreter kernel: a loop of this many additions takes about 0.1 ms, so a
 # window holds thousands of them and its median is steady to well under 1% on an idle core.
@@ -30,6 +31,9 @@ CANARY_WINDOW_S = 0.2
 # sides beyond 15% is past the ordinary wander of either one, and the spells it found (a minute long)
 # slowed the windows by 30% and more.
 SLOW_SPELL_THRESHOLD = 0.15
+# The key a process's canary record carries when it ran in a slow spell and the run measured another
+# process of its cell in its place: its figures then leave it out.
+MEASURED_AGAIN = "measured_again"
 # Readings needed before the typical speed is trusted: with fewer, no process is judged slow.
 MIN_READINGS = 3
 
@@ -99,3 +103,10 @@ class Canary:
     def bracket(self, before_s: float) -> Judgement:
         """Read after a process that ``before_s`` preceded, and judge it."""
         return judge(before_s, self.read(), self.readings)
+
+
+def outside_slow_spells(processes: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The processes a cell's figures rest on: all but those run in a slow spell and measured again in
+    their place (orchestrator._execute marks them MEASURED_AGAIN); all of them where none is left."""
+    calm = [process for process in processes if not (process.get("canary") or {}).get(MEASURED_AGAIN)]
+    return calm or list(processes)

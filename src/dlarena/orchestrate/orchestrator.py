@@ -9,16 +9,25 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from dlarena.environment import code_version, framework_versions, snapshot
 from dlarena.errors import DlarenaError
 from dlarena.frameworks.registry import FRAMEWORKS
-from dlarena.measure.aggregate import aggregate
-from dlarena.measure.canary import Canary
+from dlarena.measure.aggregate import CellFigures, aggregate, cell_groups
+from dlarena.measure.canary import MEASURED_AGAIN, Canary
 from dlarena.measure.peak import probe
+from dlarena.measure.repetitions import (
+    MAX_REMEASURES,
+    TIME_SPENT,
+    Need,
+    Split,
+    decide,
+    half_width,
+    kalibera_jones,
+)
 from dlarena.orchestrate.executor import Execution, Executor, LocalExecutor, worker_command
 from dlarena.orchestrate.progress import Progress
 from dlarena.plan.cell import Cell
@@ -179,22 +188,39 @@ class _Pending:
     item: PlannedCell
     done: int  # ok processes stored, counted up as the run goes
     status: str = "ok"  # ok while every process so far was ok
+    planned: int = 0  # the processes it needs as far as the run knows: its pilot, then more by need
+    next_index: int = 0  # the index of its next process (an accuracy cell's seed offset)
+    remeasures: int = 0  # processes added in place of ones run in a slow spell
+    pilot: int = 0  # the processes it gets whatever its interval: the run's or its sweep's repetitions
+    costs_s: list[float] = field(default_factory=list)  # each process's time besides its measured steps
+    walls_s: list[float] = field(default_factory=list)  # each process's wall time
+    split: Split | None = None  # Kalibera and Jones' split of effort, from the pilot
+    why: str | None = None  # why it has processes enough (measure/repetitions.WHY), once it has
+
+    @property
+    def timing(self) -> bool:
+        return self.item.cell.scenario != "accuracy"
+
+
+def _pending(cell_id: int, item: PlannedCell, done: int, planned: int) -> _Pending:
+    return _Pending(cell_id, item, done, planned=planned, next_index=done, pilot=planned)
 
 
 def run_suite(
     suite: Suite, store: Store, argv: Sequence[str], executor: Executor | None = None,
     progress: Progress | None = None, run_id: str | None = None,
 ) -> RunSummary:
-    """Run every cell of ``suite`` in ``suite.repetitions`` processes, storing each as soon as it ends."""
+    """Run every cell of ``suite``: its pilot of ``repetitions`` processes, then more as ``suite.need``
+    says (measure/repetitions.py), storing each process as soon as it ends."""
     planned = plan(suite)
     limit = suite.memory_limit_bytes()
     run_id, cell_ids = store.start_run(
         snapshot(), suite.name, suite.version, suite.source, argv, code_version(), planned, suite.repetitions,
-        run_id=run_id, memory_limit_bytes=limit,
+        run_id=run_id, memory_limit_bytes=limit, need=suite.need,
     )
-    pending = [_Pending(cell_id, item, 0) for cell_id, item in zip(cell_ids, planned, strict=True)]
-    return _execute(run_id, pending, suite.repetitions, store, executor or LocalExecutor(memory_limit_bytes=limit),
-                    progress)
+    pending = [_pending(cell_id, item, 0, item.repetitions or suite.repetitions)
+               for cell_id, item in zip(cell_ids, planned, strict=True)]
+    return _execute(run_id, pending, suite.need, store, executor or LocalExecutor(memory_limit_bytes=limit), progress)
 
 
 class ResumeError(DlarenaError):
@@ -216,15 +242,17 @@ def resume_run(
         if key != stored["cell_key"]:
             changed.add(cell.framework)
         if _lacks(stored):
-            pending.append(_Pending(stored["cell_id"], PlannedCell(cell, stored["timeout_s"], stored["cell_key"],
-                                                                   stored["repetitions"]), stored["ok"]))
+            pending.append(_pending(stored["cell_id"], PlannedCell(cell, stored["timeout_s"], stored["cell_key"],
+                                                                   stored["repetitions"]), stored["ok"],
+                                    stored["repetitions"]))
     changes = _changes(store, run, code, changed)
     if changes and not allow_changes:
         raise ResumeError(f"run {run_id} cannot be resumed as it was: {'; '.join(changes)}; its results would mix"
                           " versions (pass --allow-changes to resume anyway, and the run will record it)")
     store.record_resume(run_id, argv, changes)
     executor = executor or LocalExecutor(memory_limit_bytes=run["memory_limit_bytes"])
-    return _execute(run_id, pending, int(run["repetitions"]), store, executor, progress)
+    need = Need(run["target_ci"] or 0.0, run["max_processes"] or 1, run["time_budget_s"])
+    return _execute(run_id, pending, need, store, executor, progress)
 
 
 def _lacks(cell: dict[str, Any]) -> bool:
@@ -264,66 +292,80 @@ def _changes(store: Store, run: dict[str, Any], code: str, frameworks: set[str])
 
 
 def _execute(
-    run_id: str, pending: list[_Pending], repetitions: int, store: Store, executor: Executor | None,
+    run_id: str, pending: list[_Pending], need: Need, store: Store, executor: Executor | None,
     progress: Progress | None,
 ) -> RunSummary:
-    """Run the missing processes of ``pending``, interleaved, storing each as soon as it ends.
+    """Run the missing processes of ``pending`` in rounds, storing each as soon as it ends.
 
-    Repetitions are interleaved: the first process of every cell, then the second of every cell, and
-    so on, so that a drift of the machine (heat, another program) hits every framework alike. A canary
-    reading (measure/canary.py) before the first process and after each one records the machine's
-    speed, and marks a process that ran in a slow spell. A cell
-    whose process was not ok is not run again: its status is already known. Ctrl-C kills the running
-    process, which is stored as ``interrupted`` (not final: a resume runs it again).
+    Each round gives one process to every cell that still needs one, so that a drift of the machine
+    (heat, another program) hits every framework alike. A cell needs its pilot, then (a timing cell,
+    when ``need`` is adaptive) one more process after each round while its interval is too wide and its
+    budget lasts (measure/repetitions.decide); the steps of those later processes follow Kalibera and
+    Jones' split, estimated from the pilot. A canary reading (measure/canary.py) before the first
+    process and after each one records the machine's speed and marks a process that ran in a slow
+    spell: when ``need`` is adaptive, the cell gets another process in its place (at most
+    MAX_REMEASURES), and its figures leave the marked one out (canary.MEASURED_AGAIN; a fixed count
+    stays fixed, the marked process in it). A cell whose process was not ok is not run again: its status is already
+    known. Ctrl-C kills the running process, which is stored as ``interrupted`` (not final: a resume
+    runs it again).
     """
     executor = executor or LocalExecutor()
     progress = progress or Progress(enabled=False)
     started_at = time.monotonic()
-    progress.begin(run_id, len(pending), repetitions, sum(item.done for item in pending),
-                   processes=sum(_repetitions(item, repetitions) for item in pending))
+    progress.begin(run_id, len(pending), max((entry.planned for entry in pending), default=1),
+                   sum(entry.done for entry in pending), processes=sum(entry.planned for entry in pending))
     store.set_run_status(run_id, "running")
     ran: dict[str, int] = {}
     canary = Canary()
     try:
-        peaks = probe_peaks(run_id, [item.item for item in pending], store, progress)
+        peaks = probe_peaks(run_id, [entry.item for entry in pending], store, progress)
         before = canary.read()
-        for repetition in range(max((_repetitions(item, repetitions) for item in pending), default=0)):
-            for entry in pending:
-                if entry.status != "ok" or repetition < entry.done or repetition >= _repetitions(entry, repetitions):
+        while True:
+            wanting = [entry for entry in pending if entry.status == "ok" and entry.done < entry.planned]
+            if not wanting:
+                break
+            # the cells furthest behind first: a resumed run's cells catch up before the next round
+            behind = min(entry.done for entry in wanting)
+            this_round = [entry for entry in wanting if entry.done == behind]
+            for entry in this_round:
+                if _out_of_time(entry, need, time.monotonic() - started_at):
+                    progress.skip(entry.planned - entry.done)
+                    entry.planned, entry.why = entry.done, TIME_SPENT
+                    store.set_cell_repetitions(entry.cell_id, entry.planned)
+                    _store_figures(entry, _figures(entry, store, peaks)[1], need, store)
                     continue
-                cell = entry.item.cell.for_process(repetition)
-                count = _repetitions(entry, repetitions)
-                progress.start(cell, repetition, count)
+                cell = _process_cell(entry)
+                index = entry.next_index
+                entry.next_index += 1
+                progress.start(cell, index, entry.planned)
                 started = _utc()
                 try:
-                    result = execute_cell(cell, entry.item.timeout_s, executor, repetition)
+                    result = execute_cell(cell, entry.item.timeout_s, executor, index)
                 except KeyboardInterrupt:
-                    store.record_result(entry.cell_id, _interrupted(cell, repetition, started, run_id))
+                    store.record_result(entry.cell_id, _interrupted(cell, index, started, run_id))
                     ran["interrupted"] = 1
                     raise
                 if result.wall_s > 0:  # a process ran: the machine's speed after it, and was it in a slow spell?
                     judgement = canary.bracket(before)
                     before = judgement.after_s
                     if result.status == "ok":
-                        result.data["canary"] = judgement.as_dict()
+                        result.data["canary"] = {**judgement.as_dict(),
+                                                 MEASURED_AGAIN: judgement.slow_spell and _remeasures(entry, need)}
                 store.record_result(entry.cell_id, result)
                 ran[result.status] = ran.get(result.status, 0) + 1
                 median = None
                 if result.status == "ok":
                     entry.done += 1
-                    figures = aggregate(store.ok_processes(entry.cell_id), cell.batch_size, cell.threads,
-                                        peaks.get(cell.threads) if cell.device == "cpu" else None)
-                    store.record_summary(entry.cell_id, figures)
-                    median = figures.summary.median_s
+                    median = _after_ok(entry, result, need, store, progress, peaks)
                 else:
-                    progress.skip(_repetitions(entry, repetitions) - repetition - 1)
+                    progress.skip(entry.planned - entry.done - 1)
                 entry.status = result.status
-                progress.finish(cell, result, median, count)
+                progress.finish(cell, result, median, entry.planned)
     except KeyboardInterrupt:
         store.finish_run(run_id, "interrupted")
         progress.end(interrupted=True)
         # every process a cell still lacks, but the one that was cut (its cell's count is not yet up)
-        left = sum(_repetitions(entry, repetitions) - entry.done for entry in pending if entry.status == "ok")
+        left = sum(entry.planned - entry.done for entry in pending if entry.status == "ok")
         return summarize(store, run_id, interrupted=True, processes=ran, not_started=left - ran.get("interrupted", 0),
                          elapsed_s=time.monotonic() - started_at)
     store.finish_run(run_id, "finished")
@@ -331,8 +373,84 @@ def _execute(
     return summarize(store, run_id, processes=ran, elapsed_s=time.monotonic() - started_at)
 
 
-def _repetitions(entry: _Pending, run_repetitions: int) -> int:
-    return entry.item.repetitions or run_repetitions
+def _out_of_time(entry: _Pending, need: Need, elapsed_s: float) -> bool:
+    """Whether a process beyond the cell's pilot would end past the run's time budget (at the cell's
+    mean process time so far)."""
+    if need.time_budget_s is None or entry.done < entry.pilot or not entry.walls_s:
+        return False
+    return elapsed_s + sum(entry.walls_s) / len(entry.walls_s) > need.time_budget_s
+
+
+def _remeasures(entry: _Pending, need: Need) -> bool:
+    """Whether a process of ``entry`` run in a slow spell is measured again: a timing cell whose count
+    is by need, up to MAX_REMEASURES times (a fixed count stays fixed)."""
+    return entry.timing and need.adaptive and entry.remeasures < MAX_REMEASURES
+
+
+def _process_cell(entry: _Pending) -> Cell:
+    """What the cell's next process runs: past the pilot, as many steps as Kalibera and Jones' split
+    asks (never fewer than the suite's)."""
+    cell = entry.item.cell.for_process(entry.next_index)
+    if entry.split is not None and entry.split.steps_per_process > cell.measurement.min_steps:
+        cell = replace(cell, measurement=replace(cell.measurement, min_steps=entry.split.steps_per_process))
+    return cell
+
+
+def _after_ok(
+    entry: _Pending, result: StoredResult, need: Need, store: Store, progress: Progress, peaks: dict[int, float],
+) -> float:
+    """Store the cell's figures after an ok process and decide whether it needs another; its median."""
+    cell = entry.item.cell
+    samples = result.data.get("samples_s") or []
+    entry.costs_s.append(max(0.0, result.wall_s - sum(samples)))
+    entry.walls_s.append(result.wall_s)
+    added = 0
+    if (result.data.get("canary") or {}).get(MEASURED_AGAIN):
+        entry.remeasures += 1
+        added += 1
+    processes, figures = _figures(entry, store, peaks)
+    pilot = entry.pilot
+    if entry.timing and need.adaptive and entry.split is None and entry.done >= pilot and len(entry.costs_s) >= 2:
+        entry.split = kalibera_jones(cell_groups(processes), entry.costs_s, need.target_ci, cell.measurement.min_steps)
+    if not added and entry.done >= entry.planned:  # every process it was known to need is in: enough now?
+        width = half_width(figures.summary.median_s, figures.summary.ci_low_s, figures.summary.ci_high_s)
+        counted_processes = entry.done - entry.remeasures
+        entry.why = decide(width, counted_processes, pilot, need if entry.timing else Need(0.0))
+        if entry.why is None:
+            added += 1
+    if added:
+        entry.planned += added
+        store.set_cell_repetitions(entry.cell_id, entry.planned)
+        progress.extend(added)
+    _store_figures(entry, figures, need, store)
+    return figures.summary.median_s
+
+
+def _figures(entry: _Pending, store: Store, peaks: dict[int, float]) -> tuple[list[dict[str, Any]], CellFigures]:
+    """The cell's ok processes and its figures from them."""
+    cell = entry.item.cell
+    processes = store.ok_processes(entry.cell_id)
+    peak = peaks.get(cell.threads) if cell.device == "cpu" else None
+    return processes, aggregate(processes, cell.batch_size, cell.threads, peak)
+
+
+def _store_figures(entry: _Pending, figures: CellFigures, need: Need, store: Store) -> None:
+    figures.extra["repetitions"] = _repetition_figures(entry, figures, need)
+    store.record_summary(entry.cell_id, figures)
+
+
+def _repetition_figures(entry: _Pending, figures: CellFigures, need: Need) -> dict[str, Any]:
+    """How many processes the cell ran and why, for the reports."""
+    summary = figures.summary
+    return {
+        "why": entry.why, "ran": entry.done, "used": summary.processes, "pilot": entry.pilot,
+        "remeasured": entry.remeasures,
+        "half_width": half_width(summary.median_s, summary.ci_low_s, summary.ci_high_s),
+        "target_ci": need.target_ci if entry.timing and need.adaptive else None,
+        "max_processes": need.max_processes if entry.timing and need.adaptive else None,
+        "time_budget_s": need.time_budget_s,
+        "kalibera_jones": entry.split.as_dict() if entry.split else None,
+    }
 
 
 def _interrupted(cell: Cell, repetition: int, started: str, run_id: str) -> StoredResult:

@@ -162,6 +162,11 @@ class Progress:
             self._waiting = None
             self._held()
 
+    def extend(self, count: int) -> None:
+        """Processes a cell turned out to need (measure/repetitions.py, a slow spell's re-measurement)."""
+        self.total += count
+        self._show()
+
     def skip(self, count: int) -> None:
         """Planned processes that will not run (the cell's earlier process was not ok)."""
         self.total -= count

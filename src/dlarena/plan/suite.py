@@ -12,7 +12,10 @@ threads). Without ``[[sweep]]`` tables the top level is the one sweep. Each cell
     scenarios = ["train", "infer"]
     threads = "all"          # every power of two up to the core count, "max" (every core), or a list
     batch_sizes = [32]       # absent: each workload's default batch size
-    repetitions = 3          # worker processes per cell
+    repetitions = 3          # worker processes per cell: the pilot of a timing cell
+    target_ci = 0.03         # then more, until the median's 95% interval is within 3% (0: the pilot only)
+    max_processes = 6        #   or this many processes ran (measure/repetitions.py)
+    time_budget_s = 600      # absent: none; past it no process beyond a pilot starts
     timeout_s = 300          # absent: 600 s a timing cell, an accuracy cell's from its recipe (plan/timeouts.py)
 
     [measurement]
@@ -40,6 +43,7 @@ from typing import Any
 
 from dlarena.errors import DlarenaError, UnknownNameError
 from dlarena.frameworks.registry import FRAMEWORKS, default_frameworks, precision_support
+from dlarena.measure.repetitions import DEFAULT_MAX_PROCESSES, DEFAULT_TARGET_CI, Need
 from dlarena.plan.cell import COMPILE_CACHES, DENORMAL_MODES, Cell, Measurement
 from dlarena.plan.timeouts import default_timeout_s
 from dlarena.spec import SCENARIOS, TIMING_SCENARIOS
@@ -61,7 +65,8 @@ DEFAULT_MEMORY_FRACTION = 0.8
 
 _AXES = ("frameworks", "workloads", "scenarios", "devices", "precisions", "batch_sizes", "threads")
 _TOP_KEYS = {
-    "name", "version", "description", "timeout_s", "measurement", "repetitions", "memory_limit_gib", "sweep", *_AXES,
+    "name", "version", "description", "timeout_s", "measurement", "repetitions", "memory_limit_gib", "sweep",
+    "target_ci", "max_processes", "time_budget_s", *_AXES,
     "epochs", "target_accuracy",
 }
 _SWEEP_KEYS = {*_AXES, "timeout_s", "repetitions", "epochs", "target_accuracy"}
@@ -99,10 +104,12 @@ class Suite:
     repetitions: int = DEFAULT_REPETITIONS
     memory_limit_gib: float | None = None  # None: DEFAULT_MEMORY_FRACTION of the machine's memory
     source: str = ""  # the TOML text it was read from, stored with each run
+    need: Need = field(default_factory=Need)  # what timing cells need beyond their pilot
 
     def override(
         self, repetitions: int | None = None, memory_limit_gib: float | None = None,
-        compile_cache: str | None = None, denormals: str | None = None, **axes: Any,
+        compile_cache: str | None = None, denormals: str | None = None, target_ci: float | None = None,
+        max_processes: int | None = None, time_budget_s: float | None = None, **axes: Any,
     ) -> Suite:
         """The same suite with some axes replaced in every sweep (from the command line); None keeps one.
 
@@ -140,8 +147,12 @@ class Suite:
             measurement = replace(measurement, compile_cache=_compile_cache(compile_cache, "--compile-cache"))
         if denormals is not None:
             measurement = replace(measurement, denormals=_choice(denormals, "--denormals", "denormals", DENORMAL_MODES))
+        need = _need(self.need.target_ci if target_ci is None else target_ci,
+                     self.need.max_processes if max_processes is None else max_processes,
+                     self.need.time_budget_s if time_budget_s is None else time_budget_s, "the command line")
         return replace(self, sweeps=sweeps, repetitions=repetitions or self.repetitions,
-                       memory_limit_gib=memory_limit_gib or self.memory_limit_gib, measurement=measurement)
+                       memory_limit_gib=memory_limit_gib or self.memory_limit_gib, measurement=measurement,
+                       need=need)
 
     def memory_limit_bytes(self) -> int:
         if self.memory_limit_gib is not None:
@@ -300,7 +311,20 @@ def parse_suite(text: str, origin: str) -> Suite:
         repetitions=_repetitions(data, origin),
         memory_limit_gib=_memory_limit(data, origin),
         source=text,
+        need=_need(_typed(data, "target_ci", float, origin, DEFAULT_TARGET_CI),
+                   _typed(data, "max_processes", int, origin, DEFAULT_MAX_PROCESSES),
+                   _typed(data, "time_budget_s", float, origin, None) if "time_budget_s" in data else None, origin),
     )
+
+
+def _need(target_ci: float, max_processes: int, time_budget_s: float | None, origin: str) -> Need:
+    if not 0 <= target_ci < 1:
+        raise SuiteError(f"{origin}: target_ci must be a share of the median from 0 (off) to below 1, got {target_ci}")
+    if max_processes < 1:
+        raise SuiteError(f"{origin}: max_processes must be at least 1, got {max_processes}")
+    if time_budget_s is not None and time_budget_s <= 0:
+        raise SuiteError(f"{origin}: time_budget_s must be a positive number of seconds, got {time_budget_s}")
+    return Need(float(target_ci), max_processes, time_budget_s)
 
 
 def _reject_unknown(table: dict[str, Any], valid: set[str], origin: str) -> None:

@@ -6,6 +6,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from dlarena.measure.repetitions import BUDGET_SPENT, TARGET_REACHED, TIME_SPENT
+
 # A cell may use somewhat more CPU time than its threads allow: the Python interpreter's own thread,
 # a framework's housekeeping threads and the coarse tick of process CPU accounting (10 ms) add up to
 # a few percent on short loops. A quarter of a core per thread is beyond that: the framework ran
@@ -48,3 +50,25 @@ def steady_state(row: dict[str, Any]) -> str:
     figures: dict[str, Any] = json.loads(row.get("summary_data") or "{}")
     classes: dict[str, int] = (figures.get("steady_state") or {}).get("classes") or {}
     return ", ".join(f"{name} {count}" for name, count in classes.items())
+
+
+def processes(row: dict[str, Any]) -> str:
+    """How many processes measured the cell and why that many (measure/repetitions.py), as
+    `4: within 3% (2.1%)` or `6: budget spent (7.4%, target 3%)`, with the ones run in a slow spell
+    and measured again; blank for a cell measured before dlarena decided counts by need."""
+    figures: dict[str, Any] = json.loads(row.get("summary_data") or "{}")
+    repetitions: dict[str, Any] = figures.get("repetitions") or {}
+    if not repetitions:
+        return ""
+    width, target = repetitions.get("half_width"), repetitions.get("target_ci")
+    text = str(repetitions["ran"])
+    if repetitions.get("why") == TARGET_REACHED and target:
+        text += f": within {target:.0%}" + (f" ({width:.1%})" if width is not None else "")
+    elif repetitions.get("why") == BUDGET_SPENT:
+        text += ": budget spent" + (f" ({width:.1%}, target {target:.0%})" if width is not None and target else "")
+    elif repetitions.get("why") == TIME_SPENT:
+        text += ": the run's time budget spent" + (f" ({width:.1%}, target {target:.0%})"
+                                                   if width is not None and target else "")
+    if repetitions.get("remeasured"):
+        text += f"; {repetitions['remeasured']} again after a slow spell"
+    return text

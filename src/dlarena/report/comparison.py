@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dlarena.errors import DlarenaError, did_you_mean
+from dlarena.measure.aggregate import cell_groups
 from dlarena.measure.compare import VERDICTS, Comparison, compare, verdict_rule
-from dlarena.measure.steady import steady_groups
 from dlarena.report.annotate import annotate
 from dlarena.report.ranking import Ranking, comparison_table, rank_rows, withheld_note
 from dlarena.report.units import format_seconds
@@ -73,8 +73,8 @@ def _compare_pairs(store: Store, pairs: Sequence[tuple[Row, Row]]) -> list[CellC
                                if row["status"] != "ok")
             compared.append(CellComparison(a, b, None, reason))
             continue
-        compared.append(CellComparison(a, b, compare(steady_groups(store.samples_by_process(a["cell_id"])),
-                                                     steady_groups(store.samples_by_process(b["cell_id"])))))
+        compared.append(CellComparison(a, b, compare(cell_groups(store.ok_processes(a["cell_id"])),
+                                                     cell_groups(store.ok_processes(b["cell_id"])))))
     return compared
 
 

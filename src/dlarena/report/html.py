@@ -22,7 +22,7 @@ import vl_convert
 from dlarena.measure.canary import SLOW_SPELL_THRESHOLD
 from dlarena.measure.compare import verdict_rule
 from dlarena.report import charts, figures, machine, vega_bundle
-from dlarena.report.annotate import stability_warnings, steady_state
+from dlarena.report.annotate import processes, stability_warnings, steady_state
 from dlarena.report.comparison import FrameworkRanking, PairComparison, tally, unmatched_note
 from dlarena.report.figures import FLAG_EXPLANATIONS, Group
 from dlarena.report.markdown import training
@@ -112,6 +112,7 @@ def table_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
             "interval": f"{format_seconds(row['ci_low_s'])} - {format_seconds(row['ci_high_s'])}"
             if ok and row.get("ci_low_s") is not None else "",
             "steady_state": steady_state(row) if ok else "",
+            "processes": processes(row) if ok else "",
             "throughput": "" if not ok or row.get("throughput") is None else f"{row['throughput']:,.4g}",
             "import": format_optional_seconds(row.get("import_s")),
             "build": format_optional_seconds(row.get("build_s")),
@@ -178,7 +179,9 @@ def context(run: Row, environment: Row) -> list[tuple[str, str]]:
                                  sorted(environment.get("frameworks", {}).items())) or "none recorded"),
         ("machine peak", ", ".join(f"{counted(threads, 'thread')}: {peak['gflops']:.1f} GFLOP/s"
                                    for threads, peak in sorted(peaks.items())) or "not probed for this run"),
-        ("processes per cell", str(run.get("repetitions", 1))),
+        ("processes per cell", str(run.get("repetitions", 1)) if not run.get("target_ci") else
+         f"a pilot of {run.get('repetitions', 1)}, then more until the median's 95% interval is within"
+         f" {run['target_ci']:.0%} or {run['max_processes']} ran"),
     ]
 
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from dlarena.report import machine
-from dlarena.report.annotate import stability_warnings, steady_state
+from dlarena.report.annotate import processes, stability_warnings, steady_state
 from dlarena.report.tables import table as _table
 from dlarena.report.units import format_bytes, format_count, format_optional_seconds, format_seconds
 from dlarena.wording import counted
@@ -74,6 +74,17 @@ def _cell_columns(row: Row) -> list[str]:
 
 
 _CELL_HEADER = ["framework", "workload", "scenario", "batch", "threads"]
+
+
+def _processes_line(run: dict[str, Any]) -> str:
+    """How the run chose each cell's processes (orchestrator._execute, measure/repetitions.py)."""
+    pilot = counted(run.get("repetitions", 1), "worker process")
+    if not run.get("target_ci"):
+        return (f"Each cell was measured by {pilot}, run interleaved, unless its sweep said otherwise; an accuracy"
+                " cell trains one seed per process.")
+    return (f"Each timing cell was measured by a pilot of {pilot}, then by more, interleaved round by round, until"
+            f" the 95% interval of its median was within {run['target_ci']:.0%} of it or"
+            f" {run['max_processes']} processes had run; an accuracy cell trains one seed per process.")
 
 
 def _peaks_line(peaks: dict[int, dict[str, Any]]) -> str:
@@ -186,8 +197,7 @@ def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[R
         f" Python {environment.get('python', '?')}, NumPy BLAS {environment.get('numpy_blas', '?')}.",
         "Frameworks: " + ", ".join(f"{k} {v}" for k, v in sorted(environment.get("frameworks", {}).items())) + ".",
         _peaks_line(run.get("peaks", {})),
-        f"Each cell was measured by {counted(run.get('repetitions', 1), 'worker process')}, run interleaved, unless its"
-        " sweep said otherwise; an accuracy cell trains one seed per process.",
+        _processes_line(run),
         "",
         *([*headline(rankings), ""] if rankings else []),
         "## Time per mini-batch (median of steady-state steps)",
@@ -225,11 +235,14 @@ def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[R
                   " throughout; `warmup`: slower steps first, dropped; `slowdown`: faster steps first, dropped;"
                   " `no steady state`: still changing in its last quarter, left out while another process"
                   " settled). The 95% interval of the median resamples processes, then steps within them. p90"
-                  " and p99 are the latencies of a batch for inference.", ""]
+                  " and p99 are the latencies of a batch for inference. *processes run* says how many measured"
+                  " the cell and why that many: its interval came within the target, or its budget was spent"
+                  " first; a process run during one of the machine's slow spells (see *Machine speed*) is"
+                  " left out and measured again.", ""]
         body = [
             [
                 *_cell_columns(row),
-                f"{row['processes']} x {row['n'] // max(row['processes'], 1)}", steady_state(row),
+                f"{row['processes']} x {row['n'] // max(row['processes'], 1)}", processes(row), steady_state(row),
                 format_seconds(row["median_s"]),
                 f"{format_seconds(row['ci_low_s'])} - {format_seconds(row['ci_high_s'])}"
                 if row.get("ci_low_s") is not None else "",
@@ -242,8 +255,8 @@ def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[R
             ]
             for row in timed
         ]
-        lines += _table([*_CELL_HEADER, "processes x steps", "steady state", "median", "95% CI", "IQR", "p90", "p99",
-                         "samples/s", "GFLOP/s", "% of peak", "verify"], body)
+        lines += _table([*_CELL_HEADER, "processes x steps", "processes run", "steady state", "median", "95% CI", "IQR",
+                         "p90", "p99", "samples/s", "GFLOP/s", "% of peak", "verify"], body)
     if ok:
         lines += ["", "## Costs and resources", "",
                   "One-off costs are medians over processes: importing the framework, building the network,"

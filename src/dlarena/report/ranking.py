@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dlarena.measure.aggregate import cell_groups
 from dlarena.measure.compare import MIN_PROCESSES, VERDICTS, Comparison, rank, verdict_rule
-from dlarena.measure.steady import steady_groups
 from dlarena.report.annotate import unstable
 from dlarena.report.tables import table
 from dlarena.report.units import format_seconds
@@ -98,7 +98,7 @@ def _figures(store: Store, row: Row, measure: str) -> tuple[list[list[float]], s
         return [], str(row["status"])
     if measure == TIME_TO_TARGET:
         return _time_to_target_samples(store, row)
-    found = steady_groups(store.samples_by_process(row["cell_id"]))  # the samples its summary rests on
+    found = cell_groups(store.ok_processes(row["cell_id"]))  # the samples its summary rests on
     return found, "" if found else "no step times"
 
 

@@ -17,6 +17,7 @@ from dlarena.environment import fingerprint
 from dlarena.errors import DlarenaError
 from dlarena.measure.aggregate import CellFigures
 from dlarena.measure.peak import Peak
+from dlarena.measure.repetitions import Need
 from dlarena.plan.cell import Cell
 from dlarena.store.schema import MIGRATIONS, SCHEMA_VERSION
 
@@ -145,18 +146,21 @@ class Store:
     def start_run(
         self, environment: dict[str, Any], suite_name: str, suite_version: int, suite_source: str,
         argv: Sequence[str], code_version: str, cells: Sequence[PlannedCell], repetitions: int = 1,
-        run_id: str | None = None, memory_limit_bytes: int | None = None,
+        run_id: str | None = None, memory_limit_bytes: int | None = None, need: Need | None = None,
     ) -> tuple[str, list[int]]:
-        """Record a new run with its planned cells; returns the run id and the cells' ids."""
+        """Record a new run with its planned cells and what its timing cells need (measure/repetitions.py;
+        None: a fixed count); returns the run id and the cells' ids."""
         run_id = run_id or new_run_id()
         with self.transaction() as db:
             environment_id = self._environment_id(db, environment)
             db.execute(
                 "INSERT INTO runs (id, started_at, status, suite_name, suite_version, suite_source, argv,"
-                " code_version, environment_id, repetitions, memory_limit_bytes)"
-                " VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
+                " code_version, environment_id, repetitions, memory_limit_bytes, target_ci, max_processes,"
+                " time_budget_s) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, now(), suite_name, suite_version, suite_source, json.dumps(list(argv)),
-                 code_version, environment_id, repetitions, memory_limit_bytes),
+                 code_version, environment_id, repetitions, memory_limit_bytes,
+                 need.target_ci if need else None, need.max_processes if need else None,
+                 need.time_budget_s if need else None),
             )
             cell_ids = []
             for position, planned in enumerate(cells):
@@ -238,6 +242,11 @@ class Store:
                             sort_keys=True),
                  figures.accuracy, figures.time_to_target_s),
             )
+
+    def set_cell_repetitions(self, cell_id: int, repetitions: int) -> None:
+        """A cell's planned processes, raised as the run learns it needs more (measure/repetitions.py)."""
+        with self.transaction() as db:
+            db.execute("UPDATE cells SET repetitions = ? WHERE id = ?", (repetitions, cell_id))
 
     def record_peak(self, run_id: str, peak: Peak) -> None:
         with self.transaction() as db:
