@@ -1,7 +1,7 @@
 """How often are dlarena's verdicts wrong on this machine, and does it find a real 10% difference?
 (issue 17's four measurements; run on demand, not in `make test`)
 
-    .venv/bin/python benchmarks/calibration.py [--repetitions 3] [--only aa-ab,between] [--db FILE]
+    .venv/bin/python benchmarks/calibration.py [--repetitions 3] [--only aa-ab,between] [--db FILE [--analyse]]
 
 - **A/A and A/B** (``aa-ab``), ``--repetitions`` times: one run of the quick suite's timing cells (its
   small MLP, CNN and LSTM, train and infer, one thread, the suite's defaults: processes by need) on
@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 # The test-only frameworks are registered when the registry is first imported.
@@ -53,6 +54,7 @@ AGREEMENT = 0.05  # between runs: a ratio to torch within 5% of itself in the ot
 AGREEING_AT_LEAST = 0.90  # ...in at least this share of cells
 QUICK_BUDGET_S = 600.0  # the quick suite, issue 4
 TIMING_SCENARIOS = "train,infer"
+ANALYSE_ONLY = False  # --analyse: read the runs of an earlier --db instead of measuring
 # One-sided normal quantiles: a verdict's interval is two-sided 95% (1.96 each side), and power 90%
 # asks the interval's low end to clear the minimum effect nine times in ten (1.28).
 Z_INTERVAL = 1.96
@@ -131,7 +133,32 @@ def detectable(spread: float, processes: float) -> float:
     return (1 + MIN_EFFECT) * math.exp(half) - 1
 
 
+def predicted_agreement(spread: float, processes: float) -> float:
+    """The share of ratios to torch that two runs bring within AGREEMENT of each other when each of the
+    four cell medians involved (two frameworks, two runs) is off by process noise alone: the log of
+    the ratio of ratios has variance 4 spread^2 / processes."""
+    deviation = spread * math.sqrt(4 / processes)
+    return math.erf(math.log1p(AGREEMENT) / (deviation * math.sqrt(2))) if deviation > 0 else 1.0
+
+
+def _stored(db: Path, label: str) -> tuple[str, float, int] | None:
+    """A finished run of this script labelled ``label`` in ``db``, as ``_run`` returns it (--analyse)."""
+    if not db.exists():
+        return None
+    with _store(db) as store:
+        for run in reversed(store.runs()):
+            if run["command"][1:] == [label] and run["status"] == "finished":
+                started, finished = (datetime.fromisoformat(run[key]) for key in ("started_at", "finished_at"))
+                return run["id"], (finished - started).total_seconds(), int(run["processes_finished"])
+    return None
+
+
 def _run(frameworks: Sequence[str] | None, scenarios: str | None, db: Path, label: str) -> tuple[str, float, int]:
+    if ANALYSE_ONLY:
+        found = _stored(db, label)
+        if found is None:
+            raise SystemExit(f"calibration.py: {db} holds no finished run {label!r} to analyse")
+        return found
     suite = api.select("quick", frameworks=list(frameworks) if frameworks else None, scenarios=scenarios)
     start = time.perf_counter()
     summary = api.run(suite, db=db, argv=["benchmarks/calibration.py", label])
@@ -210,14 +237,21 @@ def between(db: Path) -> bool:
               f" {'yes' if abs(difference) <= AGREEMENT else 'NO'} |")
     share = agreeing / compared if compared else 0.0
     print()
+    spreads = []
     for number, (run_id, elapsed, processes) in enumerate(runs, start=1):
         spread = process_spread(db, run_id)
+        spreads += [spread] if spread else []
         print(f"Run {number} ({run_id}): {elapsed:.0f} s ({elapsed / 60:.1f} min), {processes} processes;"
               f" {machine(db, run_id)}; budget {QUICK_BUDGET_S / 60:.0f} min:"
               f" {'met' if elapsed <= QUICK_BUDGET_S else 'NOT met'}"
               + (f"; process medians of a cell spread by {spread[0]:.1%} (log sd)" if spread else "") + ".")
     print(f"\nBetween runs: {agreeing} of {compared} ratios ({share:.0%}) agree within {AGREEMENT:.0%}; target at"
-          f" least {AGREEING_AT_LEAST:.0%}: {'met' if share >= AGREEING_AT_LEAST else 'NOT met'}.\n")
+          f" least {AGREEING_AT_LEAST:.0%}: {'met' if share >= AGREEING_AT_LEAST else 'NOT met'}.")
+    if spreads:
+        spread = math.sqrt(statistics.fmean(value[0] ** 2 for value in spreads))
+        processes = statistics.fmean(value[1] for value in spreads)
+        print(f"The process spread alone ({spread:.1%}, {processes:g} processes a cell) predicts"
+              f" {predicted_agreement(spread, processes):.0%} of ratios within {AGREEMENT:.0%}.\n")
     return share >= AGREEING_AT_LEAST and all(elapsed <= QUICK_BUDGET_S for _, elapsed, _ in runs)
 
 
@@ -230,7 +264,13 @@ def main() -> int:
     parser.add_argument("--only", default=",".join(MEASUREMENTS),
                         help=f"comma-separated measurements: {', '.join(MEASUREMENTS)} (default: all)")
     parser.add_argument("--db", type=Path, help="keep every run in this database (default: a temporary one)")
+    parser.add_argument("--analyse", action="store_true",
+                        help="measure nothing: analyse the runs an earlier call kept in --db")
     args = parser.parse_args()
+    if args.analyse and args.db is None:
+        parser.error("--analyse reads the runs of an earlier --db: name it")
+    global ANALYSE_ONLY
+    ANALYSE_ONLY = args.analyse
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = [name for name in chosen if name not in MEASUREMENTS]
     if unknown or not chosen:
