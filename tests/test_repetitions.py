@@ -26,6 +26,7 @@ from dlarena.measure.repetitions import (
     half_width,
     kalibera_jones,
 )
+from dlarena.plan.suite import parse_suite
 from dlarena.store.database import Store
 
 NEED = Need(target_ci=0.03, max_processes=5)
@@ -130,9 +131,11 @@ def test_a_run_adds_processes_until_the_target_or_a_budget_and_the_report_says_w
 
 
 def test_a_target_or_budget_out_of_range_is_one_sentence() -> None:
-    with pytest.raises(DlarenaError, match="target_ci must be a share of the median from 0"):
+    with pytest.raises(DlarenaError, match="--target-ci must be a share of the median from 0"):
         api.select("quick", target_ci=1.5)
-    with pytest.raises(DlarenaError, match="max_processes must be at least 1"):
+    with pytest.raises(DlarenaError, match="--max-processes must be at least 1, got 0"):
         api.select("quick", max_processes=0)
-    with pytest.raises(DlarenaError, match="time_budget_s must be a positive number of seconds"):
+    with pytest.raises(DlarenaError, match="--time-budget must be a positive number of seconds, got -5"):
         api.select("quick", time_budget_s=-5)
+    with pytest.raises(DlarenaError, match="'max_processes' must be at least 1, got 0"):
+        parse_suite('workloads = ["fcn5-small"]\nmax_processes = 0\n', "mine.toml")

@@ -149,7 +149,7 @@ class Suite:
             measurement = replace(measurement, denormals=_choice(denormals, "--denormals", "denormals", DENORMAL_MODES))
         need = _need(self.need.target_ci if target_ci is None else target_ci,
                      self.need.max_processes if max_processes is None else max_processes,
-                     self.need.time_budget_s if time_budget_s is None else time_budget_s, "the command line")
+                     self.need.time_budget_s if time_budget_s is None else time_budget_s, None)
         return replace(self, sweeps=sweeps, repetitions=repetitions or self.repetitions,
                        memory_limit_gib=memory_limit_gib or self.memory_limit_gib, measurement=measurement,
                        need=need)
@@ -317,13 +317,18 @@ def parse_suite(text: str, origin: str) -> Suite:
     )
 
 
-def _need(target_ci: float, max_processes: int, time_budget_s: float | None, origin: str) -> Need:
+def _need(target_ci: float, max_processes: int, time_budget_s: float | None, origin: str | None) -> Need:
+    """What timing cells need, checked; ``origin`` names the suite file (None: the command line or the API)."""
+    def problem(key: str, words: str, value: float) -> SuiteError:
+        where = f"{origin}: '{key}'" if origin else f"--{key.removesuffix('_s').replace('_', '-')}"
+        return SuiteError(f"{where} must be {words}, got {value:g}")
+
     if not 0 <= target_ci < 1:
-        raise SuiteError(f"{origin}: target_ci must be a share of the median from 0 (off) to below 1, got {target_ci}")
+        raise problem("target_ci", "a share of the median from 0 (off) to below 1, such as 0.03", target_ci)
     if max_processes < 1:
-        raise SuiteError(f"{origin}: max_processes must be at least 1, got {max_processes}")
+        raise problem("max_processes", "at least 1", max_processes)
     if time_budget_s is not None and time_budget_s <= 0:
-        raise SuiteError(f"{origin}: time_budget_s must be a positive number of seconds, got {time_budget_s}")
+        raise problem("time_budget_s", "a positive number of seconds", time_budget_s)
     return Need(float(target_ci), max_processes, time_budget_s)
 
 
