@@ -25,6 +25,7 @@ from dlarena.measure.repetitions import (
     decide,
     half_width,
     kalibera_jones,
+    process_half_width,
 )
 from dlarena.plan.suite import parse_suite
 from dlarena.store.database import Store
@@ -47,6 +48,13 @@ def test_a_cell_runs_its_pilot_then_stops_at_its_target_or_its_budget() -> None:
 def test_the_half_width_is_a_share_of_the_median() -> None:
     assert half_width(10.0, 9.0, 11.4) == pytest.approx(0.12)
     assert half_width(10.0, None, 11.0) is None
+
+
+def test_two_processes_that_agree_know_less_than_their_bootstrap_says() -> None:
+    # Student's t: 12.71 for 1 degree of freedom, 4.30 for 2 (two-sided 95%)
+    assert process_half_width([9.9, 10.1]) == pytest.approx(12.706 * 0.1414 / math.sqrt(2) / 10, rel=1e-3)
+    assert process_half_width([9.9, 10.0, 10.1]) == pytest.approx(4.303 * 0.1 / math.sqrt(3) / 10, rel=1e-3)
+    assert process_half_width([10.0]) is None
 
 
 def _process(mean: float, spread: float, steps: int) -> list[float]:
@@ -108,7 +116,7 @@ def _repetitions(db: Path) -> dict[str, object]:
 
 @pytest.mark.xdist_group("repetitions")
 @pytest.mark.parametrize(("target", "time_budget_s", "why", "words"), [
-    (0.5, None, TARGET_REACHED, "within 50%"),
+    (0.99, None, TARGET_REACHED, "within 99%"),  # Student's t on 2-3 processes: wide, but under 99%
     (1e-9, None, BUDGET_SPENT, ": budget spent"),
     (1e-9, 1e-3, TIME_SPENT, "the run's time budget spent"),  # spent before the pilot ends: the pilot only
 ])
@@ -117,15 +125,19 @@ def test_a_run_adds_processes_until_the_target_or_a_budget_and_the_report_says_w
 ) -> None:
     db = tmp_path / "results.db"
     suite = api.select("quick", frameworks="fault-none", workloads="fcn5-small", scenarios="train", threads=1,
-                       repetitions=2, target_ci=target, max_processes=3, time_budget_s=time_budget_s or 1e9)
+                       repetitions=2, target_ci=target, max_processes=6 if why == TARGET_REACHED else 3,
+                       time_budget_s=time_budget_s or 1e9)
     api.run(suite, db=db)
     figures = _repetitions(db)
     assert figures["why"] == why and figures["pilot"] == 2 and figures["target_ci"] == target
     assert figures["kalibera_jones"] is not None  # estimated from the pilot
     # each process the canary found in a slow spell was measured again (at most MAX_REMEASURES), in time
     again = int(str(figures["remeasured"])) if why != TIME_SPENT else 0
-    expected = {TARGET_REACHED: 2, BUDGET_SPENT: 3, TIME_SPENT: 2}[why] + again
-    assert figures["ran"] == figures["processes_run"] == expected
+    assert figures["ran"] == figures["processes_run"]
+    if why == TARGET_REACHED:  # as many as its interval needed, within the budget
+        assert 2 + again <= int(str(figures["ran"])) <= 6 + again
+    else:
+        assert figures["ran"] == {BUDGET_SPENT: 3, TIME_SPENT: 2}[why] + again
     markdown = api.report(db=db)
     assert words in markdown and "then by more, interleaved round by round" in markdown
 

@@ -3,7 +3,9 @@
 A cell first runs its pilot (the suite's ``repetitions``). Then, round after round (interleaved with
 the other cells, as the pilot was), it gets one more process while the 95% interval of its median is
 wider than the target half-width (``target_ci``, a share of the median) and its budget
-(``max_processes``) is not spent. ``decide`` is that stopping rule, a pure function of the interval.
+(``max_processes``) is not spent. ``decide`` is that stopping rule, a pure function of the interval:
+the wider of the cell's bootstrap interval and Student's t on its processes' medians
+(``process_half_width``), since a few processes that happen to agree fool a bootstrap.
 A run may also have a time budget (``time_budget_s``): past it, no cell starts a process beyond its
 pilot.
 
@@ -27,6 +29,8 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from scipy import stats as scipy_stats  # type: ignore[import-untyped]
 
 # The half-width of the 95% interval of a cell's median at which it has processes enough, as a share
 # of the median: 3% keeps the interval of a ratio of two such cells near the 5% minimum effect a
@@ -72,6 +76,24 @@ def half_width(median_s: float, ci_low_s: float | None, ci_high_s: float | None)
     if ci_low_s is None or ci_high_s is None or median_s <= 0:
         return None
     return (ci_high_s - ci_low_s) / 2 / median_s
+
+
+def process_half_width(process_medians: Sequence[float]) -> float | None:
+    """The 95% half-width of the mean of the processes' medians, Student's t on their spread, as a
+    share of that mean (Kalibera and Jones' interval at the level of processes); None under two.
+
+    The bootstrap interval a cell reports resamples processes, and from two or three of them it has
+    only a handful of draws: two processes that happen to agree give it a narrow interval whatever the
+    machine's spread. Student's t with n - 1 degrees of freedom (12.7 for two processes) says how
+    little a few processes know, so a cell stops on the wider of the two."""
+    if len(process_medians) < 2:
+        return None
+    mean = statistics.fmean(process_medians)
+    if mean <= 0:
+        return None
+    count = len(process_medians)
+    quantile = float(scipy_stats.t.ppf(0.975, count - 1))
+    return quantile * statistics.stdev(process_medians) / math.sqrt(count) / mean
 
 
 def decide(width: float | None, processes: int, pilot: int, need: Need) -> str | None:

@@ -7,6 +7,7 @@ that touches a framework happens in a worker process.
 from __future__ import annotations
 
 import signal
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -27,6 +28,7 @@ from dlarena.measure.repetitions import (
     decide,
     half_width,
     kalibera_jones,
+    process_half_width,
 )
 from dlarena.orchestrate.executor import Execution, Executor, LocalExecutor, worker_command
 from dlarena.orchestrate.progress import Progress
@@ -196,6 +198,7 @@ class _Pending:
     walls_s: list[float] = field(default_factory=list)  # each process's wall time
     split: Split | None = None  # Kalibera and Jones' split of effort, from the pilot
     why: str | None = None  # why it has processes enough (measure/repetitions.WHY), once it has
+    width: float | None = None  # the half-width its last decision saw (_width), a share of the median
 
     @property
     def timing(self) -> bool:
@@ -413,7 +416,7 @@ def _after_ok(
     if entry.timing and need.adaptive and entry.split is None and entry.done >= pilot and len(entry.costs_s) >= 2:
         entry.split = kalibera_jones(cell_groups(processes), entry.costs_s, need.target_ci, cell.measurement.min_steps)
     if not added and entry.done >= entry.planned:  # every process it was known to need is in: enough now?
-        width = half_width(figures.summary.median_s, figures.summary.ci_low_s, figures.summary.ci_high_s)
+        width = entry.width = _width(processes, figures)
         counted_processes = entry.done - entry.remeasures
         entry.why = decide(width, counted_processes, pilot, need if entry.timing else Need(0.0))
         if entry.why is None:
@@ -424,6 +427,17 @@ def _after_ok(
         progress.extend(added)
     _store_figures(entry, figures, need, store)
     return figures.summary.median_s
+
+
+def _width(processes: list[dict[str, Any]], figures: CellFigures) -> float | None:
+    """How far the cell's median is known: the wider of its bootstrap interval and Student's t on its
+    used processes' medians (repetitions.process_half_width); None with one process used."""
+    medians = [statistics.median(group) for group in cell_groups(processes) if group]
+    by_processes = process_half_width(medians)
+    bootstrap = half_width(figures.summary.median_s, figures.summary.ci_low_s, figures.summary.ci_high_s)
+    if by_processes is None or bootstrap is None:
+        return None
+    return max(by_processes, bootstrap)
 
 
 def _figures(entry: _Pending, store: Store, peaks: dict[int, float]) -> tuple[list[dict[str, Any]], CellFigures]:
@@ -445,7 +459,7 @@ def _repetition_figures(entry: _Pending, figures: CellFigures, need: Need) -> di
     return {
         "why": entry.why, "ran": entry.done, "used": summary.processes, "pilot": entry.pilot,
         "remeasured": entry.remeasures,
-        "half_width": half_width(summary.median_s, summary.ci_low_s, summary.ci_high_s),
+        "half_width": entry.width,
         "target_ci": need.target_ci if entry.timing and need.adaptive else None,
         "max_processes": need.max_processes if entry.timing and need.adaptive else None,
         "time_budget_s": need.time_budget_s,
