@@ -56,11 +56,13 @@ def _check(framework: str, probes: list[str], db: Path) -> None:
     for answer in answers:
         known = KNOWN.get((framework, answer["probe"]))
         if known is None:
-            assert answer["outcome"] == "pass", answer
+            assert answer["outcome"] == "pass", (f"{framework} {answer['probe']}: {answer['outcome']}:"
+                                                 f" {answer['message']}\n{answer.get('stderr_tail', '')}")
             assert PROBES[answer["probe"]].figure in answer["figures"]
         else:
             outcome, words = known
-            assert answer["outcome"] == outcome and words in answer["message"], answer
+            assert answer["outcome"] == outcome and words in answer["message"], (
+                f"{framework} {answer['probe']}: {answer['outcome']}: {answer['message']}")
 
 
 def _per_framework(test_name: str) -> list[object]:

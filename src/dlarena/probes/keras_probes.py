@@ -395,18 +395,25 @@ def multi_device(context: ProbeContext) -> dict[str, Any]:
     # JAX's CPU devices are fixed when it starts: its child asks for two.
     environment = os.environ | ({"JAX_NUM_CPU_DEVICES": str(checks.DEVICES)} if BACKEND == "jax" else {})
     ranks = range(checks.DEVICES if BACKEND == "torch" else 1)  # torch: one process per device
-    children = [subprocess.Popen([sys.executable, "-m", __name__, str(folder), str(rank)], env=environment,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for rank in ranks]
-    for child in children:
+    # Each child's stderr goes to a file, not a pipe: with pipes read one child at a time, a child that
+    # filled its pipe with warnings would block, and its peer with it in their all-reduce.
+    logs = [folder / f"child-{rank}.stderr" for rank in ranks]
+    children = []
+    for rank, log in zip(ranks, logs, strict=True):
+        with log.open("w") as stderr:
+            children.append(subprocess.Popen([sys.executable, "-m", __name__, str(folder), str(rank)],
+                                             env=environment, stdout=subprocess.DEVNULL, stderr=stderr))
+    for child, log in zip(children, logs, strict=True):
         try:
-            _, stderr = child.communicate(timeout=MULTI_DEVICE_TIMEOUT_S)
+            child.wait(timeout=MULTI_DEVICE_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             for other in children:
                 other.kill()
             limit = f"{MULTI_DEVICE_TIMEOUT_S:.0f} s"
             raise checks.ProbeFailure(f"a data-parallel child did not finish within {limit}") from None
         if child.returncode != 0:
-            last = (stderr.strip().splitlines() or [f"exit status {child.returncode}"])[-1]
+            lines = log.read_text(errors="replace").strip().splitlines()
+            last = (lines or [f"exit status {child.returncode}"])[-1]
             raise checks.ProbeFailure(f"a data-parallel child failed: {last}"[:500])
     with np.load(folder / ANSWER_FILE) as answer:
         loss, gradients, devices = float(answer["loss"]), [answer[name] for name in PARAMETERS], int(answer["devices"])
