@@ -43,6 +43,7 @@ from dlarena.frameworks.registry import CALIBRATION_SLOWDOWN, default_frameworks
 from dlarena.measure.aggregate import cell_groups
 from dlarena.measure.compare import MIN_EFFECT, Comparison, compare
 from dlarena.store.database import Store
+from repeatability import AGREEMENT, TARGET_FRACTION  # issue 4's criterion, which issue 17 applies to ratios
 
 BASELINE = "torch"
 TWIN = "fault-torch-twin"
@@ -50,8 +51,6 @@ SLOWER = "fault-torch-slower"
 # Issue 17's targets.
 FALSE_VERDICTS_AT_MOST = 0.05  # A/A: share of cells with a faster/slower verdict
 POWER_AT_LEAST = 0.90  # A/B: share of cells found slower
-AGREEMENT = 0.05  # between runs: a ratio to torch within 5% of itself in the other run...
-AGREEING_AT_LEAST = 0.90  # ...in at least this share of cells
 QUICK_BUDGET_S = 600.0  # the quick suite, issue 4
 TIMING_SCENARIOS = "train,infer"
 ANALYSE_ONLY = False  # --analyse: read the runs of an earlier --db instead of measuring
@@ -248,13 +247,13 @@ def between(db: Path) -> bool:
               f" {'met' if elapsed <= QUICK_BUDGET_S else 'NOT met'}"
               + (f"; process medians of a cell spread by {spread[0]:.1%} (log sd)" if spread else "") + ".")
     print(f"\nBetween runs: {agreeing} of {compared} ratios ({share:.0%}) agree within {AGREEMENT:.0%}; target at"
-          f" least {AGREEING_AT_LEAST:.0%}: {'met' if share >= AGREEING_AT_LEAST else 'NOT met'}.")
+          f" least {TARGET_FRACTION:.0%}: {'met' if share >= TARGET_FRACTION else 'NOT met'}.")
     if spreads:
         spread = math.sqrt(statistics.fmean(value[0] ** 2 for value in spreads))
         processes = statistics.fmean(value[1] for value in spreads)
         print(f"The process spread alone ({spread:.1%}, {processes:g} processes a cell) predicts"
               f" {predicted_agreement(spread, processes):.0%} of ratios within {AGREEMENT:.0%}.\n")
-    return share >= AGREEING_AT_LEAST and all(elapsed <= QUICK_BUDGET_S for _, elapsed, _ in runs)
+    return share >= TARGET_FRACTION and all(elapsed <= QUICK_BUDGET_S for _, elapsed, _ in runs)
 
 
 MEASUREMENTS = {"aa-ab": aa_ab, "between": between}

@@ -7,7 +7,6 @@ that touches a framework happens in a worker process.
 from __future__ import annotations
 
 import signal
-import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -384,10 +383,16 @@ def _out_of_time(entry: _Pending, need: Need, elapsed_s: float) -> bool:
     return elapsed_s + sum(entry.walls_s) / len(entry.walls_s) > need.time_budget_s
 
 
+def _by_need(entry: _Pending, need: Need) -> bool:
+    """Whether the cell's count of processes is by need: a timing cell of an adaptive run (an
+    accuracy cell trains its planned seeds, and a fixed count stays fixed)."""
+    return entry.timing and need.adaptive
+
+
 def _remeasures(entry: _Pending, need: Need) -> bool:
-    """Whether a process of ``entry`` run in a slow spell is measured again: a timing cell whose count
-    is by need, up to MAX_REMEASURES times (a fixed count stays fixed)."""
-    return entry.timing and need.adaptive and entry.remeasures < MAX_REMEASURES
+    """Whether a process of ``entry`` run in a slow spell is measured again: up to MAX_REMEASURES
+    times, where its count is by need."""
+    return _by_need(entry, need) and entry.remeasures < MAX_REMEASURES
 
 
 def _process_cell(entry: _Pending) -> Cell:
@@ -412,13 +417,12 @@ def _after_ok(
         entry.remeasures += 1
         added += 1
     processes, figures = _figures(entry, store, peaks)
-    pilot = entry.pilot
-    if entry.timing and need.adaptive and entry.split is None and entry.done >= pilot and len(entry.costs_s) >= 2:
+    if _by_need(entry, need) and entry.split is None and entry.done >= entry.pilot and len(entry.costs_s) >= 2:
         entry.split = kalibera_jones(cell_groups(processes), entry.costs_s, need.target_ci, cell.measurement.min_steps)
     if not added and entry.done >= entry.planned:  # every process it was known to need is in: enough now?
-        width = entry.width = _width(processes, figures)
+        width = entry.width = _width(figures)
         counted_processes = entry.done - entry.remeasures
-        entry.why = decide(width, counted_processes, pilot, need if entry.timing else Need(0.0))
+        entry.why = decide(width, counted_processes, entry.pilot, need if _by_need(entry, need) else Need(0.0))
         if entry.why is None:
             added += 1
     if added:
@@ -429,11 +433,10 @@ def _after_ok(
     return figures.summary.median_s
 
 
-def _width(processes: list[dict[str, Any]], figures: CellFigures) -> float | None:
+def _width(figures: CellFigures) -> float | None:
     """How far the cell's median is known: the wider of its bootstrap interval and Student's t on its
     used processes' medians (repetitions.process_half_width); None with one process used."""
-    medians = [statistics.median(group) for group in cell_groups(processes) if group]
-    by_processes = process_half_width(medians)
+    by_processes = process_half_width(figures.summary.process_medians_s)
     bootstrap = half_width(figures.summary.median_s, figures.summary.ci_low_s, figures.summary.ci_high_s)
     if by_processes is None or bootstrap is None:
         return None
@@ -460,8 +463,8 @@ def _repetition_figures(entry: _Pending, figures: CellFigures, need: Need) -> di
         "why": entry.why, "ran": entry.done, "used": summary.processes, "pilot": entry.pilot,
         "remeasured": entry.remeasures,
         "half_width": entry.width,
-        "target_ci": need.target_ci if entry.timing and need.adaptive else None,
-        "max_processes": need.max_processes if entry.timing and need.adaptive else None,
+        "target_ci": need.target_ci if _by_need(entry, need) else None,
+        "max_processes": need.max_processes if _by_need(entry, need) else None,
         "time_budget_s": need.time_budget_s,
         "kalibera_jones": entry.split.as_dict() if entry.split else None,
     }
