@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 CONSTRAINTS := constraints.txt
 
-.PHONY: demo test lint envs clean
+.PHONY: demo test test-all lint envs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,10 +55,14 @@ $(addprefix env-,$(ENVIRONMENTS)): env-%: $(VENV)/.test-installed
 # Most tests wait on one single-threaded worker process: one test process per core (pytest-xdist, at
 # most MAX_TEST_PROCESSES: each may hold a framework worker of 1-3 GB) keeps the cores busy, and
 # loadgroup keeps the tests of one module-scoped fixture in one process (tests/ marks them).
+# `make test` (CI) leaves out the tests marked `exhaustive` (the same check on more frameworks, about 15
+# minutes of 2 cores); `make test-all` runs them too.
 MAX_TEST_PROCESSES := 4
-test: $(VENV)/.test-installed lint envs
+TEST_MARKS := not exhaustive
+test-all: TEST_MARKS :=
+test test-all: $(VENV)/.test-installed lint envs
 	@$(BIN)/python -c 'import sys; sys.path.insert(0, "tests"); import browser; m = browser.missing(); m and print(f"make test: the HTML report'"'"'s browser tests are skipped: {m}")'
-	$(BIN)/python -m pytest -q -n auto --maxprocesses $(MAX_TEST_PROCESSES) --dist loadgroup; status=$$?; \
+	$(BIN)/python -m pytest -q -n auto --maxprocesses $(MAX_TEST_PROCESSES) --dist loadgroup -m "$(TEST_MARKS)"; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$status
 
 clean:

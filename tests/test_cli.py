@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import resource
 import shlex
 import sqlite3
@@ -146,7 +147,11 @@ def test_run_report_and_export_with_fault_framework(cli: Cli, tmp_path: Path) ->
     assert report.returncode == 0
     assert "### fcn5-small, train, cpu, batch 4" in report.stdout
     assert "| fault-raise | *failed* |" in report.stdout
-    assert "## Step times" in report.stdout and "| fault-none | fcn5-small | train | 4 | 1 | 2 x " in report.stdout
+    # two processes ran (`| 2 |`, processes run); the figures rest on both, or on one where the other's
+    # steps never settled on a busy machine (measure/steady_state: `no steady state` is left out)
+    assert "## Step times" in report.stdout, report.stdout
+    row = r"\| fault-none \| fcn5-small \| train \| 4 \| 1 \| [12] x \d+ \| 2 \|"
+    assert re.search(row, report.stdout), report.stdout
     assert "## Costs and resources" in report.stdout and "Peak (float32 matrix product" in report.stdout
     exported = list(csv.DictReader(io.StringIO(cli("export", "--format", "csv", "--db", db).stdout)))
     assert {row["status"] for row in exported} == {"ok", "failed"}
@@ -154,7 +159,7 @@ def test_run_report_and_export_with_fault_framework(cli: Cli, tmp_path: Path) ->
         assert column in exported[0]
     rows = json.loads(cli("export", "--format", "json", "--db", db).stdout)
     assert [row["framework"] for row in rows] == ["fault-none", "fault-raise"]
-    assert rows[0]["processes"] == 2 and rows[0]["ci_low_s"] <= rows[0]["median_s"] <= rows[0]["ci_high_s"]
+    assert rows[0]["processes"] in (1, 2) and rows[0]["ci_low_s"] <= rows[0]["median_s"] <= rows[0]["ci_high_s"]
     assert rows[0]["peak_percent"] is not None and rows[0]["peak_rss_bytes"] > 0
     out = tmp_path / "out" / "report.md"
     assert cli("report", "--db", db, "--output", str(out)).returncode == 0
