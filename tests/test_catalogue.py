@@ -18,9 +18,10 @@ from dlarena.spec import (
     MaxPool2D,
     Residual,
     Workload,
+    transformers,
 )
 from dlarena.spec.catalogue import CATALOGUE, SMALL_BATCH_SIZE, STUDIES, _index, get_workload
-from dlarena.spec.layers import sequence_params, sequence_shapes
+from dlarena.spec.layers import TiedOutput, sequence_params, sequence_shapes
 
 # Copied by hand from reference/workloads.md, "Parameter-count summary (computed)", so that a change
 # to the catalogue cannot move both the network and its expected figure at once.
@@ -39,6 +40,16 @@ REFERENCE_PARAMS: dict[str, int] = {
     "overfeat": 145_920_872,
     "vgg-a": 132_863_336,
     "googlenet": 6_998_552,
+    # Devlin et al. 2019 and Hugging Face's BertModel (encoder and pooler; the classifier is the task's).
+    "bert-base": 109_482_240,
+    # Radford et al. 2019, the "117M" model as OpenAI's released checkpoint counts it (tied output).
+    "gpt2-124m": 124_439_808,
+}
+# Networks whose small twin is shallower as well as narrower: the published builder at the twin's depth.
+SHALLOWER_TWINS = {
+    "bert-base": lambda: transformers.bert(dataclasses.replace(transformers.BERT_BASE, layers=2),
+                                           transformers.BERT_CLASSES),
+    "gpt2-124m": lambda: transformers.gpt2(dataclasses.replace(transformers.GPT2_SMALL, layers=2)),
 }
 
 # dlarena's own workloads (the digits) were published by no study, so they have no reference figure.
@@ -71,7 +82,7 @@ def _structure(layers: tuple[Layer, ...]) -> list[object]:
 @pytest.mark.parametrize(("name", "params"), sorted(REFERENCE_PARAMS.items()))
 def test_parameter_count_matches_the_reference(name: str, params: int) -> None:
     workload = get_workload(name)
-    assert workload.params == params
+    assert workload.params - workload.head_params == params
     assert workload.published_params == params
 
 
@@ -81,14 +92,16 @@ def test_every_published_workload_is_in_the_reference_table() -> None:
 
 @pytest.mark.parametrize("workload", PUBLISHED, ids=_ids(PUBLISHED))
 def test_published_workload_is_complete(workload: Workload) -> None:
-    assert workload.params == workload.published_params
+    assert workload.params - workload.head_params == workload.published_params
     assert workload.study in STUDIES
     assert workload.citation and workload.title and workload.notes
     assert workload.quirks_not_copied, "every study's code has quirks worth naming"
     assert workload.variant_of is None
-    # Logits, not probabilities: the loss is softmax cross-entropy on the last Dense.
+    # Logits, not probabilities: the loss is softmax cross-entropy on the last Dense (or on GPT-2's
+    # output through its token embedding).
     last = workload.network.layers[-1]
-    assert isinstance(last, Dense) and last.units == workload.network.classes
+    assert ((isinstance(last, Dense) and last.units == workload.network.classes)
+            or (isinstance(last, TiedOutput) and last.vocab == workload.network.classes))
 
 
 # --- shapes and sub-figures ------------------------------------------------------------------------
@@ -234,7 +247,8 @@ def test_every_published_workload_has_a_smaller_twin(published: Workload) -> Non
     assert "small" in small.title
     assert small.default_batch_size == SMALL_BATCH_SIZE
     # Same builder: the same layer types in the same nesting, only sizes differ.
-    assert _structure(small.network.layers) == _structure(published.network.layers)
+    same_depth = SHALLOWER_TWINS[published.name]() if published.name in SHALLOWER_TWINS else published.network
+    assert _structure(small.network.layers) == _structure(same_depth.layers)
     assert small.params < published.params
     for scenario in ("infer", "train"):
         assert small.flops(scenario, SMALL_BATCH_SIZE) < published.flops(scenario, SMALL_BATCH_SIZE)

@@ -40,6 +40,7 @@ from dlarena.spec import (
     Residual,
     Workload,
 )
+from dlarena.spec import transformers
 
 try:
     from dlarena.spec.catalogue import CATALOGUE
@@ -127,6 +128,12 @@ NETWORKS: dict[str, Network] = {
         layers=(Embedding(30, 8), GRU(6, layers=2), Flatten(), Dense(5)),
         classes=5,
     ),
+    # Every transformer layer: embeddings of tokens, positions and types, layer norm, both GELUs,
+    # bidirectional and causal attention, the selected token and the tied output.
+    "bert": transformers.bert(transformers.TransformerSize(layers=1, width=8, heads=2, intermediate=16, vocab=30,
+                                                           positions=10, steps=6), classes=3),
+    "gpt": transformers.gpt2(transformers.TransformerSize(layers=2, width=8, heads=2, intermediate=16, vocab=30,
+                                                          positions=10, steps=6)),
 }
 LSTM_NETWORKS = ("lstm-lm", "lstm-last")
 

@@ -39,7 +39,7 @@ from dlarena.frameworks.base import (
     require_check_precision,
 )
 from dlarena.spec import Network, Workload
-from dlarena.spec.layers import GRU, LSTM, Activation, Conv2D, Dense, Dropout, Flatten, Shape
+from dlarena.spec.layers import GRU, LSTM, Activation, Conv2D, Dense, Dropout, Flatten, MultiHeadSelfAttention, Shape
 from dlarena.spec.recipe import Optimizer, Recipe
 from dlarena.spec.weights import canonical_batch, initial_weights, layer_params, walk
 
@@ -103,7 +103,8 @@ def layout_plan(network: Network, conventions: Conventions) -> dict[str, ParamLa
             entry = ParamLayout()
             if isinstance(layer, Conv2D) and spec.role == "kernel" and conventions.conv_kernel == "hwio":
                 entry = ParamLayout(transpose=(2, 3, 1, 0))
-            elif isinstance(layer, Dense) and spec.role == "kernel":
+            elif isinstance(layer, Dense | MultiHeadSelfAttention) and spec.role == "kernel":
+                # attention's projections are dense kernels (D, 3D) and (D, D), laid out as the framework's
                 entry = ParamLayout(rows_chw=rows_chw,
                                     transpose=(1, 0) if conventions.dense_kernel == "out_in" else None)
             elif isinstance(layer, LSTM | GRU):
@@ -173,6 +174,7 @@ _DEFAULTS = Optimizer(name="sgd", lr=0.0)
 _FIELDS_BY_OPTIMIZER: dict[str, tuple[str, ...]] = {
     "sgd": ("lr", "momentum", "nesterov", "weight_decay"),
     "adam": ("lr", "beta1", "beta2", "eps", "weight_decay"),
+    "adamw": ("lr", "beta1", "beta2", "eps", "weight_decay"),
     "adadelta": ("lr", "rho", "eps", "weight_decay"),
     "rmsprop": ("lr", "rho", "eps", "weight_decay"),
 }

@@ -36,9 +36,15 @@ from dlarena.spec.layers import (
     Flatten,
     GlobalAvgPool2D,
     Layer,
+    LayerNorm,
     MaxPool2D,
+    MultiHeadSelfAttention,
+    PositionEmbedding,
     Residual,
+    SelectToken,
     Shape,
+    TiedOutput,
+    TokenTypeEmbedding,
 )
 from dlarena.spec.weights import layer_params, walk
 
@@ -47,11 +53,15 @@ from dlarena.spec.weights import layer_params, walk
 SPELLING: kernel.OptimizerSpelling = {
     "sgd": ("SGD", {"lr": "lr", "momentum": "momentum", "nesterov": "nesterov", "weight_decay": "weight_decay"}),
     "adam": ("Adam", {"lr": "lr", "beta1": "beta1", "beta2": "beta2", "eps": "eps", "weight_decay": "weight_decay"}),
+    "adamw": ("AdamW", {"lr": "lr", "beta1": "beta1", "beta2": "beta2", "eps": "eps", "weight_decay": "weight_decay"}),
     "adadelta": ("Adadelta", {"lr": "lr", "rho": "rho", "eps": "eps", "weight_decay": "weight_decay"}),
     "rmsprop": ("RMSprop", {"lr": "lr", "rho": "alpha", "eps": "eps", "weight_decay": "weight_decay"}),
 }
 
-_ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU,
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
+}
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
@@ -104,6 +114,73 @@ class RecurrentOutput(nn.Module):
         return out if self.return_sequences else out[:, -1]
 
 
+class SelfAttention(nn.Module):
+    """Multi-head self-attention as nanoGPT and Hugging Face's GPT-2 write it: one fused ``qkv``
+    Linear, ``F.scaled_dot_product_attention`` (its fused CPU and flash kernels), a ``proj`` Linear."""
+
+    def __init__(self, width: int, heads: int, causal: bool, dropout: float) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.heads, self.causal, self.dropout = heads, causal, dropout
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, steps, width = x.shape
+        q, k, v = (part.view(batch, steps, self.heads, width // self.heads).transpose(1, 2)
+                   for part in self.qkv(x).split(width, dim=-1))
+        mixed = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                               is_causal=self.causal)
+        out: Tensor = self.proj(mixed.transpose(1, 2).reshape(batch, steps, width))
+        return out
+
+
+class PositionAdd(nn.Module):
+    """Adds a learned ``(positions, dim)`` table's first rows, one per step, as GPT-2's ``wpe``."""
+
+    def __init__(self, positions: int, width: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(positions, width))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.weight[: x.shape[1]]
+
+
+class TokenTypeAdd(nn.Module):
+    """Adds BERT's token-type embedding of the spec's fixed types (layers.TokenTypeEmbedding)."""
+
+    def __init__(self, types: int, width: int, type_ids: list[int]) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(types, width)
+        self.register_buffer("type_ids", torch.tensor(type_ids), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        added: Tensor = x + self.embedding(self.type_ids)
+        return added
+
+
+class Token(nn.Module):
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x[:, self.index]
+
+
+class TiedLinear(nn.Module):
+    """Logits through an embedding's own table (``lm_head.weight = wte.weight``, Hugging Face's tie):
+    one Parameter, registered twice; ``parameters()`` yields it once and autograd sums both uses."""
+
+    def __init__(self, embedding: nn.Module) -> None:
+        super().__init__()
+        if not isinstance(embedding, nn.Embedding):
+            raise TypeError(f"a tied output needs an nn.Embedding, got {type(embedding).__name__}")
+        self.weight = embedding.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight)
+
+
 # --------------------------------------------------------------------------------------------------
 # Spec -> nn.Module
 
@@ -127,8 +204,9 @@ def _lstm(layer: LSTM, n_in: int) -> nn.LSTM:
     return rnn
 
 
-def _build_layer(layer: Layer, shape: Shape) -> nn.Module:
-    """The module for one spec layer whose per-sample input shape is ``shape``."""
+def _build_layer(layer: Layer, shape: Shape, built: nn.Sequential) -> nn.Module:
+    """The module for one spec layer whose per-sample input shape is ``shape``; ``built`` holds the
+    modules of the layers before it in its sequence (a tied output reads its embedding there)."""
     if isinstance(layer, Dense):
         return nn.Linear(shape[-1], layer.units, bias=layer.bias)  # over the last axis, sequences too
     if isinstance(layer, Conv2D):
@@ -154,6 +232,18 @@ def _build_layer(layer: Layer, shape: Shape) -> nn.Module:
         return nn.Flatten()
     if isinstance(layer, Embedding):
         return nn.Embedding(layer.vocab, layer.dim)
+    if isinstance(layer, LayerNorm):
+        return nn.LayerNorm(shape[-1], eps=layer.eps)
+    if isinstance(layer, PositionEmbedding):
+        return PositionAdd(layer.positions, shape[-1])
+    if isinstance(layer, TokenTypeEmbedding):
+        return TokenTypeAdd(layer.types, shape[-1], layer.type_ids(shape[0]))
+    if isinstance(layer, MultiHeadSelfAttention):
+        return SelfAttention(shape[-1], layer.heads, layer.causal, layer.dropout)
+    if isinstance(layer, SelectToken):
+        return Token(layer.index)
+    if isinstance(layer, TiedOutput):
+        return TiedLinear(built[int(layer.tied_to)])  # Network checked that it is an Embedding
     if isinstance(layer, LSTM):
         return RecurrentOutput(_lstm(layer, shape[-1]), layer.return_sequences)
     if isinstance(layer, GRU):
@@ -169,11 +259,11 @@ def _build_layer(layer: Layer, shape: Shape) -> nn.Module:
 
 
 def build_sequence(layers: tuple[Layer, ...], shape: Shape) -> nn.Sequential:
-    modules = []
+    sequence = nn.Sequential()
     for layer in layers:
-        modules.append(_build_layer(layer, shape))
+        sequence.append(_build_layer(layer, shape, sequence))
         shape = layer.out_shape(shape)
-    return nn.Sequential(*modules)
+    return sequence
 
 
 def _module_at(net: nn.Module, path: str) -> nn.Module:
@@ -182,6 +272,23 @@ def _module_at(net: nn.Module, path: str) -> nn.Module:
     for part in path.split("."):
         module = module[int(part)] if part.isdigit() else getattr(module, part)
     return module.rnn if isinstance(module, RecurrentOutput) else module
+
+
+# Self-attention's canonical parameters, by name, in SelfAttention.
+_ATTENTION_NAMES = {"qkv_kernel": ("qkv", "weight"), "qkv_bias": ("qkv", "bias"), "out_kernel": ("proj", "weight"),
+                    "out_bias": ("proj", "bias")}
+
+
+def _handle(module: nn.Module, layer: Layer, name: str, role: str) -> Tensor:
+    """The tensor holding a canonical parameter, ``name`` its name within the layer ("kernel", "layer1.bias")."""
+    if isinstance(layer, MultiHeadSelfAttention):
+        part, attribute = _ATTENTION_NAMES[name]
+        tensor: Tensor = getattr(getattr(module, part), attribute)
+        return tensor
+    if isinstance(module, TokenTypeAdd):
+        module = module.embedding
+    tensor = getattr(module, _torch_name(layer, role, name.rpartition(".")[0]))
+    return tensor
 
 
 def _torch_name(layer: Layer, role: str, sublayer: str) -> str:
@@ -234,8 +341,7 @@ class Model(kernel.Model):
         for path, layer, shape in walk(self.network.layers, self.network.input_shape):
             module = _module_at(self.net, path)
             for spec in layer_params(path, layer, shape):
-                sublayer = spec.name[len(path) + 1:].rpartition(".")[0]
-                self.handles[spec.name] = getattr(module, _torch_name(layer, spec.role, sublayer))
+                self.handles[spec.name] = _handle(module, layer, spec.name[len(path) + 1:], spec.role)
         # torch-compile: in training, forward and loss form one graph and AOTAutograd derives its
         # backward graph (the optimizer step stays eager); in inference, the forward alone. Both
         # compile lazily, at their first call.

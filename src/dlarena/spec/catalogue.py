@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from typing import Literal
 
 from dlarena.errors import UnknownNameError
+from dlarena.spec import transformers
 from dlarena.spec.layers import (
     GRU,
     LSTM,
@@ -50,7 +51,9 @@ SMALL_BATCH_SIZE = 8
 
 # The studies, in the order the catalogue (and the report) lists them.
 # "dlarena" holds dlarena's own workloads (the digits), which no study published.
-STUDIES: tuple[str, ...] = ("shi2016", "karmanov2017", "shatnawi2017", "chintala2015", "dlarena")
+# "devlin2019" (BERT) and "radford2019" (GPT-2) are the papers of the transformers (transformers.py).
+STUDIES: tuple[str, ...] = ("shi2016", "karmanov2017", "shatnawi2017", "chintala2015", "devlin2019", "radford2019",
+                            "dlarena")
 
 _SHI = "Shi, Wang, Xu, Chu 2016, arXiv 1608.07249 (DLBench); hclhkbu/dlbench@978b034"
 _KARMANOV = "Karmanov et al., ilkarman/DeepLearningFrameworks@671e2a0"
@@ -697,8 +700,18 @@ def _index(workloads: Iterable[Workload]) -> dict[str, Workload]:
     return catalogue
 
 
+def _transformers() -> list[Workload]:
+    bert, gpt2 = transformers.bert_base(), transformers.gpt2_124m()
+    small = transformers.SMALL_DESCRIPTION
+    return [
+        bert, dataclasses.replace(_small(bert, transformers.bert(transformers.BERT_SMALL, transformers.BERT_CLASSES),
+                                         small), head_params=0),
+        gpt2, _small(gpt2, transformers.gpt2(transformers.GPT2_SMALL_TWIN), small),
+    ]
+
+
 CATALOGUE: dict[str, Workload] = _index(
-    [*_shi2016(), *_karmanov2017(), *_shatnawi2017(), *_chintala2015(), *_digits()]
+    [*_shi2016(), *_karmanov2017(), *_shatnawi2017(), *_chintala2015(), *_transformers(), *_digits()]
 )
 """Every workload by name: per study, each published network followed by its small twin."""
 

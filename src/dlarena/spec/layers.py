@@ -8,7 +8,10 @@ Conventions, used by every framework module and by the NumPy reference:
 * Canonical weight layouts (what ``dlarena`` exchanges between frameworks):
   dense kernel ``(in, out)``; convolution kernel ``(out, in, kh, kw)``; batch norm ``gamma, beta``
   of ``(C,)``; embedding ``(vocab, dim)``; recurrent layers per layer: input kernel
-  ``(in, G*H)``, recurrent kernel ``(H, G*H)``, with gates in the order stated on each class.
+  ``(in, G*H)``, recurrent kernel ``(H, G*H)``, with gates in the order stated on each class;
+  self-attention: one fused ``qkv_kernel`` ``(D, 3D)`` (blocks q, k, v; inside each, head h owns
+  columns ``h*D/heads`` to ``(h+1)*D/heads``) and ``out_kernel`` ``(D, D)``; layer norm ``gamma,
+  beta`` of ``(D,)``.
 """
 
 from __future__ import annotations
@@ -19,15 +22,25 @@ from typing import ClassVar, Literal, Union
 
 Shape = tuple[int, ...]
 
-ActivationName = Literal["relu", "sigmoid", "tanh"]
-ACTIVATIONS: tuple[str, ...] = ("relu", "sigmoid", "tanh")
+# ``gelu`` is the exact GELU, x * Phi(x) with the normal CDF written through erf (BERT as Hugging Face's
+# bert-base-uncased configures it); ``gelu_tanh`` is Hendrycks and Gimpel's tanh approximation,
+# 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as GPT-2's code computes it. They differ by up to
+# about 5e-4 absolute (at |x| near 2), far beyond float32 rounding, so the spec names which one.
+ActivationName = Literal["relu", "sigmoid", "tanh", "gelu", "gelu_tanh"]
+ACTIVATIONS: tuple[str, ...] = ("relu", "sigmoid", "tanh", "gelu", "gelu_tanh")
 
 # FLOPs charged per element for element-wise work. Exact figures depend on the kernel (a sigmoid is
 # an exp, an add and a division); these are the conventional counts used by FLOP counters such as
-# fvcore and ptflops: one per element for ReLU and additions, four for sigmoid and tanh.
-FLOPS_PER_ACTIVATION: dict[str, int] = {"relu": 1, "sigmoid": 4, "tanh": 4}
+# fvcore and ptflops: one per element for ReLU and additions, four for sigmoid and tanh. GELU counted
+# the same way: erf or tanh as four, and its multiplications and additions one each (exact: x/sqrt 2,
+# erf, +1, *x, *0.5 = 8; tanh form: x^3 is two, then *0.044715, +x, *sqrt(2/pi), tanh, +1, *x, *0.5 = 12).
+FLOPS_PER_ACTIVATION: dict[str, int] = {"relu": 1, "sigmoid": 4, "tanh": 4, "gelu": 8, "gelu_tanh": 12}
 # Batch norm in training: mean, variance, normalise, scale and shift.
 FLOPS_PER_BATCH_NORM_ELEMENT = 8
+# Layer norm: the same five steps over each position's features.
+FLOPS_PER_LAYER_NORM_ELEMENT = 8
+# A softmax over attention scores: subtract the maximum, exp (four, as above), sum, divide.
+FLOPS_PER_SOFTMAX_ELEMENT = 7
 # Backward of a linear map costs two forward passes (gradient of input and of weights); backward
 # of element-wise and pooling work costs about one forward pass (Kaplan et al. 2020, the "6N" rule).
 LINEAR_BACKWARD_FACTOR = 2
@@ -203,8 +216,27 @@ class BatchNorm(_Leaf):
 
 
 @dataclass(frozen=True)
+class LayerNorm(_Leaf):
+    """Layer normalisation over the last axis (each position's features), with ``gamma`` and ``beta``
+    of that axis's size: ``(x - mean) / sqrt(var + eps) * gamma + beta``, the variance biased (divided
+    by the count), as BERT, GPT-2 and every framework's layer norm compute it."""
+
+    eps: float = 1e-5
+
+    def out_shape(self, shape: Shape) -> Shape:
+        _require_rank(self, shape, (1, 2))
+        return shape
+
+    def params(self, shape: Shape) -> int:
+        return 2 * shape[-1]
+
+    def forward_flops(self, shape: Shape) -> int:
+        return FLOPS_PER_LAYER_NORM_ELEMENT * _prod(shape)
+
+
+@dataclass(frozen=True)
 class Activation(_Leaf):
-    """Element-wise non-linearity: ``relu``, ``sigmoid`` or ``tanh``."""
+    """Element-wise non-linearity: ``relu``, ``sigmoid``, ``tanh``, ``gelu`` (exact) or ``gelu_tanh``."""
 
     function: ActivationName
 
@@ -267,6 +299,133 @@ class Embedding(_Leaf):
     def forward_flops(self, shape: Shape) -> int:
         return 0  # a gather moves memory, it computes nothing
 
+
+
+@dataclass(frozen=True)
+class PositionEmbedding(_Leaf):
+    """Learned absolute positions: adds row ``t`` of a ``(positions, dim)`` table to step ``t`` of a
+    ``(T, dim)`` sequence (BERT, GPT-2). ``T`` may be shorter than ``positions``: the first rows serve."""
+
+    positions: int
+
+    def out_shape(self, shape: Shape) -> Shape:
+        _require_rank(self, shape, (2,))
+        if shape[0] > self.positions:
+            raise SpecError(f"PositionEmbedding has {self.positions} positions, the sequence has {shape[0]} steps")
+        return shape
+
+    def params(self, shape: Shape) -> int:
+        return self.positions * shape[-1]
+
+    def forward_flops(self, shape: Shape) -> int:
+        return _prod(shape)  # the addition; the lookup computes nothing
+
+
+@dataclass(frozen=True)
+class TokenTypeEmbedding(_Leaf):
+    """BERT's segment embedding: adds row ``token_type(t)`` of a ``(types, dim)`` table to step ``t``.
+
+    A network here has one input, the token ids, so the types are fixed by position, as a sentence
+    pair lays them out: step ``t`` of ``T`` has type ``t * types // T`` (two types: the first half is
+    sentence A, the rest sentence B). Every row of the table then takes part and gets a gradient, so
+    a framework that ignores the types or reads the wrong row is caught.
+    """
+
+    types: int
+
+    def out_shape(self, shape: Shape) -> Shape:
+        _require_rank(self, shape, (2,))
+        return shape
+
+    def params(self, shape: Shape) -> int:
+        return self.types * shape[-1]
+
+    def forward_flops(self, shape: Shape) -> int:
+        return _prod(shape)
+
+    def type_ids(self, steps: int) -> list[int]:
+        """The token type of each of ``steps`` positions."""
+        return [t * self.types // steps for t in range(steps)]
+
+
+@dataclass(frozen=True)
+class MultiHeadSelfAttention(_Leaf):
+    """Scaled dot-product self-attention over a ``(T, D)`` sequence with ``heads`` heads of ``D/heads``.
+
+    ``q, k, v = x @ qkv_kernel + qkv_bias`` (split in three along the last axis, then each into heads),
+    per head ``softmax(q k^T / sqrt(D/heads) + mask) v``, heads concatenated in order, then
+    ``@ out_kernel + out_bias``. ``causal``: step ``t`` attends to steps ``<= t`` only (GPT-2).
+    ``dropout`` drops attention probabilities in training (identity in inference).
+
+    FLOPs count the whole score matrix even when causal: what fused kernels compute unless they skip
+    masked blocks, and the convention of the published FLOP counts (Kaplan et al. 2020, table 1).
+    """
+
+    heads: int
+    causal: bool = False
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.heads < 1:
+            raise SpecError(f"MultiHeadSelfAttention needs at least one head, got {self.heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise SpecError(f"attention dropout must be in [0, 1), got {self.dropout}")
+
+    def out_shape(self, shape: Shape) -> Shape:
+        _require_rank(self, shape, (2,))
+        if shape[-1] % self.heads:
+            raise SpecError(f"MultiHeadSelfAttention: width {shape[-1]} does not split into {self.heads} heads")
+        return shape
+
+    def params(self, shape: Shape) -> int:
+        width = shape[-1]
+        return 4 * width * width + 4 * width
+
+    def forward_flops(self, shape: Shape) -> int:
+        steps, width = shape
+        projections = 2 * steps * width * (3 * width) + 3 * steps * width + 2 * steps * width * width + steps * width
+        scores = 2 * steps * steps * width + self.heads * steps * steps  # q k^T, then the scale
+        softmax = FLOPS_PER_SOFTMAX_ELEMENT * self.heads * steps * steps
+        mixing = 2 * steps * steps * width  # probabilities times values
+        return projections + scores + softmax + mixing
+
+    backward_factor: ClassVar[int] = LINEAR_BACKWARD_FACTOR
+
+
+@dataclass(frozen=True)
+class SelectToken(_Leaf):
+    """One step of a sequence, ``(T, D) -> (D,)``: BERT's pooler reads the first token ([CLS])."""
+
+    index: int = 0
+
+    def out_shape(self, shape: Shape) -> Shape:
+        _require_rank(self, shape, (2,))
+        if not 0 <= self.index < shape[0]:
+            raise SpecError(f"SelectToken: step {self.index} is outside a sequence of {shape[0]} steps")
+        return (shape[1],)
+
+    def forward_flops(self, shape: Shape) -> int:
+        return 0
+
+
+@dataclass(frozen=True)
+class TiedOutput(_Leaf):
+    """Logits over a vocabulary through the transposed table of the network's ``Embedding`` at path
+    ``tied_to``: ``(T, dim) -> (T, vocab)``, ``x @ table^T``, no bias (GPT-2's language-model head).
+    It owns no parameter: the table is one parameter used twice, and its gradient is the sum of both
+    uses. Network checks that ``tied_to`` is an Embedding of ``vocab`` rows and the input's width."""
+
+    vocab: int
+    tied_to: str = "0"
+
+    def out_shape(self, shape: Shape) -> Shape:
+        _require_rank(self, shape, (2,))
+        return (shape[0], self.vocab)
+
+    def forward_flops(self, shape: Shape) -> int:
+        return 2 * _prod(shape) * self.vocab
+
+    backward_factor: ClassVar[int] = LINEAR_BACKWARD_FACTOR
 
 
 @dataclass(frozen=True)
@@ -336,8 +495,9 @@ class GRU(_Recurrent):
 
 
 Layer = Union[
-    Dense, Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool2D, BatchNorm, Activation, Dropout, Flatten,
-    Embedding, LSTM, GRU, "Residual", "Concat",
+    Dense, Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool2D, BatchNorm, LayerNorm, Activation, Dropout, Flatten,
+    Embedding, PositionEmbedding, TokenTypeEmbedding, MultiHeadSelfAttention, SelectToken, TiedOutput,
+    LSTM, GRU, "Residual", "Concat",
 ]
 
 

@@ -7,10 +7,12 @@ from typing import Literal
 
 from dlarena.spec.layers import (
     Concat,
+    Embedding,
     Layer,
     Residual,
     Shape,
     SpecError,
+    TiedOutput,
     sequence_backward_flops,
     sequence_forward_flops,
     sequence_out,
@@ -40,10 +42,25 @@ class Network:
     def __post_init__(self) -> None:
         if self.input_kind == "tokens" and self.vocab < 1:
             raise SpecError("a network over tokens needs its vocabulary size")
+        self._check_ties()
         out = self.output_shape
         expected = (self.classes,) if self.label_kind == "sample" else (self.input_shape[0], self.classes)
         if out != expected:
             raise SpecError(f"network output {out} does not match its labels, expected {expected}")
+
+    def _check_ties(self) -> None:
+        """Every TiedOutput names a top-level Embedding of its vocabulary, as wide as its own input."""
+        shape = self.input_shape
+        for layer in self.layers:
+            if isinstance(layer, TiedOutput):
+                index = int(layer.tied_to) if layer.tied_to.isdigit() else len(self.layers)
+                tied = self.layers[index] if index < len(self.layers) else None
+                if not isinstance(tied, Embedding):
+                    raise SpecError(f"TiedOutput is tied to {layer.tied_to!r}, which is not a top-level Embedding")
+                if (tied.vocab, tied.dim) != (layer.vocab, shape[-1]):
+                    raise SpecError(f"TiedOutput over {layer.vocab} words of width {shape[-1]} is tied to an Embedding"
+                                    f" of {tied.vocab} words of width {tied.dim}")
+            shape = layer.out_shape(shape)
 
     @property
     def output_shape(self) -> Shape:

@@ -9,6 +9,7 @@ arrays, channels-first images, canonical weights (weights.py). Only NumPy >= 1.2
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,8 +29,14 @@ from dlarena.spec.layers import (
     Flatten,
     GlobalAvgPool2D,
     Layer,
+    LayerNorm,
     MaxPool2D,
+    MultiHeadSelfAttention,
+    PositionEmbedding,
     Residual,
+    SelectToken,
+    TiedOutput,
+    TokenTypeEmbedding,
     pair,
 )
 from dlarena.spec.network import Network
@@ -53,6 +60,46 @@ def _pad(x: np.ndarray, padding: tuple[int, int], value: float) -> np.ndarray:
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))  # equal to 1/(1+exp(-x)) without overflow
+
+
+# math.erf on every element: NumPy has no erf, and this module needs nothing but NumPy.
+_erf = np.frompyfunc(math.erf, 1, 1)
+# GPT-2's tanh approximation of GELU (layers.ACTIVATIONS): sqrt(2 / pi) and the cubic's coefficient.
+GELU_TANH_SCALE = math.sqrt(2.0 / math.pi)
+GELU_TANH_CUBIC = 0.044715
+
+
+def _activation(function: str, x: np.ndarray) -> np.ndarray:
+    if function == "relu":
+        return np.maximum(x, 0.0)
+    if function == "sigmoid":
+        return _sigmoid(x)
+    if function == "tanh":
+        return np.tanh(x)
+    if function == "gelu":
+        return 0.5 * x * (1.0 + np.asarray(_erf(x / math.sqrt(2.0)), dtype=np.float64))
+    return 0.5 * x * (1.0 + np.tanh(GELU_TANH_SCALE * (x + GELU_TANH_CUBIC * x**3)))
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    shifted = np.exp(x - x.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def _self_attention(layer: MultiHeadSelfAttention, x: np.ndarray, weights: Weights, path: str) -> np.ndarray:
+    batch, steps, width = x.shape
+    size = width // layer.heads
+
+    def heads(block: np.ndarray) -> np.ndarray:  # (N, T, D) -> (N, heads, T, D/heads)
+        return block.reshape(batch, steps, layer.heads, size).transpose(0, 2, 1, 3)
+
+    q, k, v = (heads(block) for block in np.split(x @ weights[f"{path}.qkv_kernel"] + weights[f"{path}.qkv_bias"],
+                                                   3, axis=-1))
+    scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(size)
+    if layer.causal:
+        scores = np.where(np.tril(np.ones((steps, steps), dtype=bool)), scores, -np.inf)
+    mixed = (_softmax(scores) @ v).transpose(0, 2, 1, 3).reshape(batch, steps, width)
+    return mixed @ weights[f"{path}.out_kernel"] + weights[f"{path}.out_bias"]
 
 
 def _recurrent(layer: LSTM | GRU, x: np.ndarray, weights: Weights, path: str) -> np.ndarray:
@@ -106,16 +153,28 @@ def _layer(layer: Layer, x: np.ndarray, weights: Weights, path: str, observe: Ob
         shape = (1, -1) + (1,) * (x.ndim - 2)
         scale = weights[f"{path}.gamma"] / np.sqrt(1.0 + layer.eps)  # running mean 0, variance 1
         return x * scale.reshape(shape) + weights[f"{path}.beta"].reshape(shape)
+    if isinstance(layer, LayerNorm):
+        centred = x - x.mean(axis=-1, keepdims=True)
+        normal = centred / np.sqrt((centred**2).mean(axis=-1, keepdims=True) + layer.eps)
+        return normal * weights[f"{path}.gamma"] + weights[f"{path}.beta"]
     if isinstance(layer, Activation):
-        if layer.function == "relu":
-            return np.maximum(x, 0.0)
-        return _sigmoid(x) if layer.function == "sigmoid" else np.tanh(x)
+        return _activation(layer.function, x)
     if isinstance(layer, Dropout):
         return x
     if isinstance(layer, Flatten):
         return x.reshape(x.shape[0], -1)
     if isinstance(layer, Embedding):
         return weights[f"{path}.table"][x]
+    if isinstance(layer, PositionEmbedding):
+        return x + weights[f"{path}.table"][: x.shape[1]]
+    if isinstance(layer, TokenTypeEmbedding):
+        return x + weights[f"{path}.table"][layer.type_ids(x.shape[1])]
+    if isinstance(layer, MultiHeadSelfAttention):
+        return _self_attention(layer, x, weights, path)
+    if isinstance(layer, SelectToken):
+        return x[:, layer.index]
+    if isinstance(layer, TiedOutput):
+        return x @ weights[f"{layer.tied_to}.table"].T
     if isinstance(layer, LSTM | GRU):
         return _recurrent(layer, x, weights, path)
     if isinstance(layer, Residual):

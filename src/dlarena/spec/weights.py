@@ -7,7 +7,14 @@ every framework and their outputs and gradients compared. Layouts (see also laye
   rows of ``kernel`` follow the channels-first order ``(C, H, W)``; channels-last frameworks permute.
 * ``Conv2D``: ``kernel`` ``(out, in, kh, kw)``, ``bias`` ``(out,)``.
 * ``BatchNorm``: ``gamma``, ``beta`` ``(C,)``; running statistics start at mean 0, variance 1.
-* ``Embedding``: ``table`` ``(vocab, dim)``.
+* ``Embedding``: ``table`` ``(vocab, dim)``; ``PositionEmbedding``: ``table`` ``(positions, dim)``;
+  ``TokenTypeEmbedding``: ``table`` ``(types, dim)``. ``TiedOutput`` has none: it reads its
+  Embedding's ``table``.
+* ``LayerNorm``: ``gamma``, ``beta`` ``(D,)``.
+* ``MultiHeadSelfAttention``: ``qkv_kernel`` ``(D, 3D)`` and ``qkv_bias`` ``(3D,)``, blocks q, k, v,
+  each block's columns head by head; ``out_kernel`` ``(D, D)`` (rows head by head), ``out_bias``
+  ``(D,)``. This is GPT-2's ``c_attn``/``c_proj`` as stored; BERT's separate query, key and value
+  matrices are its three blocks.
 * ``LSTM``, per stacked layer ``k``: ``layerK.input_kernel`` ``(in, 4H)``,
   ``layerK.recurrent_kernel`` ``(H, 4H)``, ``layerK.bias`` ``(4H,)``; gate blocks ``i, f, g, o``.
 * ``GRU``, per stacked layer ``k``: ``layerK.input_kernel`` ``(in, 3H)``,
@@ -36,8 +43,12 @@ from dlarena.spec.layers import (
     Dense,
     Embedding,
     Layer,
+    LayerNorm,
+    MultiHeadSelfAttention,
+    PositionEmbedding,
     Residual,
     Shape,
+    TokenTypeEmbedding,
     pair,
 )
 from dlarena.spec.network import Network
@@ -56,7 +67,8 @@ class ParamSpec:
     name: str
     shape: Shape
     fan_in: int  # inputs feeding one output unit, for scaling
-    role: str  # kernel, bias, gamma, beta, table, input_kernel, recurrent_kernel, input_bias, recurrent_bias
+    # kernel, bias, gamma, beta, table, input_kernel, recurrent_kernel, input_bias, recurrent_bias
+    role: str
 
 
 def walk(layers: tuple[Layer, ...], shape: Shape, prefix: str = "") -> Iterator[tuple[str, Layer, Shape]]:
@@ -90,8 +102,21 @@ def layer_params(path: str, layer: Layer, shape: Shape) -> list[ParamSpec]:
         return specs
     if isinstance(layer, BatchNorm):
         return [ParamSpec(f"{path}.gamma", (shape[0],), 1, "gamma"), ParamSpec(f"{path}.beta", (shape[0],), 1, "beta")]
+    if isinstance(layer, LayerNorm):
+        width = shape[-1]
+        return [ParamSpec(f"{path}.gamma", (width,), 1, "gamma"), ParamSpec(f"{path}.beta", (width,), 1, "beta")]
     if isinstance(layer, Embedding):
         return [ParamSpec(f"{path}.table", (layer.vocab, layer.dim), 1, "table")]
+    if isinstance(layer, PositionEmbedding):
+        return [ParamSpec(f"{path}.table", (layer.positions, shape[-1]), 1, "table")]
+    if isinstance(layer, TokenTypeEmbedding):
+        return [ParamSpec(f"{path}.table", (layer.types, shape[-1]), 1, "table")]
+    if isinstance(layer, MultiHeadSelfAttention):
+        width = shape[-1]
+        return [ParamSpec(f"{path}.qkv_kernel", (width, 3 * width), width, "kernel"),
+                ParamSpec(f"{path}.qkv_bias", (3 * width,), width, "bias"),
+                ParamSpec(f"{path}.out_kernel", (width, width), width, "kernel"),
+                ParamSpec(f"{path}.out_bias", (width,), width, "bias")]
     if isinstance(layer, LSTM | GRU):
         size = layer.gates * layer.hidden
         specs = []
@@ -167,7 +192,8 @@ def initial_weights(network: Network, init: Init, seed: int) -> dict[str, np.nda
     comes from the framework's training and not from its random number generator. The rules are
     the frameworks' own: ``glorot_uniform`` (uniform within sqrt(6 / (fan_in + fan_out))) and
     ``he_normal`` (normal with standard deviation sqrt(2 / fan_in)) for kernels, embedding tables
-    included, and zero biases; ``uniform(-s, s)`` for every parameter; batch norm starts at gamma 1,
+    included, and zero biases; ``normal(0, s)`` for kernels and tables with zero biases (BERT, GPT-2);
+    ``uniform(-s, s)`` for every parameter; batch norm and layer norm start at gamma 1,
     beta 0. ``framework_default`` has no single rule across frameworks, so it takes glorot_uniform.
     """
     rng = np.random.RandomState(seed)
@@ -181,6 +207,8 @@ def initial_weights(network: Network, init: Init, seed: int) -> dict[str, np.nda
             value = rng.uniform(-init.scale, init.scale, size=spec.shape)
         elif spec.role in ("bias", "input_bias", "recurrent_bias"):
             value = np.zeros(spec.shape)
+        elif init.name == "normal":
+            value = rng.normal(0.0, init.scale, size=spec.shape)
         elif init.name == "he_normal":
             value = rng.normal(0.0, math.sqrt(2.0 / _fans(spec)[0]), size=spec.shape)
         else:

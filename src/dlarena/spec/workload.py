@@ -52,6 +52,9 @@ class Workload:
     recipe: Recipe
     default_batch_size: int
     published_params: int | None = None
+    # Parameters of a task head that the published count leaves out: BERT's classifier, where the
+    # paper counts BertModel (its encoder and pooler).
+    head_params: int = 0
     variant_of: str | None = None
     notes: str = ""
     quirks_not_copied: tuple[str, ...] = ()
