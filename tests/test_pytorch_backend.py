@@ -39,8 +39,8 @@ from dlarena.spec import (
     Recipe,
     Residual,
     Workload,
+    transformers,
 )
-from dlarena.spec import transformers
 
 try:
     from dlarena.spec.catalogue import CATALOGUE

@@ -54,6 +54,23 @@ def test_measurement_table_reaches_every_cell() -> None:
     assert cell.measurement.min_steps == 5 and cell.measurement.min_time_s == 0.25
 
 
+def test_latency_cells_time_enough_calls_for_their_p99() -> None:
+    """An inference cell at batch 1, and every cell of a `latency` sweep, times at least the 1,000 calls
+    a p99 needs (measure/stats.steps_for_percentile) in each process; other cells keep the suite's count."""
+    suite = parse_suite(
+        'frameworks = ["torch"]\n[measurement]\nmin_steps = 10\n'
+        '[[sweep]]\nworkloads = ["fcn5-small"]\nscenarios = ["train", "infer"]\nbatch_sizes = [1, 4]\n'
+        '[[sweep]]\nworkloads = ["lstm32-small"]\nscenarios = ["infer"]\nbatch_sizes = [4]\nlatency = true\n', "t")
+    steps = {(cell.workload, cell.scenario, cell.batch_size): cell.measurement.min_steps
+             for cell, _ in suite.cells(cores=1)}
+    assert steps == {("fcn5-small", "train", 1): 10, ("fcn5-small", "train", 4): 10, ("fcn5-small", "infer", 1): 1000,
+                     ("fcn5-small", "infer", 4): 10, ("lstm32-small", "infer", 4): 1000}
+    with pytest.raises(SuiteError, match="a latency sweep times inference only"):
+        parse_suite('workloads = ["fcn5-small"]\n[[sweep]]\nscenarios = ["train"]\nlatency = true\n', "t").cells(1)
+    with pytest.raises(SuiteError, match="'latency' must be true or false"):
+        parse_suite('workloads = ["fcn5-small"]\n[[sweep]]\nlatency = 1\n', "t").cells(1)
+
+
 def test_compile_cache_is_cold_unless_a_suite_or_the_command_line_shares_it() -> None:
     text = 'workloads = ["fcn5-small"]\nframeworks = ["torch-compile"]\nscenarios = ["infer"]\n'
     (cell, _), = parse_suite(text, "t").cells(cores=1)

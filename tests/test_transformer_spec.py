@@ -150,3 +150,15 @@ def test_the_small_transformers_run_through_the_oracle_to_finite_logits() -> Non
         inputs, _ = canonical_batch(network, 2)
         logits = forward(network, canonical_weights(network), inputs)
         assert logits.shape == (2, *network.output_shape) and np.isfinite(logits).all()
+
+
+def test_a_framework_whose_module_builds_no_transformer_says_so_before_any_worker() -> None:
+    from dlarena.frameworks.registry import FRAMEWORKS, transformer_builders
+
+    layers = get_workload("gpt2-124m-small").network.layer_types()
+    assert FRAMEWORKS["torch"].unsupported_reason(layers, "train") is None
+    reason = FRAMEWORKS["theano"].unsupported_reason(layers, "train")
+    assert reason is not None and "does not build the transformer layers" in reason and "torch" in reason
+    assert "torch" in transformer_builders() and "theano" not in transformer_builders()
+    # the other networks are not affected
+    assert FRAMEWORKS["theano"].unsupported_reason(get_workload("fcn5-small").network.layer_types(), "train") is None

@@ -309,8 +309,9 @@ def cmd_list(args: argparse.Namespace) -> int:
             {"name": s.name, "version": s.version, "description": s.description, "cells": len(s.cells())}
             for s in suites
         ]
-        lines = [f"{item['name']:<14} v{item['version']}  {counted(item['cells'], 'cell'):>10}  {item['description']}"
-                 for item in items]
+        width = max((len(item["name"]) for item in items), default=0)
+        lines = [f"{item['name']:<{width}}  v{item['version']}  {counted(item['cells'], 'cell'):>10}"
+                 f"  {item['description']}" for item in items]
     print(json.dumps(items, indent=1) if args.json else "\n".join(lines))
     return 0
 

@@ -30,6 +30,13 @@ CNTK_GRU_REASON = ("cntk.layers.GRU applies the reset gate before the recurrent 
                    "and U h by the reset gate")
 
 
+# The spec's transformer layers (the networks of spec/transformers.py). A framework whose dlarena module
+# does not build them (``FrameworkInfo.builds_transformers``) stores a transformer's cells as
+# `unsupported`, saying so, without starting a worker.
+TRANSFORMER_LAYERS = frozenset({"LayerNorm", "MultiHeadSelfAttention", "PositionEmbedding", "TokenTypeEmbedding",
+                                "SelectToken", "TiedOutput"})
+
+
 @dataclass(frozen=True)
 class FrameworkInfo:
     name: str
@@ -66,11 +73,16 @@ class FrameworkInfo:
     # The module of its capability probes (dlarena/probes): one function per probe it answers; None,
     # or a module without a probe's function: that probe is `unsupported` for it.
     probes: str | None = None
+    # Whether its module builds TRANSFORMER_LAYERS (layer norm, self-attention, learned positions, ...).
+    builds_transformers: bool = False
 
     def unsupported_reason(self, layer_types: set[str], scenario: str) -> str | None:
         """Why it cannot run a network with these layer types in this scenario; None when it can."""
         if scenario not in self.scenarios:
             return f"{self.name} does not run the {scenario!r} scenario (it runs {', '.join(self.scenarios)})"
+        if layer_types & TRANSFORMER_LAYERS and not self.builds_transformers:
+            return (f"dlarena's {self.name} module does not build the transformer layers (layer norm, self-attention,"
+                    f" learned positions, a tied output); these frameworks do: {', '.join(transformer_builders())}")
         for layer_type in sorted(layer_types & set(self.unsupported_layers)):
             return f"{self.name} cannot express {layer_type}: {self.unsupported_layers[layer_type]}"
         return None
@@ -145,6 +157,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             distributions=("torch",),
             extra="torch",
             probes="dlarena.probes.torch_probes",
+            builds_transformers=True,
         ),
         FrameworkInfo(
             name="torch-compile",
@@ -156,6 +169,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             probes="dlarena.probes.torch_probes",
             options={"compile": True},
             eager_counterpart="torch",
+            builds_transformers=True,
         ),
         FrameworkInfo(
             name="jax",
@@ -438,8 +452,13 @@ if os.environ.get(FAULT_FRAMEWORKS_VARIABLE) == "1":
                                     ("fault-torch-slower", CALIBRATION_SLOWDOWN, "torch with every step 10% longer")):
         FRAMEWORKS[_name] = FrameworkInfo(
             name=_name, description=f"test-only: {_what}", module="dlarena.frameworks.slowed", imports=("torch",),
-            distributions=("torch",), extra="test", options={"slowdown": _slowdown},
+            distributions=("torch",), extra="test", options={"slowdown": _slowdown}, builds_transformers=True,
         )
+
+
+def transformer_builders() -> list[str]:
+    """The frameworks whose module builds the transformer layers, test-only ones left out."""
+    return [name for name, info in FRAMEWORKS.items() if info.builds_transformers and not name.startswith("fault-")]
 
 
 def default_frameworks() -> tuple[str, ...]:

@@ -44,6 +44,7 @@ from typing import Any
 from dlarena.errors import DlarenaError, UnknownNameError
 from dlarena.frameworks.registry import FRAMEWORKS, default_frameworks, precision_support
 from dlarena.measure.repetitions import DEFAULT_MAX_PROCESSES, DEFAULT_TARGET_CI, Need
+from dlarena.measure.stats import LATENCY_PERCENTILES, steps_for_percentile
 from dlarena.plan.cell import COMPILE_CACHES, DENORMAL_MODES, Cell, Measurement
 from dlarena.plan.timeouts import default_timeout_s
 from dlarena.spec import SCENARIOS, TIMING_SCENARIOS
@@ -69,7 +70,7 @@ _TOP_KEYS = {
     "target_ci", "max_processes", "time_budget_s", *_AXES,
     "epochs", "target_accuracy",
 }
-_SWEEP_KEYS = {*_AXES, "timeout_s", "repetitions", "epochs", "target_accuracy"}
+_SWEEP_KEYS = {*_AXES, "timeout_s", "repetitions", "epochs", "target_accuracy", "latency"}
 
 
 class SuiteError(DlarenaError):
@@ -92,6 +93,9 @@ class Sweep:
     repetitions: int | None = None  # None: the suite's
     epochs: int | None = None  # accuracy cells; None: the workload's training recipe
     target_accuracy: float | None = None
+    # A latency sweep: each inference cell times enough calls for its p99 (latency_measurement), at
+    # every batch size, so that latency and throughput can be read off one curve.
+    latency: bool = False
 
 
 @dataclass(frozen=True)
@@ -177,15 +181,24 @@ class Suite:
                         for device, precision in itertools.product(sweep.devices, sweep.precisions):
                             for batch_size in _batch_sizes(sweep, workload, scenario):
                                 for count in threads:
+                                    measurement = (latency_measurement(self.measurement)
+                                                   if scenario == "infer" and (sweep.latency or batch_size == 1)
+                                                   else self.measurement)
                                     cell = Cell(
                                         framework=framework, workload=workload, scenario=scenario,
                                         batch_size=batch_size, threads=count, device=device,
-                                        precision=precision, measurement=self.measurement,
+                                        precision=precision, measurement=measurement,
                                         **_training(sweep, workload, scenario),
                                     )
                                     timeout = default_timeout_s(cell) if sweep.timeout_s is None else sweep.timeout_s
                                     planned.setdefault(cell, (timeout, repetitions))
         return [(cell, timeout, repetitions) for cell, (timeout, repetitions) in planned.items()]
+
+
+def latency_measurement(measurement: Measurement) -> Measurement:
+    """The measurement of a latency cell (an inference cell at batch 1, or any of a ``latency`` sweep):
+    each process times at least the steps its p99 needs (measure/stats.steps_for_percentile)."""
+    return replace(measurement, min_steps=max(measurement.min_steps, steps_for_percentile(LATENCY_PERCENTILES[-1])))
 
 
 def _batch_sizes(sweep: Sweep, workload: str, scenario: str) -> tuple[int, ...]:
@@ -349,7 +362,8 @@ def _typed(table: dict[str, Any], key: str, kind: type, origin: str, default: An
 
 
 def _kind_name(kind: type) -> str:
-    return {str: "a string", int: "an integer", float: "a number", list: "a list"}.get(kind, kind.__name__)
+    return {str: "a string", int: "an integer", float: "a number", list: "a list", bool: "true or false"}.get(
+        kind, kind.__name__)
 
 
 def _names(table: dict[str, Any], key: str, origin: str) -> tuple[str, ...] | None:
@@ -389,7 +403,11 @@ def _sweep(table: dict[str, Any], origin: str) -> Sweep:
     target = _typed(table, "target_accuracy", float, origin, None) if "target_accuracy" in table else None
     if target is not None and not 0 < target <= 1:
         raise SuiteError(f"{origin}: 'target_accuracy' must be a fraction in (0, 1], got {target}")
+    latency = _typed(table, "latency", bool, origin, False) if "latency" in table else False
+    if latency and set(_names(table, "scenarios", origin) or ()) - {"infer"}:
+        raise SuiteError(f"{origin}: a latency sweep times inference only; set scenarios = [\"infer\"]")
     return Sweep(
+        latency=latency,
         repetitions=_repetitions(table, origin) if "repetitions" in table else None,
         epochs=epochs,
         target_accuracy=target,

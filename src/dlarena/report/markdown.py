@@ -8,6 +8,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from dlarena.measure.stats import TAIL_OBSERVATIONS, steps_for_percentile
 from dlarena.report import machine
 from dlarena.report.annotate import processes, stability_warnings, steady_state
 from dlarena.report.tables import table as _table
@@ -235,7 +236,10 @@ def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[R
                   " throughout; `warmup`: slower steps first, dropped; `slowdown`: faster steps first, dropped;"
                   " `no steady state`: still changing in its last quarter, left out while another process"
                   " settled). The 95% interval of the median resamples processes, then steps within them. p90"
-                  " and p99 are the latencies of a batch for inference. *processes run* says how many measured"
+                  " and p99 are the latencies of a batch for inference, given where at least"
+                  f" {TAIL_OBSERVATIONS} steady steps lie beyond them ({steps_for_percentile(90):,} steps for"
+                  f" p90, {steps_for_percentile(99):,} for p99: an inference cell at batch 1, or of a latency"
+                  " sweep, times that many calls in each process). *processes run* says how many measured"
                   " the cell and why that many: its interval came within the target, or its budget was spent"
                   " first; a process run during one of the machine's slow spells (see *Machine speed*) is"
                   " left out and measured again.", ""]
