@@ -101,6 +101,14 @@ def test_one_worker_checks_every_network_of_a_framework_and_precision() -> None:
         "fault-none float32: 3 of 3 networks checked", "fault-none float64: 3 of 3 networks checked"], lines
 
 
+def test_a_network_the_registry_says_a_framework_cannot_build_starts_no_worker() -> None:
+    lines: list[str] = []
+    checks = verify(["fault-none"], ["gpt2-124m-small", "fcn5-small"], 2, threads=1, on_progress=lines.append)
+    assert [(c.workload, c.status) for c in checks] == [("gpt2-124m-small", "unsupported"), ("fcn5-small", "ok")]
+    assert "does not build the transformer layers" in checks[0].message
+    assert all(" 1 of 1 networks checked" in line for line in lines), lines  # the worker had fcn5-small alone
+
+
 def test_workers_side_by_side_give_the_same_verdicts() -> None:
     frameworks = ["fault-none", "fault-wrong", "fault-raise"]
     one = verify(frameworks, THREE, 2, threads=1)

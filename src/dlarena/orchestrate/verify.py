@@ -218,7 +218,13 @@ def _run_workers(
     computing gets that status with the worker's output, and the networks after it are given to a
     fresh worker; a worker that died before its first network (the import) takes them all down."""
     outcomes: dict[str, _Outcome] = {}
-    pending = list(names)
+    pending = []
+    for name in names:  # what the registry knows the framework cannot build starts no worker
+        reason = FRAMEWORKS[framework].unsupported_reason(get_workload(name).network.layer_types(), "infer")
+        if reason is None:
+            pending.append(name)
+        else:
+            outcomes[name] = _Outcome("unsupported", reason)
     attempt = 0
     while pending:
         arrays_folder = folder / f"{framework}-{precision}-{attempt}"
