@@ -35,6 +35,7 @@ from dlarena.orchestrate.verify import (
 from dlarena.spec import reference
 from dlarena.spec.catalogue import CATALOGUE, get_workload
 from dlarena.spec.weights import canonical_batch, canonical_weights, parameter_specs
+from dlarena.store.database import Store
 
 
 def test_canonical_weights_cover_every_parameter_exactly_once() -> None:
@@ -382,7 +383,6 @@ def test_ctrl_c_stops_every_verify_worker(tmp_path: Path) -> None:
 
 def test_verdicts_count_only_for_the_code_and_framework_version_checked(tmp_path: Path) -> None:
     from dlarena.store import verdicts
-    from dlarena.store.database import Store
 
     store = Store.open(tmp_path / "a.db")
     record = verdicts.open_record(create=True)
@@ -393,13 +393,69 @@ def test_verdicts_count_only_for_the_code_and_framework_version_checked(tmp_path
         record.record_verification(PairCheck("jax", "fcn5-small", 4, "mismatch", framework_version="0.4").as_dict(),
                                    "1.0+gabc")
         assert verdicts.statuses(store, "1.0+gdef") == {}  # other code: verifies nothing
-        assert verdicts.statuses(store, "1.0+gabc") == {("torch", "fcn5-small", "2.0"): "ok",
-                                                       ("jax", "fcn5-small", "0.4"): "mismatch"}
+        assert verdicts.statuses(store, "1.0+gabc") == {("torch", "fcn5-small", "2.0", "float32"): "ok",
+                                                       ("jax", "fcn5-small", "0.4", "float32"): "mismatch"}
         other = Store.open(tmp_path / "b.db")
         assert verdicts.copy_into(other, "1.0+gabc", ["jax"]) == 1
         assert verdicts.copy_into(other, "1.0+gabc", ["jax"]) == 0  # copied once
-        assert other.verification_statuses() == {("jax", "fcn5-small", "0.4"): "mismatch"}
+        assert other.verification_statuses() == {("jax", "fcn5-small", "0.4", "float32"): "mismatch"}
         other.close()
     finally:
         store.close()
         record.close()
+
+
+# bfloat16: the same judgement held to bfloat16's tolerances, with a floor that logits computed in a
+# higher precision cannot reach, and the dtype the framework says its products ran in.
+
+def _judge_bfloat16(tmp_path: Path, logits_error: float, matmul_dtype: str | None) -> PairCheck:
+    """A candidate's bfloat16 verdict on gpt2-124m-small (no ReLU: its gradient is defined) whose logits
+    are the oracle's plus noise of ``logits_error`` times their largest magnitude."""
+    oracle = _oracle("gpt2-124m-small", 2)
+    exact = {spec.name: np.random.default_rng(1).normal(size=spec.shape)
+             for spec in parameter_specs(oracle.workload.network)}
+    noise = np.random.default_rng(2).uniform(-1, 1, size=oracle.logits.shape)
+    logits = oracle.logits + logits_error * np.abs(oracle.logits).max() * noise
+    record = {"params": oracle.workload.params, "gradients": True, "roundtrip_differs": [],
+              **({"matmul_dtype": matmul_dtype} if matmul_dtype else {})}
+    path = tmp_path / "bf16.npz"
+    np.savez(path, logits=logits.astype(np.float32), loss=np.asarray(oracle.loss),
+             **{f"grad/{name}": value.astype(np.float32) for name, value in exact.items()})
+    reference64 = _arrays(tmp_path / "ref64.npz", oracle, "float64", exact)
+    outcomes32 = {"candidate": {oracle.workload.name: _Outcome("ok", "", record, path, "9.9")}}
+    outcomes64 = {"candidate": {oracle.workload.name: _Outcome("ok", "", record, reference64, "9.9")}}
+    (check,) = _judge_network(oracle, ["candidate"], 2, outcomes32, outcomes64, "bfloat16")
+    return check
+
+
+def test_bfloat16_logits_are_held_between_a_floor_and_a_ceiling(tmp_path: Path) -> None:
+    from dlarena.orchestrate.verify import BF16_FORWARD_FLOOR, BF16_FORWARD_TOLERANCE
+
+    typical = _judge_bfloat16(tmp_path, 2 * 2.0**-8, "bfloat16")  # two roundoffs, as torch's bf16 gives
+    assert typical.status == "ok" and typical.precision == "bfloat16", typical.message
+    assert BF16_FORWARD_FLOOR < (typical.forward_error or 0) < BF16_FORWARD_TOLERANCE
+    too_far = _judge_bfloat16(tmp_path, 4 * BF16_FORWARD_TOLERANCE, "bfloat16")  # an 8-bit float, or a bug
+    assert too_far.status == "mismatch" and "bfloat16 logits differ from the oracle" in too_far.message
+    too_close = _judge_bfloat16(tmp_path, 1e-7, None)  # float32 rounding: it never computed in bfloat16
+    assert too_close.status == "mismatch" and "computed in a higher precision" in too_close.message
+
+
+def test_bfloat16_products_run_in_another_dtype_are_a_mismatch(tmp_path: Path) -> None:
+    check = _judge_bfloat16(tmp_path, 2 * 2.0**-8, "float32")
+    assert check.status == "mismatch" and "matrix products ran in float32, not bfloat16" in check.message
+
+
+def test_verdicts_are_kept_per_precision(tmp_path: Path) -> None:
+    from dlarena.report.annotate import annotate
+
+    store = Store.open(tmp_path / "r.db")
+    for precision, status in (("float32", "ok"), ("bfloat16", "mismatch")):
+        check = PairCheck("torch", "gpt2-124m-small", 4, status, framework_version="2.13.0", precision=precision)
+        store.record_verification(check.as_dict(), "v1")
+    statuses = store.verification_statuses()
+    assert statuses == {("torch", "gpt2-124m-small", "2.13.0", "float32"): "ok",
+                        ("torch", "gpt2-124m-small", "2.13.0", "bfloat16"): "mismatch"}
+    rows = [{"framework": "torch", "workload": "gpt2-124m", "framework_version": "2.13.0", "precision": precision,
+             "threads": 1, "cores_used": None} for precision in ("float32", "bfloat16", "mixed-bf16")]
+    annotate(rows, statuses)  # the published network takes its small twin's verdict, in its own precision
+    assert [row["verification"] for row in rows] == ["verified", "mismatch", "unverified"]

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dlarena.errors import DlarenaError
+from dlarena.errors import DlarenaError, UnknownNameError
 from dlarena.orchestrate.lock import machine_lock
 from dlarena.orchestrate.orchestrator import RunSummary, nothing_to_resume, resume_run, run_suite
 from dlarena.orchestrate.progress import Progress
@@ -311,8 +311,11 @@ def verify(
     frameworks: Sequence[str] | None = None, workloads: Sequence[str] | None = None, full: bool = False,
     db: Path | None = None, on_check: Callable[[PairCheck], None] | None = None,
     on_progress: Callable[[str], None] | None = None, wait: bool = True, progress: bool = False,
+    precision: str = "float32",
 ) -> list[PairCheck]:
-    """Run `dlarena verify` and store every pair's verdict; see orchestrate/verify.py.
+    """Run `dlarena verify` and store every pair's verdict; see orchestrate/verify.py. ``precision``: the
+    one checked beside float64 (float32, bfloat16 or mixed-bf16: orchestrate/verify.TOLERANCES); a
+    framework that does not run it is `unsupported` there.
 
     It holds the machine's measuring lock, as a run does: its workers would take cores from a
     measurement in progress. Each verdict goes to ``db`` and to the machine's record
@@ -327,6 +330,8 @@ def verify(
 
     for name in frameworks or ():
         framework_info(name)
+    if precision not in checks.TOLERANCES:
+        raise UnknownNameError("precision to verify", precision, checks.TOLERANCES)
     if workloads is not None and list(workloads) == ["all"]:
         workloads = [name for name, workload in CATALOGUE.items() if not workload.is_small]
     names = checks.workload_names(workloads or _quick_workloads(), full)
@@ -355,7 +360,7 @@ def verify(
                 threads=available_cores(), on_check=keep, on_progress=on_progress,
                 networks_per_worker=checks.FULL_NETWORKS_PER_WORKER if full else None,
                 # Side by side on small twins; one at a time at the published sizes (gigabytes each).
-                jobs=1 if full else available_cores(),
+                jobs=1 if full else available_cores(), precision=precision,
             )
         finally:
             for opened in stores:
@@ -413,8 +418,11 @@ def verify_table(checks: Sequence[PairCheck]) -> str:
     def error(value: float | None) -> str:
         return "" if value is None else f"{value:.1e}"
 
-    lines = ["| workload | framework | version | status | params | forward f32 | loss f32 | gradients f32 |"
-             " forward f64 | gradients f64 | vs |",
+    precision = checks[0].precision if checks else "float32"  # one verify checks one precision
+    limits = tolerances.TOLERANCES[precision]
+    short = {"float32": "f32", "bfloat16": "bf16", "mixed-bf16": "mixed bf16"}.get(precision, precision)
+    lines = [f"| workload | framework | version | status | params | forward {short} | loss {short} |"
+             f" gradients {short} | forward f64 | gradients f64 | vs |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for check in checks:
         lines.append(
@@ -424,21 +432,22 @@ def verify_table(checks: Sequence[PairCheck]) -> str:
             f" {error(check.forward64_error)} | {error(check.gradient_error)} | {check.gradient_reference or ''} |"
         )
     lines.append("")
+    floor = (f" (and at least {limits.forward_floor:.2g} for the forward: closer, it was computed in more than"
+             f" {precision})" if limits.forward_floor else "")
     lines.append(
         "Maximum relative errors: forward and loss against the NumPy float64 oracle, gradients against the"
-        " reference framework's float64 gradients. Tolerances: float32 forward"
-        f" {tolerances.FORWARD_TOLERANCE:g}, loss {tolerances.LOSS_TOLERANCE:g}, gradients"
-        f" {tolerances.GRADIENT32_TOLERANCE:g}; float64 forward {tolerances.FORWARD64_TOLERANCE:g}, loss"
-        f" {tolerances.LOSS64_TOLERANCE:g}, gradients {tolerances.GRADIENT64_TOLERANCE:g}. The float32"
-        " computation (what is timed) decides whether timings count; a float32 gradient is held to its"
-        " tolerance where the oracle keeps every ReLU and max-pool input farther than"
-        f" {tolerances.FLOAT32_KINK_MARGIN:g} of its layer's largest from the kink, and elsewhere the float64"
-        " gradients decide."
+        f" reference framework's float64 gradients. Tolerances: {precision} forward {limits.forward:.2g}, loss"
+        f" {limits.loss:.2g}, gradients {limits.gradient:.2g}{floor}; float64 forward"
+        f" {tolerances.FORWARD64_TOLERANCE:g}, loss {tolerances.LOSS64_TOLERANCE:g}, gradients"
+        f" {tolerances.GRADIENT64_TOLERANCE:g}. The {precision} computation (what is timed) decides whether timings"
+        f" count; a {precision} gradient is held to its tolerance where the oracle keeps every ReLU and max-pool"
+        f" input farther than {limits.kink_margin:.2g} of its layer's largest from the kink, and elsewhere the"
+        " float64 gradients decide."
     )
     undefined = [c for c in checks if c.float32_gradients.startswith("not defined")]
     if undefined:
         lines.append("")
-        lines += [f"- {c.workload} {c.framework}: float32 gradient {c.float32_gradients}" for c in undefined]
+        lines += [f"- {c.workload} {c.framework}: {precision} gradient {c.float32_gradients}" for c in undefined]
     problems = [c for c in checks if c.status != "ok" and c.message]
     if problems:
         lines.append("")

@@ -206,7 +206,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     checks = api.verify(frameworks=args.frameworks, workloads=args.workloads, full=args.full, db=args.db,
                         on_check=None if args.quiet else _print_check,
                         on_progress=None if args.quiet else _print_progress,
-                        wait=not args.no_wait, progress=not args.quiet)
+                        wait=not args.no_wait, progress=not args.quiet, precision=args.precision)
     print(api.verify_table(checks))
     disagreements = [c for c in checks if c.status not in ("ok", "unsupported", "unavailable")]
     if disagreements:
@@ -564,6 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--workloads", type=_names,
                         help="comma-separated workloads, or 'all' (default: the quick suite's)")
     verify.add_argument("--full", action="store_true", help="the published sizes instead of the small twins")
+    verify.add_argument("--precision", default="float32",
+                        help="the precision checked beside float64: float32 (default), bfloat16 or mixed-bf16")
     verify.set_defaults(handler=cmd_verify)
 
     capabilities = commands.add_parser(

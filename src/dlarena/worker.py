@@ -337,6 +337,8 @@ def _verify_network(backend: Backend, cell: Cell, name: str, arrays_path: str) -
     import numpy as np
 
     from dlarena.frameworks.base import Unsupported
+    from dlarena.frameworks.precision import as_stored
+    from dlarena.frameworks.precision import precision as precision_of
     from dlarena.spec.catalogue import get_workload
     from dlarena.spec.weights import canonical_batch, canonical_weights
 
@@ -345,9 +347,11 @@ def _verify_network(backend: Backend, cell: Cell, name: str, arrays_path: str) -
         workload = get_workload(name)
         checker = backend.checker(workload, cell.device, cell.precision)
         record["params"] = checker.trainable_params()
-        # Canonical float32 values are exact in float64: both precisions compute the same function.
-        dtype = np.dtype(cell.precision)
-        weights = {key: value.astype(dtype) for key, value in canonical_weights(workload.network, cell.seed).items()}
+        # Canonical float32 values are exact in float64: both precisions compute the same function. In
+        # bfloat16 they are rounded first, so that the round trip compares what the framework can hold.
+        dtype = precision_of(cell.precision).host_dtype
+        weights = {key: as_stored(value, cell.precision)
+                   for key, value in canonical_weights(workload.network, cell.seed).items()}
         checker.load_weights(weights)
         exported = checker.export_weights()
         record["roundtrip_differs"] = sorted(
@@ -360,6 +364,11 @@ def _verify_network(backend: Backend, cell: Cell, name: str, arrays_path: str) -
         if workload.network.input_kind != "tokens":
             inputs = inputs.astype(dtype)
         arrays = {"logits": np.asarray(checker.forward(inputs))}
+        # What its matrix products ran in, where the module reads it back (kernel modules' parity).
+        parity = getattr(checker, "parity", None)
+        computed_in = parity().details.get("matmul_dtype") if callable(parity) else None
+        if computed_in:
+            record["matmul_dtype"] = str(computed_in)
         try:
             loss, gradients = checker.loss_and_gradients(inputs, labels)
             arrays["loss"] = np.asarray(loss, dtype=np.float64)

@@ -30,6 +30,7 @@ import numpy as np
 
 from dlarena.frameworks import layout
 from dlarena.frameworks.base import (
+    CHECK_PRECISIONS,
     PRECISIONS,
     SCENARIOS,
     Parity,
@@ -38,6 +39,7 @@ from dlarena.frameworks.base import (
     require,
     require_check_precision,
 )
+from dlarena.frameworks.precision import precision as precision_of
 from dlarena.spec import Network, Workload
 from dlarena.spec.layers import GRU, LSTM, Activation, Conv2D, Dense, Dropout, Flatten, MultiHeadSelfAttention, Shape
 from dlarena.spec.recipe import Optimizer, Recipe
@@ -233,7 +235,9 @@ class Model(ABC):
     def __init__(self, workload: Workload, precision: str, device: str, batch_size: int, training: bool) -> None:
         self.workload, self.network, self.recipe = workload, workload.network, workload.recipe
         self.precision, self.device, self.batch_size, self.training = precision, device, batch_size, training
-        self.dtype = np.dtype(precision)
+        self.precision_info = precision_of(precision)
+        # What weights and floating inputs are handed over in (bfloat16 as float32: the framework rounds).
+        self.dtype = self.precision_info.host_dtype
 
     @abstractmethod
     def bindings(self) -> list[Binding]:
@@ -407,7 +411,8 @@ class KernelBackend:
         return KernelRunner(model, request.scenario, request.seed)
 
     def checker(self, workload: Workload, device: str, precision: str = "float32") -> KernelChecker:
-        require_check_precision(precision, self.name)
+        # float64 for verify's gradients, and every precision the backend times (its bfloat16 is checked too)
+        require_check_precision(precision, self.name, tuple(dict.fromkeys((*CHECK_PRECISIONS, *self.precisions))))
         # Batch size 0: the checker takes batches of any size (a module that binds shapes does so lazily).
         return KernelChecker(self.build(workload, precision, device, 0, training=False))
 

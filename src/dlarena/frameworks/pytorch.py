@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from dlarena.frameworks import kernel
 from dlarena.frameworks.base import Parity, Unavailable, Unsupported
+from dlarena.frameworks.registry import TORCH_PRECISIONS
 from dlarena.spec import Workload
 from dlarena.spec.layers import (
     GRU,
@@ -304,6 +305,17 @@ def _torch_name(layer: Layer, role: str, sublayer: str) -> str:
 # The kernel's Model
 
 
+def _widened(logits: Tensor) -> Tensor:
+    """Logits for the loss: half-precision ones in float32 (as autocast computes a loss), others as they are."""
+    return logits.float() if logits.dtype in (torch.bfloat16, torch.float16) else logits
+
+
+def _to_numpy(tensor: Tensor) -> np.ndarray:
+    """A tensor on the host as NumPy: bfloat16, which NumPy lacks, as float32 (every value exact)."""
+    tensor = tensor.cpu()
+    return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+
+
 def _blas() -> str | None:
     match = re.search(r"BLAS_INFO=([^,\s]+)", torch.__config__.show())
     return match.group(1) if match else None
@@ -333,8 +345,13 @@ class Model(kernel.Model):
         super().__init__(workload, precision, device, batch_size, training)
         self.where = torch.device(device)
         self.compiled = compile
+        self.weights_dtype = getattr(torch, self.precision_info.weights)
         self.net = build_sequence(self.network.layers, self.network.input_shape).to(
-            device=self.where, dtype=getattr(torch, precision))
+            device=self.where, dtype=self.weights_dtype)
+        # mixed-bf16 and mixed-fp16: float32 weights, matrix products in the lower precision
+        # (torch.autocast casts each op's inputs as its op lists say; the loss stays float32).
+        self.compute_dtype = getattr(torch, self.precision_info.compute)
+        self.matmul_dtypes: set[str] = set()  # what the first eager forward's Linear/conv outputs were
         self.net.train(training)
         self.params = [p for p in self.net.parameters() if p.requires_grad]
         self.handles: dict[str, Tensor] = {}
@@ -360,7 +377,32 @@ class Model(kernel.Model):
         return summed / kernel.loss_divisor(self.network, self.recipe, labels.shape[0])
 
     def _objective(self, inputs: Tensor, labels: Tensor) -> Tensor:
-        return self._loss(self.net(inputs), labels)
+        with self._autocast():
+            logits = self.net(inputs)
+        return self._loss(_widened(logits), labels)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if not self.precision_info.mixed:
+            return contextlib.nullcontext()
+        return torch.autocast(self.where.type, dtype=self.compute_dtype)
+
+    def _forward(self, inputs: Tensor) -> Tensor:
+        """The (compiled) forward in the cell's precision; the first eager call records the dtypes the
+        Linear and convolution layers computed in (parity: what the matrix products really ran in)."""
+        with self._autocast():
+            if self.compiled or self.matmul_dtypes:
+                return self.forward(inputs)
+            hooks = [module.register_forward_hook(self._record_dtype) for module in self.net.modules()
+                     if isinstance(module, nn.Linear | nn.Conv2d | SelfAttention | TiedLinear)]
+            try:
+                return self.forward(inputs)
+            finally:
+                for hook in hooks:
+                    hook.remove()
+
+    def _record_dtype(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        if isinstance(output, Tensor):
+            self.matmul_dtypes.add(str(output.dtype).removeprefix("torch."))
 
     @contextlib.contextmanager
     def _evaluating(self) -> Iterator[None]:
@@ -377,14 +419,16 @@ class Model(kernel.Model):
         return self.bind(self.handles)
 
     def read(self, handle: Tensor) -> np.ndarray:
-        return handle.detach().cpu().numpy().copy()  # a copy: on the CPU, numpy() shares the parameter
+        # a copy: on the CPU, numpy() shares the parameter; NumPy has no bfloat16, so that reads as float32
+        return _to_numpy(handle.detach()).copy()
 
     def write(self, handle: Tensor, value: np.ndarray) -> None:
         with torch.no_grad():
             handle.copy_(torch.from_numpy(value))
 
     def device_batch(self, array: np.ndarray) -> Tensor:
-        return torch.from_numpy(array).to(self.where)
+        tensor = torch.from_numpy(array).to(self.where)
+        return tensor.to(self.weights_dtype) if tensor.is_floating_point() else tensor
 
     def reset_statistics(self) -> None:
         for module in self.net.modules():
@@ -395,20 +439,21 @@ class Model(kernel.Model):
         # no_grad rather than inference_mode: tensors made under inference_mode cannot meet
         # autograd later, and torch.compile guards would recompile for each mode switch.
         with self._evaluating(), torch.no_grad():
-            return self.forward(inputs).cpu().numpy()
+            return _to_numpy(self._forward(inputs))
 
     def infer_step(self, inputs: Tensor) -> Tensor:
         with torch.inference_mode():
-            return self.forward(inputs)  # a tensor: no copy to the host in the timed step
+            return self._forward(inputs)  # a tensor: no copy to the host in the timed step
 
     def gradients(self, inputs: Tensor, labels: Tensor) -> tuple[float, dict[str, np.ndarray]]:
         # The compiled forward (torch-compile is verified through its compiled graph), the loss eager.
         with self._evaluating():
             self.net.zero_grad(set_to_none=True)
-            loss = self._loss(self.forward(inputs), labels)
+            loss = self._loss(_widened(self._forward(inputs)), labels)
             loss.backward()  # type: ignore[no-untyped-call]
-        return float(loss.detach()), {name: (tensor.grad if tensor.grad is not None else torch.zeros_like(tensor))
-                                       .detach().cpu().numpy() for name, tensor in self.handles.items()}
+        return float(loss.detach()), {name: _to_numpy((tensor.grad if tensor.grad is not None
+                                                       else torch.zeros_like(tensor)).detach())
+                                       for name, tensor in self.handles.items()}
 
     def train_step(self, inputs: Tensor, labels: Tensor) -> Tensor:
         self.optimizer.zero_grad(set_to_none=True)
@@ -440,6 +485,10 @@ class Model(kernel.Model):
         }
         if self.compiled:
             details["compile_cache"] = _compile_cache_counters()
+        if self.matmul_dtypes:  # read back from the first eager forward's Linear and convolution outputs
+            details["matmul_dtype"] = ", ".join(sorted(self.matmul_dtypes))
+        elif self.precision_info.mixed or self.compiled:  # Inductor's graph has no module to hook: the setting
+            details["matmul_dtype"] = f"{self.precision_info.compute} (the autocast setting, not observed)"
         if on_cuda:
             # cuDNN convolutions use TF32 by default (torch.backends.cudnn.allow_tf32), matmuls do not.
             details["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
@@ -474,6 +523,7 @@ class Backend(kernel.KernelBackend):
 
     model_class = Model
     devices = ("cpu", "cuda")
+    precisions = TORCH_PRECISIONS
 
     def __init__(self, threads: int, compile: bool = False) -> None:
         super().__init__(threads, compile=compile)

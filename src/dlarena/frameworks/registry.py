@@ -20,6 +20,8 @@ if TYPE_CHECKING:  # the command line reads this table for its help: it imports 
 # What every framework module times in today: base.require's default, which no module widens yet.
 # A module that runs another precision passes it to base.require and lists it in its entry here.
 TIMED_PRECISIONS: tuple[str, ...] = ("float32",)
+# torch's (and torch-compile's): bfloat16 weights and compute, and float32 weights under torch.autocast.
+TORCH_PRECISIONS: tuple[str, ...] = ("float32", "bfloat16", "mixed-bf16")
 
 
 # CNTK's CPU kernels run on Intel OpenMP, whose workers spin 200 ms after each parallel region: at
@@ -157,6 +159,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             distributions=("torch",),
             extra="torch",
             probes="dlarena.probes.torch_probes",
+            precisions=TORCH_PRECISIONS,
             builds_transformers=True,
         ),
         FrameworkInfo(
@@ -169,6 +172,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             probes="dlarena.probes.torch_probes",
             options={"compile": True},
             eager_counterpart="torch",
+            precisions=TORCH_PRECISIONS,
             builds_transformers=True,
         ),
         FrameworkInfo(

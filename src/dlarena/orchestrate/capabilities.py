@@ -74,8 +74,8 @@ def ask(framework: str, probe: Probe, executor: Executor) -> ProbeAnswer:
 
 def networks(framework: str, store: Store, code_version: str) -> ProbeAnswer:
     """Which catalogue networks `dlarena verify` found it computing as the oracle does, by kind."""
-    found = {workload: (status, version) for (name, workload, version), status
-             in verdicts.statuses(store, code_version).items() if name == framework}
+    found = {workload: (status, version) for (name, workload, version, precision), status
+             in verdicts.statuses(store, code_version).items() if name == framework and precision == "float32"}
     if not found:
         return ProbeAnswer(framework, "networks", "unavailable",
                            f"`dlarena verify` has not checked {framework} with this dlarena yet (run `dlarena verify"

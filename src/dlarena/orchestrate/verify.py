@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from dlarena.frameworks.layout import max_relative_error
+from dlarena.frameworks.precision import precision as precision_of
 from dlarena.frameworks.registry import FRAMEWORKS
 from dlarena.orchestrate.executor import Executor, LocalExecutor
 from dlarena.orchestrate.orchestrator import classify
@@ -91,6 +92,46 @@ LOSS64_TOLERANCE = 1e-10
 # Gradients sum over the batch and every position as well, and a derivative is evaluated at the
 # rounded forward values, hence two orders more.
 GRADIENT64_TOLERANCE = 1e-8
+# bfloat16 keeps 8 significant bits: its unit roundoff is 2^-8 = 3.9e-3, 2^16 times float32's 2^-24.
+BF16_UNIT_ROUNDOFF = 2.0**-8
+FLOAT32_UNIT_ROUNDOFF = 2.0**-24
+# Measured with torch 2.13 on the CPU (2026-12-02), every small twin at batch 4, in bfloat16 and in
+# mixed-bf16: logits 2.8e-3 to 1.2e-2 from the oracle (0.7 to 3 roundoffs; bert-base-small the worst),
+# losses 1e-6 to 7e-3; gradients of the networks without ReLU or max pooling 6.8e-3 to 3.4e-2 from
+# torch's float64 ones (gpt2-124m-small's layer-norm gains the worst). Every one of the others has a
+# kink within bfloat16 rounding and gradients 0.15 to 0.66 off: not defined to that precision, so
+# float64 decides for them, as it does for float32 near a kink (the margin scaled by the ratio of the
+# two roundoffs).
+# - Ceilings: 16 roundoffs (6.3e-2) for logits and loss, a factor of 5 over the worst measured and what
+#   one rounding to an 8-bit float (e4m3, roundoff 2^-4) costs already; 32 (0.125) for gradients, a
+#   factor of 3.7, still far below the errors of order one that a wrong layout or a dropped term makes.
+# - Floor: a bfloat16 computation rounds its weights, its inputs and every product's operands, so its
+#   logits cannot come much closer to the oracle than a roundoff. 1/16 of one (2.4e-4) is 11 times below
+#   the closest measured and 2,000 times above float32's 1e-7: logits closer than that were computed
+#   in more than bfloat16, whatever the framework says.
+BF16_FORWARD_TOLERANCE = 16 * BF16_UNIT_ROUNDOFF
+BF16_LOSS_TOLERANCE = 16 * BF16_UNIT_ROUNDOFF
+BF16_GRADIENT_TOLERANCE = 32 * BF16_UNIT_ROUNDOFF
+BF16_FORWARD_FLOOR = BF16_UNIT_ROUNDOFF / 16
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """What the timed precision's pass is held to (against the oracle, and the reference's float64 gradients)."""
+
+    forward: float
+    loss: float
+    gradient: float
+    kink_margin: float  # reference.branch_margin beyond which its gradient is defined to that tolerance
+    forward_floor: float = 0.0  # logits closer to the oracle than this were computed in a higher precision
+
+
+TOLERANCES: dict[str, Tolerances] = {
+    "float32": Tolerances(FORWARD_TOLERANCE, LOSS_TOLERANCE, GRADIENT32_TOLERANCE, FLOAT32_KINK_MARGIN),
+    **{name: Tolerances(BF16_FORWARD_TOLERANCE, BF16_LOSS_TOLERANCE, BF16_GRADIENT_TOLERANCE,
+                        FLOAT32_KINK_MARGIN * BF16_UNIT_ROUNDOFF / FLOAT32_UNIT_ROUNDOFF, BF16_FORWARD_FLOOR)
+       for name in ("bfloat16", "mixed-bf16")},
+}
 # Small batches keep the float64 oracle quick; 4 samples still exercise every batch axis.
 VERIFY_BATCH_SIZE = 4
 # Published networks are large (FCN-5 logits: 26,752 per sample; OverFeat: 146 M parameters).
@@ -130,6 +171,8 @@ class PairCheck:
     # {"precision", "kind" ("wrong numbers" or "failed"), "detail"}. They leave the timings counted.
     framework_bugs: list[dict[str, str]] = field(default_factory=list)
     stderr_tail: str = ""
+    # The precision checked and timed (TOLERANCES): float32, or bfloat16 and mixed-bf16, beside float64.
+    precision: str = "float32"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -219,8 +262,11 @@ def _run_workers(
     fresh worker; a worker that died before its first network (the import) takes them all down."""
     outcomes: dict[str, _Outcome] = {}
     pending = []
+    info = FRAMEWORKS[framework]
     for name in names:  # what the registry knows the framework cannot build starts no worker
-        reason = FRAMEWORKS[framework].unsupported_reason(get_workload(name).network.layer_types(), "infer")
+        reason = info.unsupported_reason(get_workload(name).network.layer_types(), "infer")
+        if precision != "float64" and precision not in info.precisions:
+            reason = f"{framework} does not run {precision} (it runs {', '.join(info.precisions)})"
         if reason is None:
             pending.append(name)
         else:
@@ -267,7 +313,7 @@ def _run_workers(
 
 def _compare_outputs(
     check: PairCheck, arrays: Path, oracle: _Oracle, precision: str, tolerances: tuple[float, float],
-    problems: list[str],
+    problems: list[str], floor: float = 0.0,
 ) -> tuple[float, float, bool]:
     """Logits and loss against the oracle: their errors, and whether the worker computed gradients."""
     network, recipe = oracle.workload.network, oracle.workload.recipe
@@ -278,10 +324,13 @@ def _compare_outputs(
         if logits.shape != oracle.logits.shape:
             problems.append(f"logits of shape {logits.shape}, expected {oracle.logits.shape}")
             forward_error = np.inf
-        elif logits.dtype != np.dtype(precision):
+        elif logits.dtype != precision_of(precision).host_dtype:
             problems.append(f"the {precision} check returned {logits.dtype} logits")
         elif not forward_error <= forward_tolerance:  # NaN included
             problems.append(f"{precision} logits differ from the oracle by {forward_error:.2e}")
+        elif forward_error < floor:
+            problems.append(f"{precision} logits are within {forward_error:.1e} of the oracle, closer than {precision}"
+                            f" rounding allows ({floor:.1e}): they were computed in a higher precision")
         has_gradients = "loss" in stored.files
         # An inference-only framework computes no loss: the recipe's loss of its own logits is checked.
         if has_gradients:
@@ -334,12 +383,16 @@ class _Pair:
 def _judge_network(
     oracle: _Oracle, frameworks: Sequence[str], batch_size: int,
     outcomes32: dict[str, dict[str, _Outcome]], outcomes64: dict[str, dict[str, _Outcome]],
+    precision: str = "float32",
 ) -> list[PairCheck]:
+    """Each framework's verdict on one network: ``outcomes32`` are its pass in ``precision``, the one timed
+    (float32, or bfloat16 and mixed-bf16, held to TOLERANCES), ``outcomes64`` its float64 pass."""
     name = oracle.workload.name
+    limits = TOLERANCES[precision]
     pairs: list[_Pair] = []
     for framework in frameworks:
         pair = _Pair(PairCheck(framework, name, batch_size, status="unavailable",
-                               kink_margin=oracle.margin.margin))
+                               kink_margin=oracle.margin.margin, precision=precision))
         pairs.append(pair)
         check = pair.check
         first = outcomes32.get(framework, {}).get(name)
@@ -356,9 +409,14 @@ def _judge_network(
             check.problems.append(f"{check.params} parameters, the spec has {oracle.workload.network.params}")
         differs = first.record.get("roundtrip_differs") or []
         if differs:
-            check.problems.append(f"float32 weights do not round-trip: {', '.join(differs[:3])}")
+            check.problems.append(f"{precision} weights do not round-trip: {', '.join(differs[:3])}")
+        computed_in = first.record.get("matmul_dtype")  # what the framework says its products ran in
+        compute = precision_of(precision).compute
+        if computed_in and compute not in computed_in:
+            check.problems.append(f"its {precision} matrix products ran in {computed_in}, not {compute}")
         check.forward_error, check.loss_error, has_gradients = _compare_outputs(
-            check, first.arrays, oracle, "float32", (FORWARD_TOLERANCE, LOSS_TOLERANCE), check.problems)
+            check, first.arrays, oracle, precision, (limits.forward, limits.loss), check.problems,
+            limits.forward_floor)
         if not has_gradients:
             check.gradient_reference = "n/a: " + str(first.record.get("gradients_message", "no gradients"))
             check.float32_gradients = check.gradient_reference
@@ -380,10 +438,10 @@ def _judge_network(
         found: list[str] = []
         check.forward64_error, check.loss64_error, _ = _compare_outputs(
             check, second.arrays, oracle, "float64", (FORWARD64_TOLERANCE, LOSS64_TOLERANCE), found)
-        for message in found:  # each weighed against the float32 tolerance of the same quantity
+        for message in found:  # each weighed against the timed precision's tolerance of the same quantity
             is_loss = "loss" in message
             error = check.loss64_error if is_loss else check.forward64_error
-            pair.problems64.append((message, error, LOSS_TOLERANCE if is_loss else FORWARD_TOLERANCE))
+            pair.problems64.append((message, error, limits.loss if is_loss else limits.forward))
         pair.arrays64 = second.arrays
 
     # The reference for gradients: the first framework (in the order given) whose own outputs agree
@@ -409,30 +467,31 @@ def _judge_network(
                 _compare_gradients(compared, pair.arrays64, reference_pair.arrays64, oracle.names)
                 check.gradient_error, check.worst_parameter = compared.gradient_error, compared.worst_parameter
                 pair.problems64 += [(message, compared.gradient_error if "differs" in message else None,
-                                     GRADIENT32_TOLERANCE) for message in compared.problems]
+                                     limits.gradient) for message in compared.problems]
         if pair.arrays32 is not None:
             worst, worst_name, missing = _gradient_error(pair.arrays32, reference_pair.arrays64, oracle.names)
             check.gradient32_error = worst
             source = reference_pair.check.framework
             if missing:
-                check.problems += [f"no float32 gradient for {name}" for name in missing]
-            elif worst <= GRADIENT32_TOLERANCE:
+                check.problems += [f"no {precision} gradient for {name}" for name in missing]
+            elif worst <= limits.gradient:
                 check.float32_gradients = "verified"
-            elif oracle.margin.margin >= FLOAT32_KINK_MARGIN or np.isnan(worst):  # no kink explains a NaN
+            elif oracle.margin.margin >= limits.kink_margin or np.isnan(worst):  # no kink explains a NaN
                 check.problems.append(
-                    f"float32 gradient of {worst_name} differs from {source}'s float64 by {worst:.2e}, where it is"
-                    f" defined (every ReLU and max-pool kink at least {oracle.margin.margin:.1e} of its layer's"
+                    f"{precision} gradient of {worst_name} differs from {source}'s float64 by {worst:.2e}, where it"
+                    f" is defined (every ReLU and max-pool kink at least {oracle.margin.margin:.1e} of its layer's"
                     " largest away)")
             elif pair.arrays64 is None:  # nothing decides: say so rather than pass it
                 check.float32_gradients = (
                     f"unverified: {oracle.margin.where} has an input {oracle.margin.margin:.1e} of its layer's largest"
-                    f" from its kink (float32 gradient off by {worst:.1e}), and {check.framework} computes no float64"
-                    f" gradients to decide ({check.gradient_reference or 'no float64 check'})")
+                    f" from its kink ({precision} gradient off by {worst:.1e}), and {check.framework} computes no"
+                    f" float64 gradients to decide ({check.gradient_reference or 'no float64 check'})")
                 check.message = check.message or f"gradients {check.float32_gradients}"
             else:
                 check.float32_gradients = (
-                    f"not defined to float32 rounding: {oracle.margin.where} has an input {oracle.margin.margin:.1e}"
-                    f" of its layer's largest from its kink (float32 gradient off by {worst:.1e}); float64 decides")
+                    f"not defined to {precision} rounding: {oracle.margin.where} has an input"
+                    f" {oracle.margin.margin:.1e} of its layer's largest from its kink ({precision} gradient off by"
+                    f" {worst:.1e}); float64 decides")
         _decide(pair, oracle)
     return [pair.check for pair in pairs]
 
@@ -451,7 +510,7 @@ def _decide(pair: _Pair, oracle: _Oracle) -> None:
     if check.status == "ok" and check.problems:
         check.status, check.message = "mismatch", "; ".join(check.problems)
     elif check.status == "ok" and check.framework_bugs:
-        check.message = "float32 verified; a float64 defect of the framework: " + "; ".join(
+        check.message = f"{check.precision} verified; a float64 defect of the framework: " + "; ".join(
             bug["detail"] for bug in check.framework_bugs)
 
 
@@ -459,8 +518,9 @@ def verify(
     frameworks: Sequence[str], workloads: Sequence[str], batch_size: int, threads: int,
     executor: Executor | None = None, on_check: Callable[[PairCheck], None] | None = None,
     on_progress: Callable[[str], None] | None = None, networks_per_worker: int | None = None, jobs: int = 1,
+    precision: str = "float32",
 ) -> list[PairCheck]:
-    """Check every framework on every workload.
+    """Check every framework on every workload, in ``precision`` (one of TOLERANCES) and float64.
 
     ``networks_per_worker`` None: all in one worker per framework and precision. ``jobs``: how many
     of those workers run at once (with the local executor): a verification times nothing, so workers
@@ -477,8 +537,8 @@ def verify(
     installed = [framework for framework in frameworks if FRAMEWORKS[framework].is_installed()]
     # The float64 pass is for gradients: frameworks that train. It runs beside the float32 pass, on
     # every network; its results count only where the float32 pass computed gradients.
-    tasks = [(framework, precision) for framework in installed for precision in ("float32", "float64")
-             if precision == "float32" or "train" in FRAMEWORKS[framework].scenarios]
+    tasks = [(framework, kind) for framework in installed for kind in (precision, "float64")
+             if kind == precision or "train" in FRAMEWORKS[framework].scenarios]
     checks: list[PairCheck] = []
     for start in range(0, len(names), size):
         chunk = names[start:start + size]
@@ -487,11 +547,12 @@ def verify(
                 return _run_workers(task[0], task[1], chunk, batch_size, threads, Path(folder), executor, on_progress)
 
             done = _run_tasks(tasks, run, jobs, stop)
-            outcomes32 = {framework: done[(framework, "float32")] for framework in installed}
+            outcomes32 = {framework: done[(framework, precision)] for framework in installed}
             outcomes64 = {framework: done[(framework, "float64")] for framework in installed
                           if (framework, "float64") in done}
             for name in chunk:
-                for check in _judge_network(_oracle(name, batch_size), frameworks, batch_size, outcomes32, outcomes64):
+                for check in _judge_network(_oracle(name, batch_size), frameworks, batch_size, outcomes32, outcomes64,
+                                            precision):
                     checks.append(check)
                     if on_check:
                         on_check(check)

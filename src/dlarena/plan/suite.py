@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from dlarena.errors import DlarenaError, UnknownNameError
+from dlarena.frameworks.precision import PRECISIONS as PRECISION_KINDS
 from dlarena.frameworks.registry import FRAMEWORKS, default_frameworks, precision_support
 from dlarena.measure.repetitions import DEFAULT_MAX_PROCESSES, DEFAULT_TARGET_CI, Need
 from dlarena.measure.stats import LATENCY_PERCENTILES, steps_for_percentile
@@ -54,7 +55,7 @@ from dlarena.wording import counted
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
 # Precisions a cell may ask for; each framework's registry entry says which of them it runs
 # (FrameworkInfo.precisions), and planning refuses one that no selected framework runs.
-PRECISIONS: tuple[str, ...] = ("float32", "float16", "bfloat16", "float64")
+PRECISIONS: tuple[str, ...] = tuple(PRECISION_KINDS)
 DEFAULT_SUITE = "quick"
 # Three processes per cell: the fewest that show whether one process was an outlier, at three times
 # the cost of one; the bootstrap interval of the median resamples them (measure/stats.py).

@@ -20,14 +20,15 @@ def family(workload: str) -> str:
     return workload.removesuffix("-small")
 
 
-def annotate(rows: Sequence[dict[str, Any]], verifications: dict[tuple[str, str, str | None], str]) -> None:
-    """Add ``verification`` (verified, mismatch, unverified, ...) and ``over_threads`` to each row."""
-    by_family: dict[tuple[str, str, str | None], str] = {}
-    for (framework, workload, version), verdict in verifications.items():
-        by_family[(framework, family(workload), version)] = verdict
+def annotate(rows: Sequence[dict[str, Any]], verifications: dict[tuple[str, str, str | None, str], str]) -> None:
+    """Add ``verification`` (verified, mismatch, unverified, ...) and ``over_threads`` to each row: the
+    verdict of its framework and version on its network (or the network's twin) in its precision."""
+    by_family: dict[tuple[str, str, str | None, str], str] = {}
+    for (framework, workload, version, precision), verdict in verifications.items():
+        by_family[(framework, family(workload), version, precision)] = verdict
     for row in rows:
-        key = (row["framework"], row["workload"], row.get("framework_version"))
-        status: str | None = verifications.get(key) or by_family.get((key[0], family(key[1]), key[2]))
+        key = (row["framework"], row["workload"], row.get("framework_version"), row.get("precision") or "float32")
+        status: str | None = verifications.get(key) or by_family.get((key[0], family(key[1]), key[2], key[3]))
         row["verification"] = {"ok": "verified", None: "unverified"}.get(status, status)
         cores, threads = row.get("cores_used"), row["threads"]
         row["over_threads"] = cores is not None and cores > threads * (1 + CORES_USED_TOLERANCE)

@@ -76,6 +76,7 @@ SAMPLE_KEYS = ("samples_s", "warmup_s")
 _VERIFICATION_COLUMNS = (
     "checked_at", "framework", "workload", "batch_size", "status", "message", "framework_version", "code_version",
     "params", "forward_error", "loss_error", "gradient_error", "gradient_reference", "worst_parameter", "data",
+    "precision",
 )
 
 
@@ -283,9 +284,9 @@ class Store:
         return [dict(row) for row in rows]
 
     def verifications(self, code_version: str) -> list[dict[str, Any]]:
-        """Framework, workload, framework version, status and time of each verdict for ``code_version``."""
+        """Framework, workload, framework version, precision, status and time of each verdict for ``code_version``."""
         rows = self.connection.execute(
-            "SELECT framework, workload, framework_version, status, checked_at FROM verifications"
+            "SELECT framework, workload, framework_version, precision, status, checked_at FROM verifications"
             " WHERE code_version = ? ORDER BY id", (code_version,)).fetchall()
         return [dict(row) for row in rows]
 
@@ -319,12 +320,13 @@ class Store:
             return None
         return {**dict(row), "figures": json.loads(row["figures"]), "command": json.loads(row["command"])}
 
-    def verification_statuses(self) -> dict[tuple[str, str, str | None], str]:
-        """The latest verification status per (framework, workload, framework version)."""
+    def verification_statuses(self) -> dict[tuple[str, str, str | None, str], str]:
+        """The latest verification status per (framework, workload, framework version, precision)."""
         rows = self.connection.execute(
-            "SELECT framework, workload, framework_version, status FROM verifications ORDER BY id"
+            "SELECT framework, workload, framework_version, precision, status FROM verifications ORDER BY id"
         ).fetchall()
-        return {(row["framework"], row["workload"], row["framework_version"]): row["status"] for row in rows}
+        return {(row["framework"], row["workload"], row["framework_version"], row["precision"]): row["status"]
+                for row in rows}
 
     def set_run_status(self, run_id: str, status: str) -> None:
         with self.transaction() as db:

@@ -6,7 +6,7 @@ migrations in one transaction; opening a newer one is refused (its meaning is un
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 # MIGRATIONS[n] turns a database of version n into version n + 1; version 0 is an empty file.
 MIGRATIONS: dict[int, str] = {
@@ -194,5 +194,9 @@ MIGRATIONS: dict[int, str] = {
     ALTER TABLE runs ADD COLUMN target_ci REAL;        -- timing cells' target half-width (NULL or 0: fixed)
     ALTER TABLE runs ADD COLUMN max_processes INTEGER; -- their most processes (measure/repetitions.py)
     ALTER TABLE runs ADD COLUMN time_budget_s REAL;    -- no process beyond a pilot starts past it
+    """,
+    7: """
+    -- the precision the verdict is about (frameworks/precision.py); every earlier verdict was float32's
+    ALTER TABLE verifications ADD COLUMN precision TEXT NOT NULL DEFAULT 'float32';
     """,
 }

@@ -24,7 +24,7 @@ from dlarena.store.database import Store, StoreError
 RECORD_VARIABLE = "DLARENA_VERDICTS"
 RECORD_NAME = "verifications.db"
 
-Key = tuple[str, str, str | None]  # framework, workload, framework version
+Key = tuple[str, str, str | None, str]  # framework, workload, framework version, precision
 
 
 def record_path() -> Path:
@@ -51,8 +51,8 @@ def record(stores: Iterable[Store], check: dict[str, Any], code_version: str) ->
 
 
 def statuses(store: Store, code_version: str) -> dict[Key, str]:
-    """The latest verdict per (framework, workload, framework version) for ``code_version``, from
-    ``store`` and the machine's record together."""
+    """The latest verdict per (framework, workload, framework version, precision) for ``code_version``,
+    from ``store`` and the machine's record together."""
     rows = store.verifications(code_version)
     try:
         machine = open_record(create=False)
@@ -64,7 +64,8 @@ def statuses(store: Store, code_version: str) -> dict[Key, str]:
         finally:
             machine.close()
     rows.sort(key=lambda row: row["checked_at"])
-    return {(row["framework"], row["workload"], row["framework_version"]): row["status"] for row in rows}
+    return {(row["framework"], row["workload"], row["framework_version"], row["precision"]): row["status"]
+            for row in rows}
 
 
 def copy_into(store: Store, code_version: str, frameworks: Iterable[str]) -> int:
