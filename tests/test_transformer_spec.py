@@ -4,6 +4,7 @@ No framework is imported: the frameworks are checked against this oracle (dlaren
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,3 +163,22 @@ def test_a_framework_whose_module_builds_no_transformer_says_so_before_any_worke
     assert "torch" in transformer_builders() and "theano" not in transformer_builders()
     # the other networks are not affected
     assert FRAMEWORKS["theano"].unsupported_reason(get_workload("fcn5-small").network.layer_types(), "train") is None
+
+
+def test_the_report_sets_each_lower_precision_beside_float32_and_flags_a_slower_one(tmp_path: Path) -> None:
+    from dlarena import api
+    from dlarena.plan.cell import Cell
+    from dlarena.store.database import Store
+    from stored_runs import run, timed
+
+    store = Store.open(tmp_path / "r.db")
+    cells = [(Cell("torch", "gpt2-124m-small", "train", 8, 1, precision=precision), timed(median, 3))
+             for precision, median in (("float32", 0.010), ("bfloat16", 0.005), ("mixed-bf16", 0.020))]
+    run(store, cells)
+    store.close()
+    report = api.report(db=tmp_path / "r.db")
+    assert "## Lower precision against float32" in report
+    assert "| torch | gpt2-124m-small | train | 8 | 1 | bfloat16 | 10 ms | 5 ms | 2.00x |" in report
+    assert "| mixed-bf16 | 10 ms | 20 ms | 0.50x *slower* |" in report
+    # the cells of each precision keep rows of their own in every table
+    assert "| torch (bfloat16) |" in report and "| torch (mixed-bf16) |" in report

@@ -24,6 +24,22 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The CPU's instructions for bfloat16 and float16 arithmetic (the flags /proc/cpuinfo names): without
+# them a framework's bfloat16 runs on converted float32, so it may well be slower than float32.
+LOW_PRECISION_FLAGS = ("avx512_bf16", "amx_bf16", "avx512_fp16", "amx_fp16", "amx_tile")
+
+
+def _low_precision_flags() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                return [flag for flag in LOW_PRECISION_FLAGS if flag in present]
+    except OSError:
+        pass
+    return []
+
+
 def _memory_bytes() -> int:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -81,6 +97,7 @@ def snapshot() -> dict[str, Any]:
     uname = platform.uname()
     return {
         "cpu_model": _cpu_model(),
+        "cpu_low_precision": _low_precision_flags(),
         "cores": os.cpu_count() or 0,
         "cores_available": len(os.sched_getaffinity(0)),
         "memory_bytes": _memory_bytes(),

@@ -7,6 +7,10 @@ the affinity, so the parity record reports the affinity size as the thread count
 The network is an ordinary tree of ``nnx.Module`` objects built from the spec, channels-last (NHWC)
 as Flax convolutions are; the LSTM and GRU are written here (a fused input projection for every time
 step, then ``jax.lax.scan`` over time) because Flax's cells have a different bias set than the spec.
+Transformer layers are Flax's own (nnx.LayerNorm, nnx.Embed tables, ``nnx.Embed.attend`` for an output
+tied to the token embedding); self-attention is one fused ``qkv`` nnx.Linear and
+``jax.nn.dot_product_attention``, or Flax's unfused attention where that op would not compute the
+spec (attention dropout in training, float64; see _attend).
 The kernel (kernel.py) supplies the starting weights, the batch, the layouts and the runners.
 
 The step follows the "functional training loop" of Flax's performance guide: the model and its
@@ -27,6 +31,7 @@ default and recorded in the parity record (on a GPU that default allows TF32), n
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -37,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from flax.nnx.nn.attention import dot_product_attention_weights  # not re-exported by flax.nnx
 from jax.typing import DTypeLike
 
 from dlarena.frameworks import kernel
@@ -56,27 +62,43 @@ from dlarena.spec.layers import (
     Flatten,
     GlobalAvgPool2D,
     Layer,
+    LayerNorm,
     MaxPool2D,
+    MultiHeadSelfAttention,
+    PositionEmbedding,
     Residual,
+    SelectToken,
     Shape,
+    TiedOutput,
+    TokenTypeEmbedding,
     pair,
 )
 
 Array = jax.Array
 
-# recipe optimizer -> optax function and keywords. ``weight_decay`` is no keyword of these optax
-# rules: Model._optimizer turns it into PyTorch's L2 form, ``optax.add_decayed_weights`` ahead of the rule.
+# recipe optimizer -> optax function and keywords. ``weight_decay`` is no keyword of most of these optax
+# rules: Model._optimizer turns it into PyTorch's L2 form, ``optax.add_decayed_weights`` ahead of the
+# rule. ``optax.adamw`` takes it itself, decoupled (_DECOUPLED_DECAY).
 SPELLING: kernel.OptimizerSpelling = {
     "sgd": ("sgd", {"lr": "learning_rate", "momentum": "momentum", "nesterov": "nesterov",
                     "weight_decay": "weight_decay"}),
     "adam": ("adam", {"lr": "learning_rate", "beta1": "b1", "beta2": "b2", "eps": "eps",
                       "weight_decay": "weight_decay"}),
+    "adamw": ("adamw", {"lr": "learning_rate", "beta1": "b1", "beta2": "b2", "eps": "eps",
+                        "weight_decay": "weight_decay"}),
     "adadelta": ("adadelta", {"lr": "learning_rate", "rho": "rho", "eps": "eps", "weight_decay": "weight_decay"}),
     "rmsprop": ("rmsprop", {"lr": "learning_rate", "rho": "decay", "eps": "eps", "weight_decay": "weight_decay"}),
 }
 
+# Optax rules whose own ``weight_decay`` is the recipe's (decoupled: w -= lr * (update + wd * w), as
+# torch.optim.AdamW), so Model._optimizer passes it through instead of adding PyTorch's L2 term.
+_DECOUPLED_DECAY = ("adamw",)
+
+# jax.nn.gelu's default is the tanh approximation: the spec's exact "gelu" (erf) needs approximate=False.
 _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh,
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
 }
 # The model and its optimizer are built, zero-filled, in one compiled function, and XLA's optimising
 # passes are wasted on code that runs once. Process CPU time of building googlenet-small for training
@@ -135,6 +157,8 @@ class SequenceDense(nnx.Module):
 
 class ActivationLayer(nnx.Module):
     def __init__(self, function: str) -> None:
+        if function not in _ACTIVATIONS:
+            raise Unsupported(f"the JAX backend has no activation {function!r}; it has {', '.join(_ACTIVATIONS)}")
         self.function = _ACTIVATIONS[function]
 
     def __call__(self, x: Array) -> Array:
@@ -285,6 +309,111 @@ class Recurrent(nnx.Module):
         return jnp.swapaxes(xs, 0, 1) if self.return_sequences else xs[-1]
 
 
+# jax.nn.dot_product_attention computes its softmax in float32 whatever its inputs' precision (its XLA
+# form casts the scores): exactly the spec in a float32 model, a float32 rounding inside a float64 one.
+FUSED_SOFTMAX_DTYPE = np.dtype(np.float32)
+
+
+def _attend(query: Array, key: Array, value: Array, causal: bool, dropout_rng: Array | None,
+            dropout_rate: float) -> Array:
+    """Per head ``softmax(q k^T / sqrt(d) + mask) v`` over ``(N, T, heads, d)`` arrays, the result in
+    the same layout.
+
+    JAX's attention op where it computes exactly that: no dropout (it has none) and at most float32.
+    Otherwise Flax's unfused form, the one ``nnx.MultiHeadAttention`` takes whenever it drops: the
+    same arithmetic in the model's precision, its probabilities dropped element by element
+    (``broadcast_dropout=False``; Flax's default shares one mask across batch and heads, which
+    neither the spec nor PyTorch does).
+    """
+    if dropout_rng is None and query.dtype.itemsize <= FUSED_SOFTMAX_DTYPE.itemsize:
+        fused: Array = jax.nn.dot_product_attention(query, key, value, is_causal=causal)
+        return fused
+    weights = dot_product_attention_weights(query, key, dropout_rng=dropout_rng, dropout_rate=dropout_rate,
+                                            broadcast_dropout=False, deterministic=dropout_rng is None,
+                                            is_causal=causal)
+    return jnp.einsum("...hqk,...khd->...qhd", weights, value)
+
+
+class SelfAttention(nnx.Module):
+    """Multi-head self-attention as nanoGPT's Flax ports write it: one fused ``qkv`` nnx.Linear, the
+    attention (_attend), an ``out`` nnx.Linear, both applied as rank-2 rows (see _rows).
+
+    The canonical ``(D, 3D)`` kernel is the Linear's as it stands: blocks q, k, v, and head h at
+    columns ``h*d`` to ``(h+1)*d`` inside each, so reshaping a block to ``(N, T, heads, d)`` splits
+    the heads with no transpose, in the BTNH layout ``jax.nn.dot_product_attention`` takes. Attention
+    dropout is switched by ``nnx.view(deterministic=...)``, as on nnx.Dropout.
+    """
+
+    def __init__(self, qkv: nnx.Linear, out: nnx.Linear, layer: MultiHeadSelfAttention, rngs: nnx.Rngs) -> None:
+        self.qkv, self.out = SequenceDense(qkv), SequenceDense(out)
+        self.heads, self.causal, self.dropout_rate = layer.heads, layer.causal, layer.dropout
+        self.deterministic = False
+        # A key stream of its own, forked as nnx.Dropout forks one; none where nothing is dropped.
+        self.rngs: nnx.RngStream | None = rngs.dropout.fork() if layer.dropout else nnx.data(None)
+
+    def set_view(self, deterministic: bool | None = None) -> None:
+        """``nnx.view``'s hook, as on nnx.Dropout: ``deterministic`` turns attention dropout off."""
+        if deterministic is not None:
+            self.deterministic = deterministic
+
+    def __call__(self, x: Array) -> Array:
+        batch, steps, width = x.shape
+        heads = (batch, steps, self.heads, width // self.heads)
+        query, key, value = (block.reshape(heads) for block in jnp.split(self.qkv(x), 3, axis=-1))
+        dropout_rng = self.rngs() if self.rngs is not None and not self.deterministic else None
+        mixed = _attend(query, key, value, self.causal, dropout_rng, self.dropout_rate)
+        out: Array = self.out(mixed.reshape(batch, steps, width))
+        return out
+
+
+class PositionAdd(nnx.Module):
+    """Adds the first ``T`` rows of a learned position table (GPT-2's ``wpe``, an nnx.Embed) to a
+    ``(N, T, D)`` sequence: a slice rather than a lookup of ``arange(T)``, the same rows without a
+    gather (nor a scatter in its gradient)."""
+
+    def __init__(self, table: nnx.Embed) -> None:
+        self.table = table
+
+    def __call__(self, x: Array) -> Array:
+        return x + self.table.embedding[: x.shape[1]]
+
+
+class TokenTypeAdd(nnx.Module):
+    """Adds BERT's token-type embedding of the spec's fixed types (layers.TokenTypeEmbedding.type_ids),
+    looked up as BERT looks up its ``token_type_ids``."""
+
+    def __init__(self, table: nnx.Embed, type_ids: list[int]) -> None:
+        self.table = table
+        self.type_ids = tuple(type_ids)  # static: a constant of the compiled step
+
+    def __call__(self, x: Array) -> Array:
+        added: Array = x + self.table(jnp.asarray(self.type_ids))
+        return added
+
+
+class Token(nnx.Module):
+    """One step of a ``(N, T, D)`` sequence (BERT's pooler reads the first)."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __call__(self, x: Array) -> Array:
+        return x[:, self.index]
+
+
+class TiedLogits(nnx.Module):
+    """Logits through the network's token embedding, Flax's tie: ``nnx.Embed.attend`` (``x @ table.T``)
+    on the very Embed the network starts with. nnx.split keeps a shared Variable once, so the table is
+    one parameter and its gradient sums both uses. Applied as rank-2 rows (see _rows)."""
+
+    def __init__(self, embed: nnx.Embed) -> None:
+        self.embed = embed
+
+    def __call__(self, x: Array) -> Array:
+        logits: Array = self.embed.attend(x.reshape(-1, x.shape[-1]))
+        return logits.reshape(*x.shape[:-1], logits.shape[-1])
+
+
 # --------------------------------------------------------------------------------------------------
 # Spec -> nnx.Module, noting the variable that holds each canonical parameter
 
@@ -300,11 +429,14 @@ class Builder:
         self.zeros = nnx.initializers.zeros_init()
         self.variables: dict[str, nnx.Variable[Array]] = {}
         self.statistics: list[tuple[nnx.Variable[Array], float]] = []  # running mean 0, variance 1
+        self.built: dict[str, nnx.Module] = {}  # by spec path: a tied output finds its Embed here
 
     def sequence(self, layers: tuple[Layer, ...], shape: Shape, prefix: str) -> Chain:
         modules: list[nnx.Module] = []
         for index, layer in enumerate(layers):
-            modules.append(self.layer(layer, shape, f"{prefix}{index}"))
+            path = f"{prefix}{index}"
+            self.built[path] = self.layer(layer, shape, path)
+            modules.append(self.built[path])
             shape = layer.out_shape(shape)
         return Chain(modules)
 
@@ -347,6 +479,33 @@ class Builder:
                               rngs=self.rngs)
             self.variables[f"{path}.table"] = embed.embedding
             return embed
+        if isinstance(layer, LayerNorm):
+            # Two-pass variance, as the spec and PyTorch compute it: Flax's default one-pass form,
+            # E[x^2] - E[x]^2, cancels in float32 where the mean is large against the spread.
+            layer_norm = nnx.LayerNorm(shape[-1], epsilon=layer.eps, use_fast_variance=False,
+                                       param_dtype=self.dtype, rngs=self.rngs)
+            assert layer_norm.scale is not None and layer_norm.bias is not None  # use_scale and use_bias are on
+            self.variables[f"{path}.gamma"], self.variables[f"{path}.beta"] = layer_norm.scale, layer_norm.bias
+            return layer_norm
+        if isinstance(layer, PositionEmbedding):
+            return PositionAdd(self._table(path, layer.positions, shape[-1]))
+        if isinstance(layer, TokenTypeEmbedding):
+            return TokenTypeAdd(self._table(path, layer.types, shape[-1]), layer.type_ids(shape[0]))
+        if isinstance(layer, MultiHeadSelfAttention):
+            width = shape[-1]
+            qkv, out = nnx.Linear(width, 3 * width, **zeros), nnx.Linear(width, width, **zeros)
+            assert qkv.bias is not None and out.bias is not None  # use_bias is on
+            # Canonical (D, 3D) and (D, D) kernels are nnx.Linear's (in, out) as they stand.
+            self.variables.update({f"{path}.qkv_kernel": qkv.kernel, f"{path}.qkv_bias": qkv.bias,
+                                   f"{path}.out_kernel": out.kernel, f"{path}.out_bias": out.bias})
+            return SelfAttention(qkv, out, layer, self.rngs)
+        if isinstance(layer, SelectToken):
+            return Token(layer.index)
+        if isinstance(layer, TiedOutput):
+            tied = self.built.get(layer.tied_to)
+            if not isinstance(tied, nnx.Embed):  # Network checked that it is a top-level Embedding
+                raise Unsupported(f"a tied output needs the Embed at {layer.tied_to!r}, which the JAX backend lacks")
+            return TiedLogits(tied)
         if isinstance(layer, LSTM | GRU):
             return self._recurrent(layer, shape, path)
         if isinstance(layer, Residual):
@@ -363,6 +522,12 @@ class Builder:
         self.variables[f"{path}.kernel"] = kernel
         if bias is not None:
             self.variables[f"{path}.bias"] = bias
+
+    def _table(self, path: str, rows: int, width: int) -> nnx.Embed:
+        """A position or token-type table: an nnx.Embed, noted as ``path.table``."""
+        embed = nnx.Embed(rows, width, embedding_init=self.zeros, param_dtype=self.dtype, rngs=self.rngs)
+        self.variables[f"{path}.table"] = embed.embedding
+        return embed
 
     def _recurrent(self, layer: LSTM | GRU, shape: Shape, path: str) -> Recurrent:
         cells: list[LSTMLayer | GRULayer] = []
@@ -493,17 +658,20 @@ class Model(kernel.Model):
     def _optimizer(self) -> optax.GradientTransformation:
         """The recipe's optimizer with PyTorch's semantics, as an Optax chain.
 
-        Clipping comes first, as ``clip_grad_norm_`` before ``optimizer.step()``; weight decay is
-        PyTorch's L2 form (``weight_decay * param`` added to the gradient before the update rule),
-        which is ``add_decayed_weights`` ahead of the rule. SGD momentum is PyTorch's (no dampening,
+        Clipping comes first, as ``clip_grad_norm_`` before ``optimizer.step()``; weight decay (AdamW's
+        aside) is PyTorch's L2 form (``weight_decay * param`` added to the gradient before the update
+        rule), which is ``add_decayed_weights`` ahead of the rule. SGD momentum is PyTorch's (no dampening,
         ``v = m*v + g``, Nesterov ``g + m*v``), Adam's epsilon sits outside the square root as in
         PyTorch, RMSprop starts its average at zero with epsilon outside the root
-        (``eps_in_sqrt=False``), Adadelta is the same rule. Optax's global-norm clipping scales by
+        (``eps_in_sqrt=False``), Adadelta is the same rule. AdamW is ``optax.adamw``, whose decay is
+        decoupled as in ``torch.optim.AdamW`` (``w -= lr * (adam_update + weight_decay * w)``, on every
+        parameter, with Adam's bias correction). Optax's global-norm clipping scales by
         ``max_norm / norm`` where PyTorch uses ``max_norm / (norm + 1e-6)``: a relative difference
         of 1e-6 / norm when clipping.
         """
         name, arguments = kernel.optimizer_arguments(self.recipe.optimizer, SPELLING, "jax")
-        weight_decay = arguments.pop("weight_decay")
+        # A decoupled rule keeps its own weight_decay keyword; the others get PyTorch's L2 term.
+        weight_decay = 0.0 if name in _DECOUPLED_DECAY else arguments.pop("weight_decay")
         if name == "sgd":
             arguments["momentum"] = arguments["momentum"] or None  # no momentum: no trace in the state
         elif name == "rmsprop":

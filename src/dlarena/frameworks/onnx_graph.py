@@ -7,7 +7,8 @@ binding is the initializer and an index into it: a recurrent layer's ``W`` and `
 directions axis, its ``B`` holds the input and the recurrent bias): ``write`` stores into them and
 marks the compiled model stale, and the subclass rebuilds it from ``SpecGraph.serialize`` on first
 use. ``onnx.checker`` validates every serialised model with strict shape inference, which also proves
-the declared output shape.
+the declared output shape. A tied output reads its Embedding's initializer: one initializer, one
+binding, two readers.
 """
 
 from __future__ import annotations
@@ -37,9 +38,15 @@ from dlarena.spec.layers import (
     Flatten,
     GlobalAvgPool2D,
     Layer,
+    LayerNorm,
     MaxPool2D,
+    MultiHeadSelfAttention,
+    PositionEmbedding,
     Residual,
+    SelectToken,
     Shape,
+    TiedOutput,
+    TokenTypeEmbedding,
     pair,
 )
 from dlarena.spec.weights import parameter_specs
@@ -58,7 +65,17 @@ SYMBOLIC_BATCH = "batch"
 # largest catalogue network (OverFeat, 146 M parameters) is about 0.6 GiB.
 PROTOBUF_LIMIT_BYTES = 2**31
 
-_ACTIVATIONS: dict[str, str] = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}
+# Each spec activation as an ONNX op and its attributes. Gelu (opset 20) names its form: "none" is the
+# exact erf GELU, "tanh" GPT-2's approximation (layers.ACTIVATIONS); the two must not be swapped.
+_ACTIVATIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "relu": ("Relu", {}), "sigmoid": ("Sigmoid", {}), "tanh": ("Tanh", {}),
+    "gelu": ("Gelu", {"approximate": "none"}), "gelu_tanh": ("Gelu", {"approximate": "tanh"}),
+}
+# ONNX Runtime's contributed operators (com.microsoft.Attention), version 1 of their domain.
+CONTRIB_DOMAIN = "com.microsoft"
+CONTRIB_VERSION = 1
+# Reshape's "copy this dimension from the input" (ONNX Reshape with allowzero=0, the default).
+KEEP_DIM = 0
 
 # Where a canonical parameter lives: an initializer and the index of its part (``()``: all of it).
 Slot = tuple[str, tuple[int | slice, ...]]
@@ -82,10 +99,15 @@ class Value:
 
 class GraphBuilder:
     """Writes the nodes of one network into ``graph``; its initializers' values go to ``values``
-    (zeros until the kernel loads weights) and each canonical parameter's place to ``handles``."""
+    (zeros until the kernel loads weights) and each canonical parameter's place to ``handles``.
+    ``fused_attention``: self-attention as ONNX Runtime's ``com.microsoft.Attention`` instead of
+    standard ops; ``domains`` holds the operator domains besides ONNX's that the graph uses, with
+    their versions, for the model's opset imports."""
 
-    def __init__(self, network: Network, dtype: np.dtype[Any], graph: onnx.GraphProto) -> None:
-        self.graph, self.dtype = graph, dtype
+    def __init__(self, network: Network, dtype: np.dtype[Any], graph: onnx.GraphProto,
+                 fused_attention: bool = False) -> None:
+        self.graph, self.dtype, self.fused_attention = graph, dtype, fused_attention
+        self.domains: dict[str, int] = {}
         self.shapes = {spec.name: spec.shape for spec in parameter_specs(network)}
         self.values: dict[str, np.ndarray] = {}
         self.handles: dict[str, Slot] = {}
@@ -148,7 +170,11 @@ class GraphBuilder:
         if isinstance(layer, Dense):
             return self._dense(layer, value, shape, path)
         if isinstance(layer, Activation):
-            return Value(self.op(_ACTIVATIONS[layer.function], [value.name], path), value.time_major)
+            return Value(self._activation(layer, value.name, path), value.time_major)
+        if isinstance(layer, LayerNorm):
+            # Over the last axis, whichever major order: one fused LayerNormalization (opset 17).
+            inputs = [value.name, self.parameter(f"{path}.gamma"), self.parameter(f"{path}.beta")]
+            return Value(self.op("LayerNormalization", inputs, path, axis=-1, epsilon=layer.eps), value.time_major)
         if isinstance(layer, Embedding):
             return self._embedding(value, path, time_major=_is_recurrent(following))
         if isinstance(layer, LSTM | GRU):
@@ -176,6 +202,19 @@ class GraphBuilder:
             return Value(self.op("BatchNormalization", inputs, path, epsilon=layer.eps))
         if isinstance(layer, Flatten):
             return Value(self.op("Flatten", [x], path, axis=1))  # row-major over (C, H, W): canonical
+        if isinstance(layer, PositionEmbedding):
+            return Value(self._position_add(x, shape, path))
+        if isinstance(layer, TokenTypeEmbedding):
+            ids = self.constant(f"{path}.type_ids", np.array(layer.type_ids(shape[0]), np.int64))
+            types = self.op("Gather", [self.parameter(f"{path}.table"), ids], path, axis=0)  # (T, D), folded
+            return Value(self.op("Add", [x, types], path))
+        if isinstance(layer, MultiHeadSelfAttention):
+            return Value(self._self_attention(layer, x, shape, path))
+        if isinstance(layer, SelectToken):
+            index = self.constant(f"{path}.index", np.array(layer.index, np.int64))  # a scalar: drops the axis
+            return Value(self.op("Gather", [x, index], path, axis=1))
+        if isinstance(layer, TiedOutput):
+            return Value(self._tied_output(layer, x, path))
         if isinstance(layer, Residual):
             body = self.batch_major(self.sequence(layer.body, Value(x), shape, f"{path}.body."), path)
             short = self.batch_major(self.sequence(layer.shortcut, Value(x), shape, f"{path}.shortcut."), path)
@@ -198,6 +237,81 @@ class GraphBuilder:
         if bias is not None:
             out = self.op("Add", [out, bias], path)
         return Value(out, value.time_major)
+
+    def _activation(self, layer: Activation, x: str, path: str) -> str:
+        if layer.function not in _ACTIVATIONS:
+            raise Unsupported(f"the ONNX graph writer has no translation for the activation {layer.function!r}")
+        op, attributes = _ACTIVATIONS[layer.function]
+        return self.op(op, [x], path, **attributes)
+
+    def _position_add(self, x: str, shape: Shape, path: str) -> str:
+        """Adds the table's first ``T`` rows. The Slice of an initializer by constants is folded by the
+        runtime, so a step adds a ``(T, D)`` constant, while the whole table stays the parameter."""
+        first, steps = self.axes(0), self.constant(f"{path}.steps", np.array([shape[0]], np.int64))
+        rows = self.op("Slice", [self.parameter(f"{path}.table"), first, steps, self.axes(0)], path)  # [0, T) of axis 0
+        return self.op("Add", [x, rows], path)
+
+    def _self_attention(self, layer: MultiHeadSelfAttention, x: str, shape: Shape, path: str) -> str:
+        """Self-attention, then the output projection (a MatMul and its bias, fused by the runtime)."""
+        if self.fused_attention:
+            mixed = self._fused_attention(layer, x, shape, path)
+        else:
+            mixed = self._standard_attention(layer, x, shape, path)
+        out = self.op("MatMul", [mixed, self.parameter(f"{path}.out_kernel")], f"{path}/out")
+        return self.op("Add", [out, self.parameter(f"{path}.out_bias")], f"{path}/out")
+
+    def _fused_attention(self, layer: MultiHeadSelfAttention, x: str, shape: Shape, path: str) -> str:
+        """ONNX Runtime's fused ``com.microsoft.Attention``, what its transformer optimiser writes for
+        BERT and GPT-2: the q, k, v projection and the attention in one kernel. Its ``weights``
+        ``(D, 3D)`` and ``bias`` ``(3D,)`` are the canonical ``qkv_kernel`` and ``qkv_bias`` as they
+        are (blocks q, k, v, head by head in each); ``scale`` is the spec's; ``unidirectional`` is the
+        causal mask, which masks as exactly as the spec's minus infinity on ONNX Runtime 1.31's CPU
+        (measured: a future step whose score beats the past ones by 1e18 still gets probability 0,
+        where an additive -10000 mask would let it win). ONNX's checker has no schema for the op, so
+        its strict shape inference stops there; ONNX Runtime, which has one, infers past it."""
+        self.domains[CONTRIB_DOMAIN] = CONTRIB_VERSION
+        inputs = [x, self.parameter(f"{path}.qkv_kernel"), self.parameter(f"{path}.qkv_bias")]
+        return self.op("Attention", inputs, path, domain=CONTRIB_DOMAIN, num_heads=layer.heads,
+                       unidirectional=int(layer.causal), scale=1.0 / math.sqrt(shape[-1] // layer.heads))
+
+    def _standard_attention(self, layer: MultiHeadSelfAttention, x: str, shape: Shape, path: str) -> str:
+        """Scaled dot-product attention in standard ops, as exporters write it (the torch exporter's
+        ``scaled_dot_product_attention``): one fused q, k, v MatMul split in three, each reshaped to
+        ``(N, heads, T, D/heads)`` (k transposed for the scores), ``softmax(q k^T * scale + mask) v``,
+        and the heads merged back. The causal mask is a constant ``(T, T)`` of 0 on and below the
+        diagonal and -inf above: exactly the spec's, and never a whole row of -inf (the diagonal
+        stays), so the softmax is defined."""
+        steps, width = shape
+        size = width // layer.heads
+        qkv = self.op("Add", [self.op("MatMul", [x, self.parameter(f"{path}.qkv_kernel")], f"{path}/qkv"),
+                              self.parameter(f"{path}.qkv_bias")], f"{path}/qkv")
+        q, k, v = self.node("Split", [qkv], f"{path}/qkv", outputs=3, axis=-1, num_outputs=3)
+        split = self.constant(f"{path}.heads_shape", np.array([KEEP_DIM, KEEP_DIM, layer.heads, size], np.int64))
+
+        def heads(part: str, name: str, perm: list[int]) -> str:  # (N, T, D) -> (N, T, heads, D/heads), permuted
+            reshaped = self.op("Reshape", [part, split], f"{path}/{name}")
+            return self.op("Transpose", [reshaped], f"{path}/{name}", perm=perm)
+
+        q, k, v = heads(q, "q", [0, 2, 1, 3]), heads(k, "k", [0, 2, 3, 1]), heads(v, "v", [0, 2, 1, 3])  # k: k^T
+        scale = self.constant(f"{path}.scale", np.array(1.0 / math.sqrt(size), self.dtype))
+        scores = self.op("Mul", [self.op("MatMul", [q, k], f"{path}/scores"), scale], f"{path}/scores")
+        if layer.causal:
+            mask = np.triu(np.full((steps, steps), -np.inf, self.dtype), k=1)
+            scores = self.op("Add", [scores, self.constant(f"{path}.causal_mask", mask)], f"{path}/scores")
+        probabilities = self.op("Softmax", [scores], path, axis=-1)
+        mixed = self.op("Transpose", [self.op("MatMul", [probabilities, v], f"{path}/mix")], f"{path}/mix",
+                        perm=[0, 2, 1, 3])
+        return self.op("Reshape", [mixed, self.constant(f"{path}.merged_shape",
+                                                        np.array([KEEP_DIM, KEEP_DIM, width], np.int64))], path)
+
+    def _tied_output(self, layer: TiedOutput, x: str, path: str) -> str:
+        """``x @ table^T`` through the tied Embedding's own initializer (one initializer, read by its
+        Gather and here): a Transpose the runtime folds into a constant, and a MatMul."""
+        tied = self.handles.get(f"{layer.tied_to}.table")
+        if tied is None:
+            raise Unsupported(f"the ONNX graph writer builds a tied output only after its Embedding {layer.tied_to!r}")
+        table = self.op("Transpose", [tied[0]], f"{path}/table", perm=[1, 0])
+        return self.op("MatMul", [x, table], path)
 
     def _pool(self, layer: MaxPool2D | AvgPool2D, x: str, path: str) -> str:
         kernel_size = pair(layer.kernel)
@@ -257,7 +371,7 @@ class GraphBuilder:
         return out if keep_time_major else self.batch_major(out, path)
 
     def axes(self, axis: int) -> str:
-        """A shared int64 constant ``[axis]`` for Squeeze."""
+        """A shared int64 constant ``[axis]`` (Squeeze's axes; Slice's axes and its start 0)."""
         if axis not in self._axes:
             self._axes[axis] = self.constant(f"axes_{axis}", np.array([axis], np.int64))
         return self._axes[axis]
@@ -271,9 +385,9 @@ def new_model(name: str) -> onnx.ModelProto:
 
 class SpecGraph:
     """One network's ONNX model with a fixed batch size (0: symbolic), its initializers' values and
-    each canonical parameter's slot in them."""
+    each canonical parameter's slot in them (``fused_attention``: see GraphBuilder)."""
 
-    def __init__(self, network: Network, dtype: np.dtype[Any], batch_size: int) -> None:
+    def __init__(self, network: Network, dtype: np.dtype[Any], batch_size: int, fused_attention: bool = False) -> None:
         weight_bytes = sum(math.prod(spec.shape) for spec in parameter_specs(network)) * dtype.itemsize
         if weight_bytes >= PROTOBUF_LIMIT_BYTES:
             raise Unsupported(
@@ -282,9 +396,11 @@ class SpecGraph:
             )
         self.proto = new_model("dlarena")
         graph = self.proto.graph
-        builder = GraphBuilder(network, dtype, graph)
+        builder = GraphBuilder(network, dtype, graph, fused_attention)
         out = builder.batch_major(builder.sequence(network.layers, Value(INPUT_NAME), network.input_shape, ""),
                                   "output")
+        for domain, version in builder.domains.items():
+            self.proto.opset_import.append(helper.make_opsetid(domain, version))
         graph.node.append(helper.make_node("Identity", [out.name], [OUTPUT_NAME], name=OUTPUT_NAME))
         batch: int | str = batch_size or SYMBOLIC_BATCH
         element = helper.np_dtype_to_tensor_dtype(dtype)
@@ -326,15 +442,17 @@ class OnnxModel(kernel.Model):
     """A network run from its ONNX graph, inference only. Dense kernels ``(in, out)`` and convolution
     kernels ``OIHW`` are canonical; recurrent kernels are ``(G*H, in)`` with ONNX's gate orders
     (LSTM i, o, f, c; GRU z, r, h). A subclass compiles ``self.graph.serialize()`` in its runtime,
-    again after ``stale`` is set by a write."""
+    again after ``stale`` is set by a write. ``fused_attention``: whether the runtime takes
+    ``com.microsoft.Attention`` (GraphBuilder)."""
 
     conventions = kernel.Conventions(recurrent_kernel="out_in", lstm_gates=layout.LSTM_ONNX,
                                      gru_gates=layout.GRU_KERAS)
     runtime = "this runtime"  # its name in the messages of what it cannot do
+    fused_attention = False
 
     def __init__(self, workload: Workload, precision: str, device: str, batch_size: int, training: bool) -> None:
         super().__init__(workload, precision, device, batch_size, training)
-        self.graph = SpecGraph(self.network, self.dtype, batch_size)
+        self.graph = SpecGraph(self.network, self.dtype, batch_size, self.fused_attention)
         self.stale = True  # the compiled model (the subclass's) no longer holds the current values
 
     def bindings(self) -> list[kernel.Binding]:

@@ -5,9 +5,10 @@ The ONNX graph is written directly from the spec with ``onnx.helper`` (no export
 weights are its initializers, and ``onnx.checker`` validates it with strict shape inference. The
 session runs on the CPU execution provider (or CUDA's) with every graph optimisation on (constant
 folding, Conv+BatchNorm+ReLU and MatMul+Add fusions, layout transformations), the way ONNX Runtime's
-performance guide recommends for inference. ONNX Runtime computes no gradients, so the framework runs
-the ``infer`` scenario only. The kernel (kernel.py) supplies the starting weights, the batch, the
-layouts and the runners.
+performance guide recommends for inference; self-attention is its fused ``com.microsoft.Attention``
+kernel, as ONNX Runtime's transformer optimiser writes it (onnx_graph). ONNX Runtime computes no
+gradients, so the framework runs the ``infer`` scenario only. The kernel (kernel.py) supplies the
+starting weights, the batch, the layouts and the runners.
 
 The graph and the weights' bindings are onnx_graph's (shared with OpenVINO): ``write`` marks the
 session stale, and the session is (re)built from the current values on first use. The kernel loads
@@ -60,6 +61,10 @@ class Model(onnx_graph.OnnxModel):
     """The spec's network as an ONNX graph in NCHW (onnx_graph), run by an InferenceSession."""
 
     runtime = "ONNX Runtime"
+    # Self-attention as ONNX Runtime's own fused com.microsoft.Attention (onnx_graph): its in-session
+    # AttentionFusion matches only the legacy BERT export (three q, k, v MatMuls, a mask input, the
+    # pre-opset-17 LayerNormalization), so the standard-op form would run unfused.
+    fused_attention = True
 
     def __init__(self, workload: Workload, precision: str, device: str, batch_size: int, training: bool,
                  *, session_options: Any) -> None:

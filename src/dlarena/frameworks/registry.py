@@ -183,6 +183,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             distributions=("jax", "jaxlib", "flax", "optax"),
             extra="jax",
             probes="dlarena.probes.jax_probes",
+            builds_transformers=True,
         ),
         FrameworkInfo(
             name="tensorflow",
@@ -231,6 +232,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             extra="onnxruntime",
             probes="dlarena.probes.onnxruntime_probes",
             scenarios=("infer",),
+            builds_transformers=True,
         ),
         FrameworkInfo(
             name="openvino",
@@ -240,6 +242,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             distributions=("onnx", "openvino"),
             extra="openvino",
             scenarios=("infer",),
+            builds_transformers=True,
         ),
         FrameworkInfo(
             name="tinygrad",

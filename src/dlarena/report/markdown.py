@@ -70,8 +70,14 @@ def _break_even(row: Row) -> str:
     return f"{counted(round(steps), 'step')} (vs {row['eager_counterpart']}){cached}"
 
 
+def _framework(row: Row) -> str:
+    """The framework, with its precision where that is not float32: `torch (bfloat16)`."""
+    precision = row.get("precision") or "float32"
+    return row["framework"] if precision == "float32" else f"{row['framework']} ({precision})"
+
+
 def _cell_columns(row: Row) -> list[str]:
-    return [row["framework"], row["workload"], row["scenario"], str(row["batch_size"]), str(row["threads"])]
+    return [_framework(row), row["workload"], row["scenario"], str(row["batch_size"]), str(row["threads"])]
 
 
 _CELL_HEADER = ["framework", "workload", "scenario", "batch", "threads"]
@@ -182,6 +188,7 @@ def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[R
     """The report: the run, then which framework is fastest (``rankings``, report/ranking), then the tables,
     then what the run's frameworks can do (``capabilities``: the database's latest probe answers)."""
     from dlarena.report import against_published  # it reads this module's figures of a training cell
+    from dlarena.report import precision as lower_precision
     from dlarena.report.ranking import headline
 
     lines = [
@@ -215,8 +222,8 @@ def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[R
         groups[(row["workload"], row["scenario"], row["device"], row["batch_size"])].append(row)
     for (workload, scenario, device, batch), group in groups.items():
         threads = sorted({row["threads"] for row in group})
-        frameworks = list(dict.fromkeys(row["framework"] for row in group))
-        by_key = {(row["framework"], row["threads"]): row for row in group}
+        frameworks = list(dict.fromkeys(_framework(row) for row in group))
+        by_key = {(_framework(row), row["threads"]): row for row in group}
         body = [
             [framework] + [_cell_text(by_key[(framework, t)]) if (framework, t) in by_key else "" for t in threads]
             for framework in frameworks
@@ -227,6 +234,7 @@ def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[R
 
     lines += _accuracy_section([row for row in rows if row["scenario"] == "accuracy"])
     lines += against_published.section(rows)
+    lines += lower_precision.section(rows, environment)
     ok = [row for row in rows if row["status"] == "ok"]
     timed = [row for row in timing if row["status"] == "ok"]
     if timed:

@@ -266,7 +266,9 @@ class Store:
                 "stderr_tail": check["stderr_tail"][-STDERR_TAIL_CHARS:]}
         self.copy_verification({
             "checked_at": now(), "code_version": code_version, "data": json.dumps(data),
-            **{key: check[key] for key in _VERIFICATION_COLUMNS if key not in ("checked_at", "code_version", "data")},
+            "precision": check.get("precision", "float32"),  # a verdict of code before bfloat16 was float32's
+            **{key: check[key] for key in _VERIFICATION_COLUMNS
+               if key not in ("checked_at", "code_version", "data", "precision")},
         })
 
     def copy_verification(self, row: dict[str, Any]) -> None:
