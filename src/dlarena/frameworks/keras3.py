@@ -45,7 +45,9 @@ import importlib
 import math
 import os
 import random
+from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -54,6 +56,7 @@ from dlarena.frameworks import kernel, layout
 from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported
 from dlarena.spec import Network, Workload
 from dlarena.spec import layers as spec
+from dlarena.spec.weights import walk
 
 BACKENDS: tuple[str, ...] = ("jax", "torch", "tensorflow")
 
@@ -85,6 +88,11 @@ SPELLING: kernel.OptimizerSpelling = {
                     "weight_decay": L2_PENALTY}),
     "adam": ("Adam", {"lr": "learning_rate", "beta1": "beta_1", "beta2": "beta_2", "eps": "epsilon",
                       "weight_decay": L2_PENALTY}),
+    # Keras' own decoupled decay is the recipe's: w -= lr * wd * w on every trainable variable (none is
+    # excluded unless asked), before the Adam step, as torch.optim.AdamW's w *= 1 - lr * wd. Its
+    # epsilon is Adam's "epsilon hat", as above.
+    "adamw": ("AdamW", {"lr": "learning_rate", "beta1": "beta_1", "beta2": "beta_2", "eps": "epsilon",
+                        "weight_decay": "weight_decay"}),
     "adadelta": ("Adadelta", {"lr": "learning_rate", "rho": "rho", "eps": "epsilon", "weight_decay": L2_PENALTY}),
     "rmsprop": ("RMSprop", {"lr": "learning_rate", "rho": "rho", "eps": "epsilon", "weight_decay": L2_PENALTY}),
 }
@@ -130,6 +138,63 @@ def _neg_inf_padding_class() -> type:
 
 
 @functools.cache
+def _position_add_class() -> type:
+    keras = _keras()
+    base: Any = keras.layers.Layer
+
+    class PositionAdd(base):  # type: ignore[misc]
+        """Adds the first T rows of a learned ``(positions, D)`` table, one per step (GPT-2's ``wpe``,
+        BERT's position embeddings); the table sliced with ``ops.slice`` as keras_hub's PositionEmbedding."""
+
+        def __init__(self, positions: int, regularizer: Any = None, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.positions, self.regularizer = positions, regularizer
+
+        def build(self, shape: tuple[int | None, ...]) -> None:
+            width = int(shape[-1])  # type: ignore[arg-type]
+            self.table = self.add_weight(shape=(self.positions, width), initializer="zeros",
+                                         regularizer=self.regularizer, name="table")
+
+        def call(self, x: Any) -> Any:
+            # The variable as a tensor first: JAX's slice takes no Keras variable.
+            steps, width = x.shape[1], x.shape[2]
+            return x + keras.ops.slice(keras.ops.convert_to_tensor(self.table), (0, 0), (steps, width))
+
+        def compute_output_shape(self, shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+            return shape
+
+    return PositionAdd
+
+
+@functools.cache
+def _token_type_add_class() -> type:
+    keras = _keras()
+    base: Any = keras.layers.Layer
+
+    class TokenTypeAdd(base):  # type: ignore[misc]
+        """Adds BERT's token-type (segment) embedding of the spec's types, fixed by position
+        (spec.TokenTypeEmbedding): the rows gathered with ``ops.take``, as an Embedding looks them up."""
+
+        def __init__(self, types: int, type_ids: list[int], regularizer: Any = None, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.types, self.type_ids, self.regularizer = types, type_ids, regularizer
+
+        def build(self, shape: tuple[int | None, ...]) -> None:
+            width = int(shape[-1])  # type: ignore[arg-type]
+            self.table = self.add_weight(shape=(self.types, width), initializer="zeros",
+                                         regularizer=self.regularizer, name="table")
+
+        def call(self, x: Any) -> Any:
+            ids = keras.ops.convert_to_tensor(self.type_ids, dtype="int32")
+            return x + keras.ops.take(self.table, ids, axis=0)
+
+        def compute_output_shape(self, shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+            return shape
+
+    return TokenTypeAdd
+
+
+@functools.cache
 def _cross_entropy_class() -> type:
     keras = _keras()
     base: Any = keras.losses.Loss
@@ -156,9 +221,116 @@ def _cross_entropy_class() -> type:
 # Spec -> keras.Model
 
 
+# spec activation -> (keras.activations function, its keywords). GELU's exact (erf) form and its tanh
+# approximation are both keras.activations.gelu, told apart by ``approximate`` (stated for both: the
+# function's default is the exact form, keras.ops.gelu's the approximation).
+_ACTIVATIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "relu": ("relu", {}), "sigmoid": ("sigmoid", {}), "tanh": ("tanh", {}),
+    "gelu": ("gelu", {"approximate": False}), "gelu_tanh": ("gelu", {"approximate": True}),
+}
+# On the TensorFlow backend keras.activations.gelu is tf.nn.gelu, which casts the Python floats
+# 1/sqrt(2) and 0.044715 to float32 before casting them to the input's type: float64 GELUs come out
+# about 1e-9 (relative) off the spec. _tf_gelu computes it op for op as tf.nn.gelu does (the same graph
+# and constants in float32) with the constants in the input's precision.
+GELU_INV_SQRT2 = math.sqrt(0.5)
+GELU_TANH_SCALE = math.sqrt(2.0 / math.pi)
+GELU_TANH_CUBIC = 0.044715
+
+
+def _tf_gelu(x: Any, approximate: bool) -> Any:
+    """tf.nn.gelu with its constants in ``x``'s precision: ``0.5 x erfc(-x / sqrt 2)``, or GPT-2's
+    ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``."""
+    import tensorflow as tf
+
+    if approximate:
+        return 0.5 * x * (1.0 + tf.math.tanh(GELU_TANH_SCALE * (x + GELU_TANH_CUBIC * tf.math.pow(x, 3))))
+    return 0.5 * x * tf.math.erfc(-x * GELU_INV_SQRT2)
+
+
+class _Handle(ABC):
+    """Where one canonical parameter lives: the Keras ``variables`` that hold it, and how their values
+    join into the parameter (in the layout the kernel's plan gives) and split back into them."""
+
+    @property
+    @abstractmethod
+    def variables(self) -> tuple[Any, ...]:
+        """The Keras variables holding the parameter."""
+
+    @abstractmethod
+    def join(self, values: list[np.ndarray]) -> np.ndarray:
+        """The parameter, from the values (or gradients) of ``variables``, in their order."""
+
+    @abstractmethod
+    def split(self, value: np.ndarray, current: Callable[[], list[np.ndarray]]) -> list[np.ndarray]:
+        """The new values of ``variables`` for the parameter ``value``; ``current`` reads their values
+        now, for a parameter that is part of a variable."""
+
+
+@dataclass(frozen=True)
+class _Whole(_Handle):
+    """A parameter that is one Keras variable, as it lies."""
+
+    variable: Any
+
+    @property
+    def variables(self) -> tuple[Any, ...]:
+        return (self.variable,)
+
+    def join(self, values: list[np.ndarray]) -> np.ndarray:
+        return values[0]
+
+    def split(self, value: np.ndarray, current: Callable[[], list[np.ndarray]]) -> list[np.ndarray]:
+        return [value]
+
+
+@dataclass(frozen=True)
+class _Row(_Handle):
+    """One row of a variable: a GRU's input and recurrent biases are rows 0 and 1 of one ``(2, 3H)`` bias."""
+
+    variable: Any
+    row: int
+
+    @property
+    def variables(self) -> tuple[Any, ...]:
+        return (self.variable,)
+
+    def join(self, values: list[np.ndarray]) -> np.ndarray:
+        row: np.ndarray = values[0][self.row]
+        return row
+
+    def split(self, value: np.ndarray, current: Callable[[], list[np.ndarray]]) -> list[np.ndarray]:
+        whole = current()[0].copy()  # the other row stays
+        whole[self.row] = value
+        return [whole]
+
+
+@dataclass(frozen=True)
+class _Blocks(_Handle):
+    """A fused parameter that Keras holds as several variables: each reshaped to ``block`` (row-major,
+    so a ``(D, heads, head_dim)`` kernel is ``(D, D)`` with head h's columns ``h*head_dim`` onward),
+    the blocks side by side along the last axis. MultiHeadAttention's query, key and value kernels
+    ``(D, heads, head_dim)`` make the canonical ``qkv_kernel`` ``(D, 3D)``, their biases
+    ``(heads, head_dim)`` its ``qkv_bias`` ``(3D,)``; its output kernel ``(heads, head_dim, D)`` alone
+    is ``out_kernel`` ``(D, D)``, rows head by head."""
+
+    parts: tuple[Any, ...]
+    block: tuple[int, ...]
+
+    @property
+    def variables(self) -> tuple[Any, ...]:
+        return self.parts
+
+    def join(self, values: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate([value.reshape(self.block) for value in values], axis=-1)
+
+    def split(self, value: np.ndarray, current: Callable[[], list[np.ndarray]]) -> list[np.ndarray]:
+        blocks = np.split(value, len(self.parts), axis=-1)
+        return [block.reshape(tuple(variable.shape)) for block, variable in zip(blocks, self.parts, strict=True)]
+
+
 class _Builder:
-    """Builds a network with the functional API; ``handles`` maps each canonical parameter to
-    ``(Keras variable, row or None)``: a GRU's two biases are rows 0 and 1 of one ``(2, 3H)`` bias.
+    """Builds a network with the functional API; ``handles`` maps each canonical parameter to its
+    ``_Handle`` (the Keras variables that hold it).
 
     Every parameter starts at zero (the kernel loads the starting weights): under JAX every random
     initializer of a new shape would cost an XLA compilation of seconds.
@@ -168,9 +340,14 @@ class _Builder:
         self.keras = _keras()
         self.dtype = dtype
         self.dense_flattens = kernel.flattens_into_dense(network)  # flattened as the map lies, (H, W, C)
-        self.handles: dict[str, tuple[Any, int | None]] = {}
+        self.handles: dict[str, _Handle] = {}
         self.norms: list[Any] = []
         self.regularizer = self.keras.regularizers.L2(weight_decay / 2) if weight_decay else None
+        # The Embeddings that a TiedOutput reads, by path: built as ReversibleEmbedding, called again
+        # in reverse for the logits.
+        self.tied = {layer.tied_to for _, layer, _ in walk(network.layers, network.input_shape)
+                     if isinstance(layer, spec.TiedOutput)}
+        self.embeddings: dict[str, Any] = {}
 
     def _arguments(self, *names: str) -> dict[str, Any]:
         """Zero initializers, and the weight decay's regularizers, for the named parameters."""
@@ -246,11 +423,11 @@ class _Builder:
             regularizers = {f"{name}_regularizer": self.regularizer for name in ("gamma", "beta") if self.regularizer}
             norm = kl.BatchNormalization(axis=-1, momentum=1.0 - layer.momentum, epsilon=layer.eps, **regularizers)
             x = norm(x)
-            self.handles[f"{path}.gamma"], self.handles[f"{path}.beta"] = (norm.gamma, None), (norm.beta, None)
+            self.handles[f"{path}.gamma"], self.handles[f"{path}.beta"] = _Whole(norm.gamma), _Whole(norm.beta)
             self.norms.append(norm)
             return x, False
         if isinstance(layer, spec.Activation):
-            return kl.Activation(layer.function)(x), flat
+            return kl.Activation(self._activation(layer.function))(x), flat
         if isinstance(layer, spec.Dropout):
             return kl.Dropout(layer.rate)(x), flat
         if isinstance(layer, spec.Flatten):
@@ -259,10 +436,18 @@ class _Builder:
                 return kl.Flatten()(kl.Permute((3, 1, 2))(x)), False
             return kl.Flatten()(x), len(shape) == 3
         if isinstance(layer, spec.Embedding):
-            embedding = kl.Embedding(layer.vocab, layer.dim, **self._arguments("embeddings"))
+            # A tied one is a ReversibleEmbedding (tie_weights=True), an Embedding that keras_hub's GPT-2
+            # also calls in reverse for its logits: one variable, read by both calls.
+            arguments = self._arguments("embeddings")
+            embedding = (kl.ReversibleEmbedding(layer.vocab, layer.dim, tie_weights=True, **arguments)
+                         if path in self.tied else kl.Embedding(layer.vocab, layer.dim, **arguments))
             x = embedding(x)
-            self.handles[f"{path}.table"] = (embedding.embeddings, None)
+            self.embeddings[path] = embedding
+            self.handles[f"{path}.table"] = _Whole(embedding.embeddings)
             return x, False
+        transformer = self._transformer_layer(layer, x, shape, path)
+        if transformer is not None:
+            return transformer, False
         if isinstance(layer, spec.LSTM | spec.GRU):
             for k in range(layer.layers):
                 common = {"return_sequences": layer.return_sequences or k < layer.layers - 1,
@@ -276,13 +461,13 @@ class _Builder:
                     rnn = kl.GRU(layer.hidden, reset_after=True, **common)
                 x = rnn(x)
                 cell, name = rnn.cell, f"{path}.layer{k}"
-                self.handles[f"{name}.input_kernel"] = (cell.kernel, None)
-                self.handles[f"{name}.recurrent_kernel"] = (cell.recurrent_kernel, None)
+                self.handles[f"{name}.input_kernel"] = _Whole(cell.kernel)
+                self.handles[f"{name}.recurrent_kernel"] = _Whole(cell.recurrent_kernel)
                 if isinstance(layer, spec.LSTM):
-                    self.handles[f"{name}.bias"] = (cell.bias, None)
+                    self.handles[f"{name}.bias"] = _Whole(cell.bias)
                 else:
                     self.handles[f"{name}.input_bias"], self.handles[f"{name}.recurrent_bias"] = (
-                        (cell.bias, 0), (cell.bias, 1))
+                        _Row(cell.bias, 0), _Row(cell.bias, 1))
             return x, False
         if isinstance(layer, spec.Residual):
             body, _ = self.sequence(layer.body, x, shape, f"{path}.body.", False)
@@ -295,9 +480,59 @@ class _Builder:
         raise Unsupported(f"the Keras backend has no translation for the layer type {type(layer).__name__}")
 
     def _bind(self, path: str, owner: Any, bias: bool) -> None:
-        self.handles[f"{path}.kernel"] = (owner.kernel, None)
+        self.handles[f"{path}.kernel"] = _Whole(owner.kernel)
         if bias:
-            self.handles[f"{path}.bias"] = (owner.bias, None)
+            self.handles[f"{path}.bias"] = _Whole(owner.bias)
+
+    def _activation(self, function: str) -> Callable[..., Any]:
+        if function not in _ACTIVATIONS:
+            raise Unsupported(f"the Keras backend has no translation for the activation {function!r}")
+        name, keywords = _ACTIVATIONS[function]
+        if name == "gelu" and self.keras.backend.backend() == "tensorflow":
+            return functools.partial(_tf_gelu, **keywords)
+        return functools.partial(getattr(self.keras.activations, name), **keywords)
+
+    def _transformer_layer(self, layer: spec.Layer, x: Any, shape: spec.Shape, path: str) -> Any | None:
+        """Apply a transformer's layer to the sequence ``x`` (None for a layer of another kind)."""
+        kl = self.keras.layers
+        if isinstance(layer, spec.LayerNorm):
+            norm = kl.LayerNormalization(axis=-1, epsilon=layer.eps, **self._arguments("gamma", "beta"))
+            x = norm(x)
+            self.handles[f"{path}.gamma"], self.handles[f"{path}.beta"] = _Whole(norm.gamma), _Whole(norm.beta)
+            return x
+        if isinstance(layer, spec.MultiHeadSelfAttention):
+            return self._attention(layer, x, shape[-1], path)
+        if isinstance(layer, spec.PositionEmbedding):
+            positions = _position_add_class()(layer.positions, self.regularizer)
+            x = positions(x)
+            self.handles[f"{path}.table"] = _Whole(positions.table)
+            return x
+        if isinstance(layer, spec.TokenTypeEmbedding):
+            types = _token_type_add_class()(layer.types, layer.type_ids(shape[0]), self.regularizer)
+            x = types(x)
+            self.handles[f"{path}.table"] = _Whole(types.table)
+            return x
+        if isinstance(layer, spec.SelectToken):
+            return x[:, layer.index]  # a functional model's slice (keras.ops' GetItem)
+        if isinstance(layer, spec.TiedOutput):
+            return self.embeddings[layer.tied_to](x, reverse=True)  # x @ table^T; Network checked the tie
+        return None
+
+    def _attention(self, layer: spec.MultiHeadSelfAttention, x: Any, width: int, path: str) -> Any:
+        """Keras' MultiHeadAttention of ``x`` with itself: scores scaled by 1/sqrt(key_dim), its
+        dropout on the probabilities in training only, the causal mask by ``use_causal_mask``. Keras
+        takes its fused ``ops.dot_product_attention`` where dropout is 0 and otherwise computes the
+        scores, the masked softmax and the dropout as separate ops."""
+        size = width // layer.heads
+        attention = self.keras.layers.MultiHeadAttention(num_heads=layer.heads, key_dim=size, dropout=layer.dropout,
+                                                         **self._arguments("kernel", "bias"))
+        x = attention(x, x, use_causal_mask=layer.causal)
+        projections = (attention.query_dense, attention.key_dense, attention.value_dense)
+        self.handles[f"{path}.qkv_kernel"] = _Blocks(tuple(dense.kernel for dense in projections), (width, width))
+        self.handles[f"{path}.qkv_bias"] = _Blocks(tuple(dense.bias for dense in projections), (width,))
+        self.handles[f"{path}.out_kernel"] = _Blocks((attention.output_dense.kernel,), (width, width))
+        self.handles[f"{path}.out_bias"] = _Whole(attention.output_dense.bias)
+        return x
 
 
 # --------------------------------------------------------------------------------------------------
@@ -331,7 +566,9 @@ Step = Callable[..., Any]
 class Model(kernel.Model):
     """The spec's network as a functional ``keras.Model``: images channels-last, kernels
     ``(kh, kw, in, out)``, Dense and recurrent kernels ``(in, out)``, LSTM gates i, f, c, o (the
-    canonical order), GRU gates z, r, h with the two biases as the rows of one ``(2, 3H)`` bias."""
+    canonical order), GRU gates z, r, h with the two biases as the rows of one ``(2, 3H)`` bias;
+    self-attention as MultiHeadAttention, whose per-head query, key and value kernels join into the
+    canonical fused ``qkv_kernel`` (``_Blocks``); a tied output through its ReversibleEmbedding."""
 
     conventions = kernel.Conventions(channels_last=True, conv_kernel="hwio", gru_gates=layout.GRU_KERAS)
 
@@ -347,15 +584,14 @@ class Model(kernel.Model):
         scope = contextlib.ExitStack()
         scope.enter_context(keras.device(device))
         atexit.register(scope.close)
-        optimizer = self.recipe.optimizer
-        builder = _Builder(self.network, optimizer.weight_decay if training else 0.0, precision)
+        name, arguments = kernel.optimizer_arguments(self.recipe.optimizer, SPELLING, "Keras") if training else ("", {})
+        # A coupled weight decay goes into the layers' regularizers (_Builder); AdamW's stays its own.
+        builder = _Builder(self.network, arguments.pop(L2_PENALTY, 0.0), precision)
         self.model = builder.model(self.network)
         self.handles, self.norms = builder.handles, builder.norms
         self.loss_fn = _cross_entropy_class()(kernel.loss_divisor(self.network, self.recipe, 1))
         self.optimizer: Any = None
         if training:
-            name, arguments = kernel.optimizer_arguments(optimizer, SPELLING, "Keras")
-            arguments.pop(L2_PENALTY)  # in the layers' regularizers (_Builder)
             if name == "RMSprop":
                 # Keras 3 divides by sqrt(v + eps), PyTorch (and the Keras 2 of the studies) by
                 # sqrt(v) + eps: eps squared under the root is the same floor, where eps itself
@@ -511,20 +747,18 @@ class Model(kernel.Model):
     def bindings(self) -> list[kernel.Binding]:
         return self.bind(self.handles)
 
-    def read(self, handle: tuple[Any, int | None]) -> np.ndarray:
-        self._settle()
-        variable, row = handle
-        value: np.ndarray = np.array(self.keras.ops.convert_to_numpy(variable))
-        return value[row] if row is not None else value
+    def _values(self, variables: tuple[Any, ...]) -> list[np.ndarray]:
+        return [np.array(self.keras.ops.convert_to_numpy(variable)) for variable in variables]
 
-    def write(self, handle: tuple[Any, int | None], value: np.ndarray) -> None:
+    def read(self, handle: _Handle) -> np.ndarray:
         self._settle()
-        variable, row = handle
-        if row is not None:  # one row of a GRU's stacked bias: the other row stays
-            whole = np.array(self.keras.ops.convert_to_numpy(variable))
-            whole[row] = value
-            value = whole
-        variable.assign(value)
+        return handle.join(self._values(handle.variables))
+
+    def write(self, handle: _Handle, value: np.ndarray) -> None:
+        self._settle()
+        parts = handle.split(value, lambda: self._values(handle.variables))
+        for variable, part in zip(handle.variables, parts, strict=True):
+            variable.assign(part)
 
     def reset_statistics(self) -> None:
         self._settle()
@@ -577,10 +811,8 @@ class Model(kernel.Model):
             grads = [v.value.grad for v in variables]
         by_variable = {id(v): np.zeros(v.shape, v.dtype) if g is None else np.asarray(keras.ops.convert_to_numpy(g))
                        for v, g in zip(variables, grads, strict=True)}
-        found = {}
-        for name, (variable, row) in self.handles.items():
-            value = by_variable[id(variable)]
-            found[name] = value[row] if row is not None else value
+        found = {name: handle.join([by_variable[id(variable)] for variable in handle.variables])
+                 for name, handle in self.handles.items()}
         return float(keras.ops.convert_to_numpy(loss)), found
 
     def sync(self) -> None:

@@ -216,6 +216,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
                 extra="keras",
                 probes="dlarena.probes.keras_probes",
                 options={"backend": backend},
+                builds_transformers=True,
             )
             for backend, backend_distributions in (
                 ("jax", ("jax", "jaxlib")),
