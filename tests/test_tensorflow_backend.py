@@ -71,6 +71,8 @@ def _request(workload: Workload, scenario: str = "train") -> StepRequest:
     (Optimizer("sgd", 0.05, momentum=0.9, weight_decay=1e-3), 0.5),
     (Optimizer("sgd", 0.05, momentum=0.9, nesterov=True), None),
     (Optimizer("adam", 1e-3, weight_decay=1e-3), None),
+    # decoupled decay strong enough (lr * wd = 5e-4 a step) that coupling it or leaving it out would show
+    (Optimizer("adamw", 1e-3, weight_decay=0.5), None),
     (Optimizer("adadelta", 1.0, rho=0.95, eps=1e-6), None),
     (Optimizer("rmsprop", 1e-3, rho=0.9, eps=1e-8), None),
 ])

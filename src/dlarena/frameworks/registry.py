@@ -194,6 +194,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             extra="tensorflow",
             probes="dlarena.probes.tensorflow_probes",
             options={"xla": False},
+            builds_transformers=True,
         ),
         FrameworkInfo(
             name="tensorflow-xla",
@@ -205,6 +206,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             probes="dlarena.probes.tensorflow_probes",
             options={"xla": True},
             eager_counterpart="tensorflow",
+            builds_transformers=True,
         ),
         *(
             FrameworkInfo(

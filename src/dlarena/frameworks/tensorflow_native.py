@@ -40,9 +40,15 @@ from dlarena.spec.layers import (
     Flatten,
     GlobalAvgPool2D,
     Layer,
+    LayerNorm,
     MaxPool2D,
+    MultiHeadSelfAttention,
+    PositionEmbedding,
     Residual,
+    SelectToken,
     Shape,
+    TiedOutput,
+    TokenTypeEmbedding,
     pair,
 )
 from dlarena.spec.weights import layer_params
@@ -65,13 +71,16 @@ Tensor = Any  # tf.Tensor: TensorFlow ships no type information
 Variable = Any  # tf.Variable
 
 # recipe optimizer -> TensorFlow's fused training op (tf.raw_ops) and its keywords; RMSprop is
-# written with tf ops (OptimizerModule says why). Weight decay is applied to the gradient first.
+# written with tf ops (OptimizerModule says why). Weight decay is applied to the gradient first;
+# AdamW's decoupled decay (TensorFlow has no AdamW training op) shrinks the variable before Adam's op.
 SPELLING: kernel.OptimizerSpelling = {
     "sgd": ("ResourceApplyGradientDescent", {"lr": "alpha", "weight_decay": "weight_decay"}),
     "sgd_momentum": ("ResourceApplyMomentum", {"lr": "lr", "momentum": "momentum", "nesterov": "use_nesterov",
                                                "weight_decay": "weight_decay"}),
     "adam": ("ResourceApplyAdam", {"lr": "lr", "beta1": "beta1", "beta2": "beta2", "eps": "epsilon",
                                    "weight_decay": "weight_decay"}),
+    "adamw": ("ResourceApplyAdam", {"lr": "lr", "beta1": "beta1", "beta2": "beta2", "eps": "epsilon",
+                                    "weight_decay": "decoupled_weight_decay"}),
     "adadelta": ("ResourceApplyAdadelta", {"lr": "lr", "rho": "rho", "eps": "epsilon", "weight_decay": "weight_decay"}),
     "rmsprop": ("RMSprop", {"lr": "lr", "rho": "rho", "eps": "eps", "weight_decay": "weight_decay"}),
 }
@@ -82,8 +91,27 @@ _SLOTS: dict[str, tuple[str, ...]] = {
 }
 _GRADIENT_KEYWORD = {"ResourceApplyGradientDescent": "delta"}
 
+
+# GELU as tf.nn.gelu computes it, op for op (the same graph in float32), but with its constants in
+# the input's precision: tf.nn.gelu casts the Python floats 1/sqrt(2) and 0.044715 to float32 before
+# casting them to the input's type, which put float64 GELUs 1e-9 (relative) off the spec.
+_GELU_INV_SQRT2 = math.sqrt(0.5)
+_GELU_TANH_SCALE = math.sqrt(2.0 / math.pi)
+_GELU_TANH_CUBIC = 0.044715
+
+
+def _gelu(x: Tensor) -> Tensor:
+    """The exact GELU, ``x * Phi(x)``, through erfc as tf.nn.gelu writes it: ``0.5 x erfc(-x / sqrt 2)``."""
+    return 0.5 * x * tf.math.erfc(-x * _GELU_INV_SQRT2)
+
+
+def _gelu_tanh(x: Tensor) -> Tensor:
+    """GPT-2's tanh approximation, ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``."""
+    return 0.5 * x * (1.0 + tf.math.tanh(_GELU_TANH_SCALE * (x + _GELU_TANH_CUBIC * tf.math.pow(x, 3))))
+
+
 _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
-    "relu": tf.nn.relu, "sigmoid": tf.math.sigmoid, "tanh": tf.math.tanh,
+    "relu": tf.nn.relu, "sigmoid": tf.math.sigmoid, "tanh": tf.math.tanh, "gelu": _gelu, "gelu_tanh": _gelu_tanh,
 }
 # Layers between a Flatten and the Dense that reads it that leave the order of the features as it is
 # (kernel.layout_plan skips the same ones).
@@ -329,6 +357,103 @@ class EmbeddingModule(Module):
         return tf.nn.embedding_lookup(self.table, x)
 
 
+class LayerNormModule(Module):
+    """Layer norm over the last axis: tf.nn.moments (the biased variance) and tf.nn.batch_normalization,
+    as Keras 2's (unfused) LayerNormalization writes it. TensorFlow has no layer-norm op of its own:
+    in graphs these are separate element-wise kernels, which XLA fuses."""
+
+    def __init__(self, gamma: Variable, beta: Variable, eps: float) -> None:
+        super().__init__()
+        self.gamma = gamma
+        self.beta = beta
+        self.eps = eps
+
+    def __call__(self, x: Tensor, training: bool) -> Tensor:
+        mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
+        return tf.nn.batch_normalization(x, mean, variance, self.beta, self.gamma, self.eps)
+
+
+class PositionModule(Module):
+    """Adds the first ``T`` rows of a learned ``(positions, D)`` table, one per step (GPT-2's ``wpe``)."""
+
+    def __init__(self, table: Variable) -> None:
+        super().__init__()
+        self.table = table
+
+    def __call__(self, x: Tensor, training: bool) -> Tensor:
+        return x + self.table[: x.shape[1]]
+
+
+class TokenTypeModule(Module):
+    """Adds BERT's token-type embedding of the spec's types, fixed by position (layers.TokenTypeEmbedding)."""
+
+    def __init__(self, table: Variable, type_ids: list[int]) -> None:
+        super().__init__()
+        self.table = table
+        self.type_ids = np.asarray(type_ids, np.int32)  # an array: tf.Module would wrap a list for tracking
+
+    def __call__(self, x: Tensor, training: bool) -> Tensor:
+        return x + tf.nn.embedding_lookup(self.table, tf.constant(self.type_ids))
+
+
+class SelfAttentionModule(Module):
+    """Multi-head self-attention as Keras' MultiHeadAttention writes it on TensorFlow: projections,
+    batched matrix products and tf.nn.softmax. tf.nn has no fused attention op, so the graph is this op
+    sequence (XLA fuses its element-wise parts).
+
+    One fused q/k/v projection, as the canonical ``qkv_kernel`` lays them out; q is scaled by
+    1/sqrt(D/heads) before its product with k (Keras' order: T*D multiplications, not heads*T*T).
+    The causal mask sets future steps' scores to minus infinity, so their probabilities are exactly 0.
+    """
+
+    def __init__(self, qkv: DenseModule, out: DenseModule, heads: int, causal: bool, dropout: DropoutModule) -> None:
+        super().__init__()
+        self.qkv = qkv
+        self.out = out
+        self.heads = heads
+        self.causal = causal
+        self.dropout = dropout
+
+    def __call__(self, x: Tensor, training: bool) -> Tensor:
+        steps, width = x.shape[1], x.shape[2]
+        size = width // self.heads
+        # (N, T, 3D) -> (3, N, heads, T, D/heads): the q, k and v blocks, each split into heads.
+        blocks = tf.transpose(tf.reshape(self.qkv(x, training), [-1, steps, 3, self.heads, size]), [2, 0, 3, 1, 4])
+        q, k, v = tf.unstack(blocks)
+        scores = tf.matmul(q * (1.0 / math.sqrt(size)), k, transpose_b=True)
+        if self.causal:
+            allowed = tf.constant(np.tril(np.ones((steps, steps), dtype=bool)))
+            scores = tf.where(allowed, scores, tf.constant(-math.inf, scores.dtype))
+        probabilities = self.dropout(tf.nn.softmax(scores), training)
+        mixed = tf.transpose(tf.matmul(probabilities, v), [0, 2, 1, 3])  # heads back in order, step by step
+        return self.out(tf.reshape(mixed, [-1, steps, width]), training)
+
+
+class TokenModule(Module):
+    """One step of a sequence, ``(N, T, D) -> (N, D)`` (BERT's pooler reads the first)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def __call__(self, x: Tensor, training: bool) -> Tensor:
+        return x[:, self.index]
+
+
+class TiedOutputModule(Module):
+    """Logits through the token embedding's own variable, transposed (GPT-2's tied ``lm_head``): one
+    variable read twice, whose gradient GradientTape sums over both uses."""
+
+    def __init__(self, table: Variable) -> None:
+        super().__init__()
+        self.table = table
+
+    def __call__(self, x: Tensor, training: bool) -> Tensor:
+        steps, width = x.shape[1], x.shape[2]
+        logits = tf.matmul(tf.reshape(x, [-1, width]), self.table, transpose_b=True)
+        return tf.reshape(logits, [-1, steps, self.table.shape[0]])
+
+
 class RecurrentModule(Module):
     """Stacked LSTM or GRU, zero initial state, cells written out exactly as the spec's reference.
 
@@ -454,11 +579,29 @@ class Builder:
             self.norms.append(norm)
             return norm
         if isinstance(layer, Activation):
+            if layer.function not in _ACTIVATIONS:
+                raise Unsupported(f"the TensorFlow backend has no activation {layer.function!r}")
             return FunctionModule(_ACTIVATIONS[layer.function])
         if isinstance(layer, Dropout):
             return DropoutModule(layer.rate, self.dropout_rng)
         if isinstance(layer, Embedding):
             return EmbeddingModule(self.variables(path, layer, shape)[0])
+        if isinstance(layer, LayerNorm):
+            gamma, beta = self.variables(path, layer, shape)
+            return LayerNormModule(gamma, beta, layer.eps)
+        if isinstance(layer, PositionEmbedding):
+            return PositionModule(self.variables(path, layer, shape)[0])
+        if isinstance(layer, TokenTypeEmbedding):
+            return TokenTypeModule(self.variables(path, layer, shape)[0], layer.type_ids(shape[0]))
+        if isinstance(layer, MultiHeadSelfAttention):
+            qkv_kernel, qkv_bias, out_kernel, out_bias = self.variables(path, layer, shape)
+            return SelfAttentionModule(DenseModule(qkv_kernel, qkv_bias), DenseModule(out_kernel, out_bias),
+                                       layer.heads, layer.causal, DropoutModule(layer.dropout, self.dropout_rng))
+        if isinstance(layer, SelectToken):
+            return TokenModule(layer.index)
+        if isinstance(layer, TiedOutput):
+            # Network checked that ``tied_to`` is a top-level Embedding, built (and its table made) earlier.
+            return TiedOutputModule(self.handles[f"{layer.tied_to}.table"])
         if isinstance(layer, LSTM | GRU):
             variables = self.variables(path, layer, shape)
             per_layer = len(variables) // layer.layers
@@ -493,6 +636,9 @@ class OptimizerModule(tf.Module):  # type: ignore[misc]
     * Adam: ResourceApplyAdam. TensorFlow adds epsilon to sqrt(v) *after* folding the bias
       corrections into the learning rate ("epsilon hat"); PyTorch adds it to sqrt(v / (1 - beta2^t)).
       Passing ``eps * sqrt(1 - beta2^t)`` as the op's epsilon makes the two identical.
+    * AdamW: TensorFlow has no training op with decoupled decay, so the variable is first shrunk,
+      ``w -= lr*wd*w`` (PyTorch's AdamW, and Keras' AdamW the same way), then ResourceApplyAdam as above;
+      the variable's ops run in program order within the step's graph.
     * Adadelta: ResourceApplyAdadelta has PyTorch's formula (epsilon inside both square roots).
     * RMSprop: TensorFlow's ResourceApplyRMSProp divides by ``sqrt(ms + eps)``, PyTorch by
       ``sqrt(ms) + eps``; the update is written with tf ops instead, as PyTorch computes it.
@@ -504,7 +650,8 @@ class OptimizerModule(tf.Module):  # type: ignore[misc]
     def __init__(self, op: str, arguments: dict[str, Any], variables: list[Variable]) -> None:
         super().__init__()
         self.op = op
-        self.weight_decay = arguments.pop("weight_decay")
+        self.weight_decay = arguments.pop("weight_decay", 0.0)
+        self.decoupled_weight_decay = arguments.pop("decoupled_weight_decay", 0.0)
         self.arguments = arguments
         self.targets = variables
         self.slots = [{slot: tf.Variable(tf.zeros_like(v), trainable=False, name=f"{slot}_{i}") for slot in _SLOTS[op]}
@@ -521,6 +668,8 @@ class OptimizerModule(tf.Module):  # type: ignore[misc]
             arguments["beta2_power"] = tf.pow(arguments["beta2"], step)
             arguments["epsilon"] = arguments["epsilon"] * tf.sqrt(1.0 - arguments["beta2_power"])
         for v, g, slots in zip(self.targets, gradients, self.slots, strict=True):
+            if self.decoupled_weight_decay:
+                v.assign(v * (1.0 - arguments["lr"] * self.decoupled_weight_decay))
             if self.op == "RMSprop":
                 rho = arguments["rho"]
                 mean_square = slots["square_avg"].assign(rho * slots["square_avg"] + (1.0 - rho) * tf.square(g))
