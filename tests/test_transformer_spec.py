@@ -182,3 +182,22 @@ def test_the_report_sets_each_lower_precision_beside_float32_and_flags_a_slower_
     assert "| mixed-bf16 | 10 ms | 20 ms | 0.50x *slower* |" in report
     # the cells of each precision keep rows of their own in every table
     assert "| torch (bfloat16) |" in report and "| torch (mixed-bf16) |" in report
+
+
+def test_the_report_sets_a_frameworks_batch_sizes_side_by_side_as_latency_against_throughput(tmp_path: Path) -> None:
+    from dlarena import api
+    from dlarena.plan.cell import Cell
+    from dlarena.store.database import Store
+    from stored_runs import run, timed
+
+    store = Store.open(tmp_path / "r.db")
+    # batch 1 at 1 ms: 1,000 samples/s; batch 8 at 4 ms: 2,000 samples/s, the most
+    run(store, [(Cell("torch", "gpt2-124m-small", "infer", batch, 1), timed(median, 3))
+                for batch, median in ((8, 0.004), (1, 0.001))])
+    store.close()
+    report = api.report(db=tmp_path / "r.db")
+    assert "## Latency and throughput" in report
+    first, second = (report.index(f"| torch | gpt2-124m-small | 1 | {batch} |") for batch in (1, 8))
+    assert first < second  # smallest batch first
+    # 123 steps: a p90 (100 needed), no p99 (1,000 needed)
+    assert "| torch | gpt2-124m-small | 1 | 8 | 4 ms | 4.15 ms |  | 2,000 *most* |" in report

@@ -187,7 +187,10 @@ def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[R
            capabilities: Sequence[Row] = ()) -> str:
     """The report: the run, then which framework is fastest (``rankings``, report/ranking), then the tables,
     then what the run's frameworks can do (``capabilities``: the database's latest probe answers)."""
-    from dlarena.report import against_published  # it reads this module's figures of a training cell
+    from dlarena.report import (
+        against_published,  # it reads this module's figures of a training cell
+        latency,
+    )
     from dlarena.report import precision as lower_precision
     from dlarena.report.ranking import headline
 
@@ -235,6 +238,7 @@ def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[R
     lines += _accuracy_section([row for row in rows if row["scenario"] == "accuracy"])
     lines += against_published.section(rows)
     lines += lower_precision.section(rows, environment)
+    lines += latency.section(rows)
     ok = [row for row in rows if row["status"] == "ok"]
     timed = [row for row in timing if row["status"] == "ok"]
     if timed:
