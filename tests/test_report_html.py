@@ -110,6 +110,16 @@ def test_batch_scaling_leaves_out_invalid_and_untimed_cells(rows: list[dict[str,
     assert torch32["throughput"] == pytest.approx(32 / 0.4e-3, rel=1e-3)
 
 
+def test_latency_against_throughput_is_inference_by_batch_size_with_its_tail(rows: list[dict[str, object]]) -> None:
+    (group,) = figures.latency_throughput(rows)
+    assert group.key[:3] == ("latency", "fcn5-small", "infer")
+    assert group.slug != figures.batch_scaling(rows)[0].slug  # two charts, two elements
+    torch64 = next(r for r in group.records if r["framework"] == "torch" and r["batch_size"] == 64)
+    assert torch64["median_s"] == pytest.approx(0.64e-3, rel=1e-3)
+    assert torch64["throughput"] == pytest.approx(64 / 0.64e-3, rel=1e-3)
+    assert torch64["p90_s"] is not None and torch64["p99_s"] is None  # 123 steps: a p90, no p99
+
+
 def test_accuracy_curves_accumulate_training_time_per_seed(sweep_db: Path, rows: list[dict[str, object]]) -> None:
     store = Store.open(sweep_db, create=False)
     try:
@@ -257,6 +267,8 @@ def test_the_page_opens_offline_without_errors_and_draws_every_cell(opened: obje
     assert browser.cell_marks(driver, "chart-threads-fcn5-small-train-cpu-float32-32") == 6
     # one line per seed of each framework that trained
     assert browser.cell_marks(driver, "chart-curves-digits-mlp-cpu-float32-32-1") == 4
+    # latency against throughput: one point per valid framework and batch size
+    assert browser.cell_marks(driver, "chart-batch-latency-fcn5-small-infer-cpu-float32-1") == 4
 
 
 @needs_browser

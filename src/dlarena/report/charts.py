@@ -108,6 +108,24 @@ def batch_scaling(group: Group) -> Spec:
         title=f"{group.title}: throughput", width=WIDTH, height=240))
 
 
+def latency_throughput(group: Group) -> Spec:
+    """A batch's median latency against the samples per second it serves, one line per framework
+    through its batch sizes, each point labelled with its batch; p90 and p99 in the tooltip."""
+    data = _data(sorted(group.records, key=lambda record: (record["framework"], record["batch_size"])))
+    encoding = {"x": alt.X("throughput:Q", title="samples per second"),
+                "y": alt.Y("median_s:Q", scale=alt.Scale(type="log"), title="latency of a batch (s, median)"),
+                "color": alt.Color("framework:N"), "order": alt.Order("batch_size:Q")}
+    lines = alt.Chart(data).mark_line().encode(**encoding)
+    points = alt.Chart(data).mark_point(filled=True).encode(
+        **encoding, tooltip=["framework:N", "batch_size:Q", alt.Tooltip("throughput:Q", format=",.3~g"),
+                             alt.Tooltip("median_s:Q", format=".3~g"), alt.Tooltip("p90_s:Q", format=".3~g"),
+                             alt.Tooltip("p99_s:Q", format=".3~g")])
+    labels = alt.Chart(data).mark_text(dx=6, dy=-6, fontSize=10).encode(
+        x="throughput:Q", y="median_s:Q", text="batch_size:Q", color=alt.Color("framework:N", legend=None))
+    return _spec(alt.layer(lines, points.properties(name=CELLS_LAYER), labels).properties(
+        title=f"{group.title}: latency against throughput", width=WIDTH, height=240))
+
+
 def accuracy_curve(group: Group) -> Spec:
     """Test accuracy against cumulative training time, one line per framework (its seeds as a band
     where there are several), with the target as a dashed rule."""

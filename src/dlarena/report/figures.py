@@ -138,7 +138,7 @@ def _sweep(rows: Sequence[Row], axis: str) -> list[Group]:
     groups = _grouped(timing, others, [name for name in varying_axes(timing) if name != axis], lambda row: {
         "framework": row["framework"], "threads": row["threads"], "batch_size": row["batch_size"],
         "median_s": row["median_s"], "ci_low_s": row.get("ci_low_s"), "ci_high_s": row.get("ci_high_s"),
-        "throughput": row.get("throughput"),
+        "throughput": row.get("throughput"), "p90_s": row.get("p90_s"), "p99_s": row.get("p99_s"),
     })
     return [group for group in groups if len({record[axis] for record in group.records}) > 1]
 
@@ -163,6 +163,14 @@ def thread_scaling(rows: Sequence[Row]) -> list[Group]:
 def batch_scaling(rows: Sequence[Row]) -> list[Group]:
     """Throughput (samples per second) against batch size, per network, scenario and thread count."""
     return _sweep(rows, "batch_size")
+
+
+def latency_throughput(rows: Sequence[Row]) -> list[Group]:
+    """Inference's trade-off: a batch's latency against the samples per second it serves, one point per
+    batch size, per network and thread count (report/latency.py is the same as a table)."""
+    scenario = CONFIGURATION.index("scenario")
+    return [Group(("latency", *group.key), group.title, group.records)  # its own slug beside batch_scaling's
+            for group in _sweep(rows, "batch_size") if group.key[scenario] == "infer"]
 
 
 # --- training to accuracy ------------------------------------------------------------------------

@@ -79,6 +79,7 @@ def build_charts(rows: Sequence[Row], processes: Callable[[int], Sequence[Row]],
         *_charts("steps", figures.step_times(rows), charts.step_time),
         *_charts("threads", figures.thread_scaling(rows), charts.thread_scaling),
         *_charts("batch", figures.batch_scaling(rows), charts.batch_scaling),
+        *_charts("batch", figures.latency_throughput(rows), charts.latency_throughput),
         # the curves' marks: one line per seed of each framework
         *_charts("curves", curves, charts.accuracy_curve,
                  lambda group: len({(r["framework"], r["seed"]) for r in group.records})),
