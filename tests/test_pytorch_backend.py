@@ -377,7 +377,7 @@ def test_backend_identity_through_the_registry() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("precision", "float16"), ("precision", "bfloat16"), ("scenario", "accuracy"), ("device", "tpu")],
+    [("precision", "float16"), ("precision", "mixed-fp16"), ("scenario", "accuracy"), ("device", "tpu")],
 )
 def test_what_torch_cannot_run_is_unsupported(field: str, value: str) -> None:
     with pytest.raises(Unsupported, match=value):
