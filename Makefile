@@ -55,8 +55,8 @@ $(addprefix env-,$(ENVIRONMENTS)): env-%: $(VENV)/.test-installed
 # Most tests wait on one single-threaded worker process: one test process per core (pytest-xdist, at
 # most MAX_TEST_PROCESSES: each may hold a framework worker of 1-3 GB) keeps the cores busy, and
 # loadgroup keeps the tests of one module-scoped fixture in one process (tests/ marks them).
-# `make test` (CI) leaves out the tests marked `exhaustive` (the same check on more frameworks, about 15
-# minutes of 2 cores); `make test-all` runs them too.
+# `make test` (CI) leaves out the tests marked `exhaustive` (the same check on more frameworks or
+# networks, about 30 minutes of 2 cores); `make test-all` runs them too.
 MAX_TEST_PROCESSES := 4
 TEST_MARKS := not exhaustive
 test-all: TEST_MARKS :=

@@ -76,7 +76,24 @@ def verified_workloads(framework: str) -> list[str]:
     return VERIFIED_WORKLOADS
 
 
-VERIFIED_PAIRS = [(framework, workload) for framework in REAL for workload in verified_workloads(framework)]
+# `make test` (CI) verifies the frameworks of dlarena's own environment on these: the quick suite's
+# networks and the fewest others that hold every layer type and activation of the catalogue (a GRU;
+# mnist-cnn-small, where torch-compile's float64 bug shows; ResNet's batch norm and residuals;
+# GoogLeNet's branches and average pooling; the transformers). The other small twins (the larger
+# AlexNet, OverFeat and VGG convnets, FCN-8, LSTM-64, the CIFAR-10 CNN: the same layer types again)
+# are marked exhaustive, for `make test-all`: verifying them took the fixture from about 12 to 20
+# minutes of CI's 2 cores (2026-12-02).
+CI_VERIFIED_WORKLOADS = [*QUICK_WORKLOADS, "karmanov-gru-small", "mnist-cnn-small", "resnet50-small",
+                         "googlenet-small", "bert-base-small", "gpt2-124m-small"]
+
+
+def _verified_pair(framework: str, workload: str) -> object:
+    exhaustive = verified_workloads(framework) == VERIFIED_WORKLOADS and workload not in CI_VERIFIED_WORKLOADS
+    return pytest.param(framework, workload, marks=[pytest.mark.exhaustive] if exhaustive else [])
+
+
+VERIFIED_PAIRS = [_verified_pair(framework, workload)
+                  for framework in REAL for workload in verified_workloads(framework)]
 # Step cases a framework's module refuses at run time for its recipe (not its layers, which the
 # registry declares): each with the words its sentence must contain. A new refusal fails the test.
 REFUSED_STEPS = {
@@ -193,16 +210,31 @@ def test_one_thread_keeps_to_one_core(framework: str) -> None:
     assert len(result.data["affinity"]) == 1
 
 
+def _selected_pairs(request: pytest.FixtureRequest) -> set[tuple[str, str]]:
+    """The (framework, workload) pairs whose verdict test this session runs (without the exhaustive
+    ones under `make test`); every pair not marked exhaustive where it runs none (another test of the
+    group alone)."""
+    selected = {(item.callspec.params["framework"], item.callspec.params["workload"])
+                for item in request.session.items
+                if getattr(item, "originalname", "") == "test_same_network_same_numbers"}
+    return selected or {(framework, workload) for framework in REAL for workload in verified_workloads(framework)
+                        if workload in CI_VERIFIED_WORKLOADS or verified_workloads(framework) != VERIFIED_WORKLOADS}
+
+
 @pytest.fixture(scope="module")
-def verdicts() -> dict[tuple[str, str], PairCheck]:
-    """`dlarena verify` on every installed framework, each on its `verified_workloads`, as the command
-    runs it: with every core (torch.compile's Inductor compiles its C++ kernels on each), and as many
-    workers side by side; the frameworks verified on the same networks in one call."""
+def verdicts(request: pytest.FixtureRequest) -> dict[tuple[str, str], PairCheck]:
+    """`dlarena verify` on every installed framework, each on the networks of its `verified_workloads`
+    that this session's tests ask about, as the command runs it: with every core (torch.compile's
+    Inductor compiles its C++ kernels on each), and as many workers side by side; the frameworks
+    verified on the same networks in one call."""
     verdicts: dict[tuple[str, str], PairCheck] = {}
     reference = ["torch"] if "torch" in INSTALLED else []
+    selected = _selected_pairs(request)
     groups: dict[tuple[str, ...], list[str]] = {}  # the frameworks verified on the same networks, together
     for framework in INSTALLED:
-        groups.setdefault(tuple(verified_workloads(framework)), []).append(framework)
+        workloads = tuple(name for name in verified_workloads(framework) if (framework, name) in selected)
+        if workloads:
+            groups.setdefault(workloads, []).append(framework)
     for workloads, frameworks in groups.items():  # against torch's float64 gradients, as `dlarena verify` does
         members = [*reference, *(name for name in frameworks if name not in reference)]
         for check in verify(members, list(workloads), VERIFY_BATCH_SIZE, threads=available_cores(),
@@ -222,6 +254,22 @@ def _layer_kinds(workload: str) -> set[str]:
             kind += f" padding {layer.padding}"
         kinds.add(kind)
     return kinds
+
+
+def test_the_networks_ci_verifies_hold_every_layer_type_and_activation_of_the_catalogue() -> None:
+    def kinds(name: str) -> set[str]:
+        network = get_workload(name).network
+        found, pending = set(network.layer_types()), list(network.layers)
+        while pending:  # activations by function, inside residual blocks and branches too
+            layer = pending.pop()
+            if isinstance(layer, Activation):
+                found.add(f"Activation {layer.function}")
+            pending += [*getattr(layer, "body", ()), *getattr(layer, "shortcut", ()),
+                        *(sub for branch in getattr(layer, "branches", ()) for sub in branch)]
+        return found
+
+    everything = set().union(*(kinds(name) for name in CATALOGUE))
+    assert set().union(*(kinds(name) for name in CI_VERIFIED_WORKLOADS)) == everything
 
 
 def test_verified_networks_cover_every_layer_of_the_quick_suite() -> None:
