@@ -490,10 +490,10 @@ class _Builder:
         name, keywords = _ACTIVATIONS[function]
         if name == "gelu" and self.keras.backend.backend() == "tensorflow":
             return functools.partial(_tf_gelu, **keywords)
-        function: Callable[..., Any] = getattr(self.keras.activations, name)
+        activation: Callable[..., Any] = getattr(self.keras.activations, name)
         # Keras' own function where it needs no keyword: model.save serializes it by name (the
         # save-load probe saves the CNN and LSTM workloads), which it cannot do for a partial.
-        return functools.partial(function, **keywords) if keywords else function
+        return functools.partial(activation, **keywords) if keywords else activation
 
     def _transformer_layer(self, layer: spec.Layer, x: Any, shape: spec.Shape, path: str) -> Any | None:
         """Apply a transformer's layer to the sequence ``x`` (None for a layer of another kind)."""
