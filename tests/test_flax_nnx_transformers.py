@@ -20,6 +20,8 @@ from flax import nnx
 from dlarena.frameworks import flax_nnx as fx
 from dlarena.frameworks.base import StepRequest
 from dlarena.frameworks.kernel import KernelRunner
+from dlarena.frameworks.precision import as_stored
+from dlarena.orchestrate.verify import BF16_FORWARD_FLOOR, BF16_FORWARD_TOLERANCE
 from dlarena.spec import Init, Network, Optimizer, Recipe, Workload, reference, transformers
 from dlarena.spec.layers import MultiHeadSelfAttention
 from dlarena.spec.weights import canonical_batch, initial_weights
@@ -74,6 +76,41 @@ def test_logits_are_the_oracle_s(name: str, precision: str) -> None:
     inputs, _ = canonical_batch(network, BATCH)
     tolerance = FORWARD64_TOLERANCE if precision == "float64" else FORWARD32_TOLERANCE
     assert _error(checker.forward(inputs), reference.forward(network, weights, inputs)) < tolerance
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "mixed-bf16"])
+@pytest.mark.parametrize("name", NETWORKS)
+def test_bfloat16_logits_are_bfloat16_s(name: str, precision: str) -> None:
+    """bfloat16 weights and compute, or float32 weights computing in bfloat16 (Flax's ``dtype`` beside
+    ``param_dtype``): logits farther from the oracle than float32 rounding leaves them and within
+    verify's bfloat16 bound, the products' operands read back from the program as bfloat16, the weights
+    stored as the precision says and read back exactly."""
+    network = NETWORKS[name]
+    checker = fx.Backend(threads=1).checker(_workload(network), "cpu", precision)
+    stored = {key: as_stored(value, precision) for key, value in initial_weights(network, ADAMW.init, seed=0).items()}
+    checker.load_weights(stored)
+    inputs, _ = canonical_batch(network, BATCH)
+    logits = checker.forward(inputs)
+    assert logits.dtype == np.float32
+    error = _error(logits, reference.forward(network, {k: v.astype(np.float64) for k, v in stored.items()}, inputs))
+    assert BF16_FORWARD_FLOOR < error < BF16_FORWARD_TOLERANCE
+    parity = checker.parity()
+    assert parity.details["matmul_dtype"] == "bfloat16"
+    assert parity.dtype == ("bfloat16" if precision == "bfloat16" else "float32")
+    exported = checker.export_weights()
+    assert all(np.array_equal(exported[key], stored[key]) for key in stored)
+
+
+def test_bfloat16_training_keeps_bfloat16_weights() -> None:
+    runner = fx.Backend(threads=1).prepare(StepRequest(workload=_workload(NETWORKS["gpt"]), scenario="train",
+                                                       batch_size=BATCH, device="cpu", threads=1,
+                                                       precision="bfloat16", seed=0))
+    before = runner.export_weights()
+    runner.step()
+    runner.sync()
+    assert np.isfinite(float(runner.last))
+    assert runner.parity().dtype == "bfloat16"
+    assert any(not np.array_equal(value, before[key]) for key, value in runner.export_weights().items())
 
 
 def test_attention_drops_in_training_only() -> None:

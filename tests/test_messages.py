@@ -74,19 +74,20 @@ def test_the_run_line_counts_in_the_singular_where_it_is_one() -> None:
 
 
 def test_precision_support_reads_the_registry_grouped(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert precision_support(["jax", "tensorflow"]) == "jax, tensorflow: float32"
+    assert precision_support(["onnxruntime", "mxnet"]) == "onnxruntime, mxnet: float32"
     monkeypatch.setitem(FRAMEWORKS, "half", FrameworkInfo(
         name="half", description="a framework that also runs float16", module="dlarena.frameworks.fault",
         imports=("numpy",), distributions=("numpy",), extra="test", precisions=("float32", "float16")))
-    assert precision_support(["jax", "half", "tensorflow"]) == "jax, tensorflow: float32; half: float32, float16"
-    assert precision_support(["torch"]) == "torch: float32, bfloat16, mixed-bf16"
+    assert precision_support(["onnxruntime", "half", "mxnet"]) == "onnxruntime, mxnet: float32; half: float32, float16"
+    assert (precision_support(["torch", "onnxruntime", "jax", "tensorflow", "keras-torch"])
+            == "torch, jax, tensorflow, keras-torch: float32, bfloat16, mixed-bf16; onnxruntime: float32")
 
 
 def test_a_precision_no_selected_framework_runs_is_refused_when_planned(monkeypatch: pytest.MonkeyPatch) -> None:
-    suite = parse_suite('workloads = ["fcn5-small"]\nframeworks = ["jax", "tensorflow"]\nprecisions = ["float16"]\n',
+    suite = parse_suite('workloads = ["fcn5-small"]\nframeworks = ["onnxruntime", "mxnet"]\nprecisions = ["float16"]\n',
                         "t")
     with pytest.raises(SuiteError,
-                       match=r"^no selected framework runs float16; what each runs: jax, tensorflow: float32$"):
+                       match=r"^no selected framework runs float16; what each runs: onnxruntime, mxnet: float32$"):
         suite.cells(cores=2)
     # One framework that runs it is enough: the others' cells are planned, and stored as unsupported.
     monkeypatch.setitem(FRAMEWORKS, "half", FrameworkInfo(

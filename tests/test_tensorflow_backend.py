@@ -16,6 +16,7 @@ pytest.importorskip("tensorflow")
 pytest.importorskip("torch")
 
 from dlarena.frameworks.base import StepRequest
+from dlarena.frameworks.kernel import KernelRunner
 from dlarena.frameworks.layout import max_relative_error
 from dlarena.frameworks.registry import load_backend
 from dlarena.spec import (
@@ -87,6 +88,49 @@ def test_optimizers_step_as_pytorch_does(name: str, optimizer: Optimizer, clip: 
     for key, value in expected.items():
         scale = float(np.max(np.abs(value))) or 1.0
         assert float(np.max(np.abs(mine[key] - value))) / scale < OPTIMIZER_TOLERANCE, key
+
+
+# bfloat16 keeps 8 significant bits: SGD's weights a few roundings apart, where torch rounds after each
+# op of an update and TensorFlow's float32 update (tensorflow_native._apply_in_float32) once.
+BF16_OPTIMIZER_TOLERANCE = 8 * 2.0**-8
+# The spacing of bfloat16 numbers relative to their size is at most 2^-7: one rounding of a result.
+BF16_SPACING = 2.0**-7
+
+
+def _bfloat16_runners(optimizer: Optimizer, *names: str) -> list[KernelRunner]:
+    request = dataclasses.replace(_request(_workload(optimizer)), precision="bfloat16")
+    return [load_backend(name, THREADS).prepare(request) for name in names]
+
+
+def test_bfloat16_sgd_steps_as_pytorch_does() -> None:
+    ours, theirs = _bfloat16_runners(Optimizer("sgd", 0.05, momentum=0.9), "tensorflow", "torch")
+    for _ in range(STEPS):
+        ours.step()
+        theirs.step()
+    assert ours.parity().dtype == "bfloat16"
+    mine, expected = ours.export_weights(), theirs.export_weights()
+    for key, value in expected.items():
+        scale = float(np.max(np.abs(value))) or 1.0
+        assert float(np.max(np.abs(mine[key] - value))) / scale < BF16_OPTIMIZER_TOLERANCE, key
+
+
+@pytest.mark.parametrize("optimizer", [Optimizer("adam", 1e-2), Optimizer("adamw", 1e-2, weight_decay=0.5)])
+def test_bfloat16_adam_moves_the_weights_by_its_learning_rate(optimizer: Optimizer) -> None:
+    """Adam's first update is ``lr * g / |g|``: each weight moves by the learning rate (AdamW's decay
+    besides). TensorFlow's fused op in bfloat16 rounds beta2 to 1 and divides by zero there (and Keras'
+    Adam moves nothing): bfloat16 variables step in float32, as torch's optimizers step them.
+    Adam's later steps are not compared with torch's: a gradient near zero, rounded differently in
+    bfloat16, flips the sign of a whole learning rate."""
+    (runner,) = _bfloat16_runners(optimizer, "tensorflow")
+    start = runner.export_weights()
+    runner.step()
+    after = runner.export_weights()
+    for key, before in start.items():
+        change = np.abs(after[key] - before)
+        rounding = BF16_SPACING * np.maximum(np.abs(before), np.abs(after[key]))  # of the stored result
+        bound = optimizer.lr * (1.0 + optimizer.weight_decay * np.abs(before)) + rounding
+        assert np.all(change <= bound), key
+        assert np.mean(change > 0) > 0.5, key  # the weights whose gradient is not exactly zero move
 
 
 def test_a_flatten_read_by_batch_norm_keeps_the_canonical_order() -> None:

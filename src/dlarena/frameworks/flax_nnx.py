@@ -47,6 +47,7 @@ from jax.typing import DTypeLike
 
 from dlarena.frameworks import kernel
 from dlarena.frameworks.base import Parity, Unavailable, Unsupported
+from dlarena.frameworks.registry import BFLOAT16_PRECISIONS
 from dlarena.spec import Workload
 from dlarena.spec.layers import (
     GRU,
@@ -241,15 +242,16 @@ class LSTMLayer(nnx.Module):
     gate arithmetic stay inside ``lax.scan``.
     """
 
-    def __init__(self, n_in: int, hidden: int, dtype: DTypeLike) -> None:
-        self.hidden = hidden
+    def __init__(self, n_in: int, hidden: int, dtype: DTypeLike, compute: DTypeLike) -> None:
+        self.hidden, self.compute = hidden, compute
         self.input_kernel = _zeros(n_in, 4 * hidden, dtype=dtype)
         self.recurrent_kernel = _zeros(hidden, 4 * hidden, dtype=dtype)
         self.bias = _zeros(4 * hidden, dtype=dtype)
 
     def __call__(self, xs: Array) -> Array:
-        projected = _rows(xs, self.input_kernel[...]) + self.bias[...]
-        recurrent = self.recurrent_kernel[...]
+        xs = xs.astype(self.compute)
+        projected = _rows(xs, self.input_kernel[...].astype(self.compute)) + self.bias[...].astype(self.compute)
+        recurrent = self.recurrent_kernel[...].astype(self.compute)
 
         def cell(carry: tuple[Array, Array], projected_t: Array) -> tuple[tuple[Array, Array], Array]:
             h, c = carry
@@ -267,16 +269,19 @@ class GRULayer(nnx.Module):
     """One GRU layer over a time-major sequence in the reset-after form, gates ``r, z, n``, with
     separate input and recurrent biases (the recurrent one sits inside ``r * (U_n h + b_hn)``)."""
 
-    def __init__(self, n_in: int, hidden: int, dtype: DTypeLike) -> None:
-        self.hidden = hidden
+    def __init__(self, n_in: int, hidden: int, dtype: DTypeLike, compute: DTypeLike) -> None:
+        self.hidden, self.compute = hidden, compute
         self.input_kernel = _zeros(n_in, 3 * hidden, dtype=dtype)
         self.recurrent_kernel = _zeros(hidden, 3 * hidden, dtype=dtype)
         self.input_bias = _zeros(3 * hidden, dtype=dtype)
         self.recurrent_bias = _zeros(3 * hidden, dtype=dtype)
 
     def __call__(self, xs: Array) -> Array:
-        projected = _rows(xs, self.input_kernel[...]) + self.input_bias[...]
-        recurrent, recurrent_bias = self.recurrent_kernel[...], self.recurrent_bias[...]
+        xs = xs.astype(self.compute)
+        projected = (_rows(xs, self.input_kernel[...].astype(self.compute))
+                     + self.input_bias[...].astype(self.compute))
+        recurrent = self.recurrent_kernel[...].astype(self.compute)
+        recurrent_bias = self.recurrent_bias[...].astype(self.compute)
 
         def cell(h: Array, projected_t: Array) -> tuple[Array, Array]:
             xr, xz, xn = jnp.split(projected_t, 3, axis=-1)
@@ -375,7 +380,8 @@ class PositionAdd(nnx.Module):
         self.table = table
 
     def __call__(self, x: Array) -> Array:
-        return x + self.table.embedding[: x.shape[1]]
+        # In the activations' precision: a float32 table under mixed-bf16 would widen the sum.
+        return x + self.table.embedding[: x.shape[1]].astype(x.dtype)
 
 
 class TokenTypeAdd(nnx.Module):
@@ -387,7 +393,7 @@ class TokenTypeAdd(nnx.Module):
         self.type_ids = tuple(type_ids)  # static: a constant of the compiled step
 
     def __call__(self, x: Array) -> Array:
-        added: Array = x + self.table(jnp.asarray(self.type_ids))
+        added: Array = x + self.table(jnp.asarray(self.type_ids)).astype(x.dtype)
         return added
 
 
@@ -422,10 +428,14 @@ class Builder:
     """Builds the model for a network with every parameter zero (the kernel loads the starting
     weights), and notes which variable holds each canonical parameter and each running statistic."""
 
-    def __init__(self, network_flattens: frozenset[str], rngs: nnx.Rngs, dtype: DTypeLike) -> None:
+    def __init__(self, network_flattens: frozenset[str], rngs: nnx.Rngs, dtype: DTypeLike,
+                 compute: DTypeLike) -> None:
         self.flattens_into_dense = network_flattens
         self.rngs = rngs
+        # Flax's mixed precision: ``param_dtype`` the parameters' dtype, ``dtype`` the computation's
+        # (each module casts its inputs and parameters to it; normalisations keep float32 statistics).
         self.dtype = dtype  # of every parameter
+        self.compute = compute
         self.zeros = nnx.initializers.zeros_init()
         self.variables: dict[str, nnx.Variable[Array]] = {}
         self.statistics: list[tuple[nnx.Variable[Array], float]] = []  # running mean 0, variance 1
@@ -443,7 +453,7 @@ class Builder:
     def layer(self, layer: Layer, shape: Shape, path: str) -> nnx.Module:
         """The module for one spec layer whose canonical input shape is ``shape``."""
         zeros: dict[str, Any] = {"kernel_init": self.zeros, "bias_init": self.zeros, "param_dtype": self.dtype,
-                                 "rngs": self.rngs}
+                                 "dtype": self.compute, "rngs": self.rngs}
         if isinstance(layer, Dense):
             linear = nnx.Linear(shape[-1], layer.units, use_bias=layer.bias, **zeros)
             self._bind(path, linear.kernel, linear.bias)
@@ -463,7 +473,7 @@ class Builder:
             # batch. Flax updates the running variance with the biased batch variance, PyTorch with
             # the unbiased one: running statistics differ by n/(n-1), outputs in training do not.
             norm = nnx.BatchNorm(shape[0], momentum=1.0 - layer.momentum, epsilon=layer.eps,
-                                 param_dtype=self.dtype, rngs=self.rngs)
+                                 param_dtype=self.dtype, dtype=self.compute, rngs=self.rngs)
             assert norm.scale is not None and norm.bias is not None  # use_scale and use_bias are on
             self.variables[f"{path}.gamma"], self.variables[f"{path}.beta"] = norm.scale, norm.bias
             self.statistics += [(norm.mean, 0.0), (norm.var, 1.0)]
@@ -476,14 +486,14 @@ class Builder:
             return FlattenLayer(channels_first=path not in self.flattens_into_dense)
         if isinstance(layer, Embedding):
             embed = nnx.Embed(layer.vocab, layer.dim, embedding_init=self.zeros, param_dtype=self.dtype,
-                              rngs=self.rngs)
+                              dtype=self.compute, rngs=self.rngs)
             self.variables[f"{path}.table"] = embed.embedding
             return embed
         if isinstance(layer, LayerNorm):
             # Two-pass variance, as the spec and PyTorch compute it: Flax's default one-pass form,
             # E[x^2] - E[x]^2, cancels in float32 where the mean is large against the spread.
             layer_norm = nnx.LayerNorm(shape[-1], epsilon=layer.eps, use_fast_variance=False,
-                                       param_dtype=self.dtype, rngs=self.rngs)
+                                       param_dtype=self.dtype, dtype=self.compute, rngs=self.rngs)
             assert layer_norm.scale is not None and layer_norm.bias is not None  # use_scale and use_bias are on
             self.variables[f"{path}.gamma"], self.variables[f"{path}.beta"] = layer_norm.scale, layer_norm.bias
             return layer_norm
@@ -525,7 +535,8 @@ class Builder:
 
     def _table(self, path: str, rows: int, width: int) -> nnx.Embed:
         """A position or token-type table: an nnx.Embed, noted as ``path.table``."""
-        embed = nnx.Embed(rows, width, embedding_init=self.zeros, param_dtype=self.dtype, rngs=self.rngs)
+        embed = nnx.Embed(rows, width, embedding_init=self.zeros, param_dtype=self.dtype, dtype=self.compute,
+                          rngs=self.rngs)
         self.variables[f"{path}.table"] = embed.embedding
         return embed
 
@@ -535,11 +546,11 @@ class Builder:
             n_in = shape[-1] if k == 0 else layer.hidden
             prefix = f"{path}.layer{k}"
             if isinstance(layer, LSTM):
-                lstm = LSTMLayer(n_in, layer.hidden, self.dtype)
+                lstm = LSTMLayer(n_in, layer.hidden, self.dtype, self.compute)
                 self.variables[f"{prefix}.bias"] = lstm.bias
                 cell: LSTMLayer | GRULayer = lstm
             else:
-                gru = GRULayer(n_in, layer.hidden, self.dtype)
+                gru = GRULayer(n_in, layer.hidden, self.dtype, self.compute)
                 self.variables[f"{prefix}.input_bias"] = gru.input_bias
                 self.variables[f"{prefix}.recurrent_bias"] = gru.recurrent_bias
                 cell = gru
@@ -563,6 +574,38 @@ def inference_forward(graphdef: nnx.GraphDef[Any], treedef: Any) -> Callable[[li
         return model(inputs)
 
     return forward
+
+
+def _host(array: Array) -> np.ndarray:
+    """An array on the host as NumPy (a copy): bfloat16, which the kernel and verify read as float32,
+    widened (every bfloat16 value is exact in float32)."""
+    host = np.array(array)
+    return host.astype(np.float32) if host.dtype == jnp.bfloat16 else host
+
+
+# The primitives that are a network's matrix products: their operands' dtypes are what its products
+# computed in (XLA may accumulate wider, as every framework's bfloat16 kernels do).
+_PRODUCT_PRIMITIVES = frozenset({"dot_general", "conv_general_dilated"})
+
+
+def product_dtypes(jaxpr: Any) -> set[str]:
+    """The operand dtypes of every matrix product in a traced function, nested calls, scans and
+    custom derivatives included: the parity record's ``matmul_dtype``, read from the program itself."""
+    found: set[str] = set()
+    inner = getattr(jaxpr, "jaxpr", jaxpr)  # a ClosedJaxpr holds its Jaxpr
+    for equation in inner.eqns:
+        if equation.primitive.name in _PRODUCT_PRIMITIVES:
+            found.update(str(operand.aval.dtype) for operand in equation.invars)
+        for value in equation.params.values():
+            for candidate in value if isinstance(value, tuple | list) else (value,):
+                if hasattr(candidate, "eqns") or hasattr(getattr(candidate, "jaxpr", None), "eqns"):
+                    found |= product_dtypes(candidate)
+    return found
+
+
+def _shapes(*arrays: Array) -> tuple[jax.ShapeDtypeStruct, ...]:
+    return tuple(jax.ShapeDtypeStruct(array.shape, array.dtype)  # type: ignore[no-untyped-call]
+                 for array in arrays)
 
 
 def _jax_device(name: str) -> jax.Device:
@@ -601,7 +644,8 @@ class Model(kernel.Model):
         def create() -> nnx.State[Any, Any]:
             # nnx.Linear and nnx.Conv draw a "params" key even for a zero initialiser, which ignores it.
             rngs = nnx.Rngs(params=0, dropout=DROPOUT_SEED)
-            builder = Builder(kernel.flattens_into_dense(self.network), rngs, self.precision)
+            builder = Builder(kernel.flattens_into_dense(self.network), rngs, self.precision_info.weights,
+                              self.precision_info.compute)
             model = builder.sequence(self.network.layers, self.network.input_shape, "")
             # Modes as Flax's docs set them now: a view with Dropout and BatchNorm switched.
             model = nnx.view(model, raise_if_not_found=False, **_modes(training))
@@ -631,6 +675,9 @@ class Model(kernel.Model):
         self.pending: Array | None = None  # the last step's output, waited on by sync()
         forward = inference_forward(self.graphdef, structure)
         self._forward = jax.jit(forward)
+        # The first compiled function called and its arguments' shapes: parity() reads the dtypes of
+        # its matrix products from its program, traced again there, outside every timed step.
+        self.traced: tuple[Callable[..., Any], tuple[jax.ShapeDtypeStruct, ...]] | None = None
 
         def loss_of(params: dict[int, Array], leaves: list[Array], inputs: Array, labels: Array) -> Array:
             return self._loss(forward([params.get(i, leaf) for i, leaf in enumerate(leaves)], inputs), labels)
@@ -685,7 +732,10 @@ class Model(kernel.Model):
         return optax.chain(*steps, rule) if steps else rule
 
     def _loss(self, logits: Array, labels: Array) -> Array:
-        """Summed softmax cross-entropy over every label position, divided by ``kernel.loss_divisor``."""
+        """Summed softmax cross-entropy over every label position, divided by ``kernel.loss_divisor``;
+        half-precision logits widened to float32 first, as torch.autocast computes a loss."""
+        if logits.dtype.itemsize < 4:
+            logits = logits.astype(jnp.float32)
         losses = optax.softmax_cross_entropy_with_integer_labels(
             logits.reshape(-1, self.network.classes), labels.reshape(-1))
         return jnp.sum(losses) / kernel.loss_divisor(self.network, self.recipe, labels.shape[0])
@@ -696,9 +746,11 @@ class Model(kernel.Model):
         return self.bind(self.handles)
 
     def read(self, handle: int) -> np.ndarray:
-        return np.array(self.leaves[handle])  # a copy: the next step donates the buffer
+        return _host(self.leaves[handle])  # a copy: the next step donates the buffer
 
     def write(self, handle: int, value: np.ndarray) -> None:
+        if self.leaves[handle].dtype == jnp.bfloat16:  # handed over as float32 (NumPy has no bfloat16)
+            value = value.astype(jnp.bfloat16)
         self.leaves[handle] = jax.device_put(value, self.where).block_until_ready()
 
     def reset_statistics(self) -> None:
@@ -709,23 +761,31 @@ class Model(kernel.Model):
 
     def device_batch(self, array: np.ndarray) -> Array:
         # Token ids and labels as int32, JAX's default integer without x64 (ids are far below 2**31).
-        host = array.astype(np.int32) if np.issubdtype(array.dtype, np.integer) else array.astype(self.dtype)
+        # Floating inputs in the weights' dtype: bfloat16 ones for a bfloat16 model, float32 under
+        # mixed-bf16 (its first layer casts them, as autocast does).
+        if np.issubdtype(array.dtype, np.integer):
+            host = array.astype(np.int32)
+        else:
+            host = array.astype(jnp.bfloat16 if self.precision_info.weights == "bfloat16" else self.dtype)
         on_device: Array = jax.device_put(host, self.where)
         return on_device
 
     def logits(self, inputs: Array) -> np.ndarray:
-        return np.asarray(self._forward(self.leaves, inputs))
+        self.traced = self.traced or (self._forward, _shapes(inputs))
+        return _host(self._forward(self.leaves, inputs))
 
     def infer_step(self, inputs: Array) -> Array:
+        self.traced = self.traced or (self._forward, _shapes(inputs))
         self.pending = self._forward(self.leaves, inputs)
         return self.pending  # on the device: no copy to the host in the timed step
 
     def gradients(self, inputs: Array, labels: Array) -> tuple[float, dict[str, np.ndarray]]:
         params = {handle: self.leaves[handle] for handle in self.handles.values()}
         loss, grads = self._loss_and_gradients(params, self.leaves, inputs, labels)
-        return float(loss), {name: np.asarray(grads[handle]) for name, handle in self.handles.items()}
+        return float(loss), {name: _host(grads[handle]) for name, handle in self.handles.items()}
 
     def train_step(self, inputs: Array, labels: Array) -> Array:
+        self.traced = self.traced or (self._step, _shapes(inputs, labels))
         self.pending, self.leaves = self._step(self.leaves, inputs, labels)
         return self.pending  # the loss, still on the device: float() waits for it
 
@@ -764,6 +824,9 @@ class Model(kernel.Model):
             "xla_flags": xla_flags or None,
             "step": "jax.jit of a pure step over nnx.split state, donated",
         }
+        if self.traced is not None:  # the operands of the program's dot_general and convolutions
+            function, shapes = self.traced
+            details["matmul_dtype"] = ", ".join(sorted(product_dtypes(jax.make_jaxpr(function)(self.leaves, *shapes))))
         if on_gpu:
             details["device_kind"] = self.where.device_kind
             details["preallocate"] = os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "true")
@@ -788,6 +851,7 @@ class Backend(kernel.KernelBackend):
     name = "jax"
     model_class = Model
     devices = ("cpu", "cuda")
+    precisions = BFLOAT16_PRECISIONS
 
     # Nothing to set in __init__: XLA sizes its CPU thread pool from the CPU affinity, which the
     # worker has already limited to ``threads`` cores before importing JAX.

@@ -54,6 +54,7 @@ import numpy as np
 
 from dlarena.frameworks import kernel, layout
 from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported
+from dlarena.frameworks.registry import BFLOAT16_PRECISIONS
 from dlarena.spec import Network, Workload
 from dlarena.spec import layers as spec
 from dlarena.spec.weights import walk
@@ -71,6 +72,11 @@ INFER_PATH: dict[str, str] = {"jax": "custom", "torch": "custom", "tensorflow": 
 # TensorFlow's inter-op pool: one thread, as the worker's TF_NUM_INTEROP_THREADS, so that the
 # intra-op pool of ``threads`` threads is all the parallelism a cell gets.
 TF_INTEROP_THREADS = 1
+# dlarena precision -> Keras' dtype policy, the idiom of Keras' mixed-precision guide: "bfloat16" keeps
+# variables and computes in bfloat16, "mixed_bfloat16" keeps float32 variables (AutoCastVariable) and
+# computes in bfloat16, with softmax and the loss in float32. float64 is the floatx of a float64
+# checker (_compute_in_float64), whose default policy follows it.
+DTYPE_POLICIES = {"float32": "float32", "bfloat16": "bfloat16", "mixed-bf16": "mixed_bfloat16"}
 
 # The recipe's weight decay is PyTorch's (coupled: wd * w added to the gradient); Keras' own
 # ``weight_decay`` is decoupled (AdamW-style). An L2 penalty of wd/2 * sum(w^2) on every parameter
@@ -587,9 +593,12 @@ class Model(kernel.Model):
         scope = contextlib.ExitStack()
         scope.enter_context(keras.device(device))
         atexit.register(scope.close)
+        if precision in DTYPE_POLICIES:  # process-wide, as Keras' guide sets it: a worker builds one precision
+            keras.config.set_dtype_policy(DTYPE_POLICIES[precision])
         name, arguments = kernel.optimizer_arguments(self.recipe.optimizer, SPELLING, "Keras") if training else ("", {})
         # A coupled weight decay goes into the layers' regularizers (_Builder); AdamW's stays its own.
-        builder = _Builder(self.network, arguments.pop(L2_PENALTY, 0.0), precision)
+        # Floating inputs come in the host dtype (float32 for bfloat16: each layer casts its inputs to its policy's).
+        builder = _Builder(self.network, arguments.pop(L2_PENALTY, 0.0), self.dtype.name)
         self.model = builder.model(self.network)
         self.handles, self.norms = builder.handles, builder.norms
         self.loss_fn = _cross_entropy_class()(kernel.loss_divisor(self.network, self.recipe, 1))
@@ -751,7 +760,12 @@ class Model(kernel.Model):
         return self.bind(self.handles)
 
     def _values(self, variables: tuple[Any, ...]) -> list[np.ndarray]:
-        return [np.array(self.keras.ops.convert_to_numpy(variable)) for variable in variables]
+        return [self._host(variable) for variable in variables]
+
+    def _host(self, tensor: Any) -> np.ndarray:
+        """A tensor or variable as NumPy (a copy): bfloat16 widened to float32, as the kernel reads it."""
+        value = np.array(self.keras.ops.convert_to_numpy(tensor))
+        return value.astype(np.float32) if value.dtype.name == "bfloat16" else value
 
     def read(self, handle: _Handle) -> np.ndarray:
         self._settle()
@@ -775,7 +789,7 @@ class Model(kernel.Model):
         return self.keras.ops.convert_to_tensor(array)
 
     def logits(self, inputs: Any) -> np.ndarray:
-        return np.asarray(self.keras.ops.convert_to_numpy(self._infer(inputs)))
+        return self._host(self._infer(inputs))
 
     def infer_step(self, inputs: Any) -> Any:
         return self._infer(inputs)
@@ -812,7 +826,7 @@ class Model(kernel.Model):
             loss = loss_fn(labels, model(inputs, training=False))
             loss.backward()
             grads = [v.value.grad for v in variables]
-        by_variable = {id(v): np.zeros(v.shape, v.dtype) if g is None else np.asarray(keras.ops.convert_to_numpy(g))
+        by_variable = {id(v): np.zeros(v.shape, self.dtype) if g is None else self._host(g)
                        for v, g in zip(variables, grads, strict=True)}
         found = {name: handle.join([by_variable[id(variable)] for variable in handle.variables])
                  for name, handle in self.handles.items()}
@@ -848,6 +862,13 @@ class Model(kernel.Model):
         }
         if self.training:
             details["predict"] = self.infer_execution  # what the accuracy scenario tests with
+        details["dtype_policy"] = self.model.dtype_policy.name
+        # The outputs' dtypes of the layers that hold kernels and tables, as Keras traced the functional
+        # graph (each layer's call run symbolically under its policy): what their products computed in.
+        products = {str(layer.output.dtype) for layer in self.model.layers
+                    if any(len(weight.shape) >= 2 for weight in layer.weights)}
+        if products:
+            details["matmul_dtype"] = ", ".join(sorted(products))
         threads: int | None
         tf32: bool | None = None
         cudnn_benchmark: bool | None = None
@@ -944,6 +965,7 @@ class Backend(kernel.KernelBackend):
 
     model_class = Model
     devices = ("cpu", "cuda")
+    precisions = BFLOAT16_PRECISIONS
 
     def __init__(
         self, threads: int, backend: str, train_loop: str | None = None, infer_path: str | None = None

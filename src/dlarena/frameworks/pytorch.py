@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from dlarena.frameworks import kernel
 from dlarena.frameworks.base import Parity, Unavailable, Unsupported
-from dlarena.frameworks.registry import TORCH_PRECISIONS
+from dlarena.frameworks.registry import BFLOAT16_PRECISIONS
 from dlarena.spec import Workload
 from dlarena.spec.layers import (
     GRU,
@@ -523,7 +523,7 @@ class Backend(kernel.KernelBackend):
 
     model_class = Model
     devices = ("cpu", "cuda")
-    precisions = TORCH_PRECISIONS
+    precisions = BFLOAT16_PRECISIONS
 
     def __init__(self, threads: int, compile: bool = False) -> None:
         super().__init__(threads, compile=compile)

@@ -20,8 +20,9 @@ if TYPE_CHECKING:  # the command line reads this table for its help: it imports 
 # What every framework module times in today: base.require's default, which no module widens yet.
 # A module that runs another precision passes it to base.require and lists it in its entry here.
 TIMED_PRECISIONS: tuple[str, ...] = ("float32",)
-# torch's (and torch-compile's): bfloat16 weights and compute, and float32 weights under torch.autocast.
-TORCH_PRECISIONS: tuple[str, ...] = ("float32", "bfloat16", "mixed-bf16")
+# bfloat16 weights and compute, and float32 weights computing in bfloat16 (torch.autocast, Flax's
+# ``dtype`` beside ``param_dtype``, ...): the frameworks whose modules build both.
+BFLOAT16_PRECISIONS: tuple[str, ...] = ("float32", "bfloat16", "mixed-bf16")
 
 
 # CNTK's CPU kernels run on Intel OpenMP, whose workers spin 200 ms after each parallel region: at
@@ -159,7 +160,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             distributions=("torch",),
             extra="torch",
             probes="dlarena.probes.torch_probes",
-            precisions=TORCH_PRECISIONS,
+            precisions=BFLOAT16_PRECISIONS,
             builds_transformers=True,
         ),
         FrameworkInfo(
@@ -172,7 +173,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             probes="dlarena.probes.torch_probes",
             options={"compile": True},
             eager_counterpart="torch",
-            precisions=TORCH_PRECISIONS,
+            precisions=BFLOAT16_PRECISIONS,
             builds_transformers=True,
         ),
         FrameworkInfo(
@@ -183,6 +184,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             distributions=("jax", "jaxlib", "flax", "optax"),
             extra="jax",
             probes="dlarena.probes.jax_probes",
+            precisions=BFLOAT16_PRECISIONS,
             builds_transformers=True,
         ),
         FrameworkInfo(
@@ -194,6 +196,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             extra="tensorflow",
             probes="dlarena.probes.tensorflow_probes",
             options={"xla": False},
+            precisions=BFLOAT16_PRECISIONS,
             builds_transformers=True,
         ),
         FrameworkInfo(
@@ -205,6 +208,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             extra="tensorflow",
             probes="dlarena.probes.tensorflow_probes",
             options={"xla": True},
+            precisions=BFLOAT16_PRECISIONS,
             eager_counterpart="tensorflow",
             builds_transformers=True,
         ),
@@ -218,6 +222,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
                 extra="keras",
                 probes="dlarena.probes.keras_probes",
                 options={"backend": backend},
+                precisions=BFLOAT16_PRECISIONS,
                 builds_transformers=True,
             )
             for backend, backend_distributions in (

@@ -25,6 +25,7 @@ import numpy as np
 
 from dlarena.frameworks import kernel
 from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported
+from dlarena.frameworks.registry import BFLOAT16_PRECISIONS
 from dlarena.spec import Workload
 from dlarena.spec.layers import (
     GRU,
@@ -113,6 +114,22 @@ def _gelu_tanh(x: Tensor) -> Tensor:
 _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": tf.nn.relu, "sigmoid": tf.math.sigmoid, "tanh": tf.math.tanh, "gelu": _gelu, "gelu_tanh": _gelu_tanh,
 }
+# The graph ops that are a network's matrix products: their operands' dtype is what the products ran in.
+_PRODUCT_OPS = frozenset({"MatMul", "BatchMatMulV2", "BatchMatMulV3", "Conv2D", "Einsum"})
+
+
+def _like(variable: Variable | Tensor, x: Tensor) -> Tensor:
+    """A parameter in the activations' dtype: as it is, or cast to bfloat16 under mixed-bf16 (what
+    Keras' autocast variables do: the cast is in the graph, its gradient reaches the float32 variable)."""
+    return variable if variable.dtype == x.dtype else tf.cast(variable, x.dtype)
+
+
+def _wide(dtype: Any) -> Any:
+    """Where a 16-bit computation keeps float32: normalisation statistics, softmax and the loss (as
+    PyTorch's bfloat16 kernels and Keras' mixed policy do); other dtypes as they are."""
+    return tf.float32 if dtype.size < 4 else dtype
+
+
 # Layers between a Flatten and the Dense that reads it that leave the order of the features as it is
 # (kernel.layout_plan skips the same ones).
 _ORDER_KEEPING = (Activation, Dropout, Flatten)
@@ -186,9 +203,9 @@ class DenseModule(Module):
         inner = x.shape[1:-1]
         if inner:
             x = tf.reshape(x, [-1, x.shape[-1]])
-        y = tf.matmul(x, self.kernel)
+        y = tf.matmul(x, _like(self.kernel, x))
         if self.bias is not None:
-            y = tf.nn.bias_add(y, self.bias)  # MatMul + BiasAdd: one fused oneDNN kernel after Grappler
+            y = tf.nn.bias_add(y, _like(self.bias, y))  # MatMul + BiasAdd: one fused oneDNN kernel after Grappler
         if inner:
             y = tf.reshape(y, [-1, *inner, y.shape[-1]])
         return y
@@ -237,8 +254,8 @@ class ConvModule(Module):
     def __call__(self, x: Tensor, training: bool) -> Tensor:
         if self.pad is not None:
             x = tf.pad(x, self.pad)
-        y = tf.nn.conv2d(x, self.kernel, strides=self.strides, padding=self.padding)
-        return tf.nn.bias_add(y, self.bias) if self.bias is not None else y
+        y = tf.nn.conv2d(x, _like(self.kernel, x), strides=self.strides, padding=self.padding)
+        return tf.nn.bias_add(y, _like(self.bias, y)) if self.bias is not None else y
 
 
 class PoolModule(Module):
@@ -306,16 +323,21 @@ class BatchNormModule(Module):
         return tf.reshape(y, [-1, x.shape[-1]]) if vector else y
 
     def _unfused(self, x: Tensor, training: bool) -> Tensor:
+        # A bfloat16 batch is normalised in float32 (_wide), the statistics kept in the variables' dtype.
+        wide = _wide(x.dtype)
+        xw, gamma, beta = tf.cast(x, wide), tf.cast(self.gamma, wide), tf.cast(self.beta, wide)
         if not training:
-            return tf.nn.batch_normalization(x, self.mean, self.variance, self.beta, self.gamma, self.eps)
+            return tf.cast(tf.nn.batch_normalization(xw, tf.cast(self.mean, wide), tf.cast(self.variance, wide),
+                                                     beta, gamma, self.eps), x.dtype)
         axes = list(range(x.shape.rank - 1))
-        mean, variance = tf.nn.moments(x, axes=axes)
+        mean, variance = tf.nn.moments(xw, axes=axes)
         count = tf.cast(tf.size(x) // x.shape[-1], variance.dtype)
         momentum = self.momentum
-        self.mean.assign((1.0 - momentum) * self.mean + momentum * tf.stop_gradient(mean))
+        running_mean, running_variance = tf.cast(self.mean, wide), tf.cast(self.variance, wide)
+        self.mean.assign(tf.cast((1.0 - momentum) * running_mean + momentum * tf.stop_gradient(mean), self.mean.dtype))
         unbiased = tf.stop_gradient(variance) * count / (count - 1.0)
-        self.variance.assign((1.0 - momentum) * self.variance + momentum * unbiased)
-        return tf.nn.batch_normalization(x, mean, variance, self.beta, self.gamma, self.eps)
+        self.variance.assign(tf.cast((1.0 - momentum) * running_variance + momentum * unbiased, self.variance.dtype))
+        return tf.cast(tf.nn.batch_normalization(xw, mean, variance, beta, gamma, self.eps), x.dtype)
 
 
 class DropoutModule(Module):
@@ -349,12 +371,16 @@ class FlattenModule(Module):
 
 
 class EmbeddingModule(Module):
-    def __init__(self, table: Variable) -> None:
+    """A table lookup, the rows cast to the compute dtype (under mixed-bf16 the table is float32)."""
+
+    def __init__(self, table: Variable, compute: Any) -> None:
         super().__init__()
         self.table = table
+        self.compute = compute
 
     def __call__(self, x: Tensor, training: bool) -> Tensor:
-        return tf.nn.embedding_lookup(self.table, x)
+        rows = tf.nn.embedding_lookup(self.table, x)
+        return rows if rows.dtype == self.compute else tf.cast(rows, self.compute)
 
 
 class LayerNormModule(Module):
@@ -369,8 +395,13 @@ class LayerNormModule(Module):
         self.eps = eps
 
     def __call__(self, x: Tensor, training: bool) -> Tensor:
-        mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
-        return tf.nn.batch_normalization(x, mean, variance, self.beta, self.gamma, self.eps)
+        # A bfloat16 sequence is normalised in float32 (_wide), as PyTorch's and Flax's layer norms do.
+        wide = _wide(x.dtype)
+        xw = tf.cast(x, wide)
+        mean, variance = tf.nn.moments(xw, axes=[-1], keepdims=True)
+        normalised = tf.nn.batch_normalization(xw, mean, variance, tf.cast(self.beta, wide),
+                                               tf.cast(self.gamma, wide), self.eps)
+        return tf.cast(normalised, x.dtype)
 
 
 class PositionModule(Module):
@@ -381,7 +412,7 @@ class PositionModule(Module):
         self.table = table
 
     def __call__(self, x: Tensor, training: bool) -> Tensor:
-        return x + self.table[: x.shape[1]]
+        return x + _like(self.table[: x.shape[1]], x)
 
 
 class TokenTypeModule(Module):
@@ -393,7 +424,7 @@ class TokenTypeModule(Module):
         self.type_ids = np.asarray(type_ids, np.int32)  # an array: tf.Module would wrap a list for tracking
 
     def __call__(self, x: Tensor, training: bool) -> Tensor:
-        return x + tf.nn.embedding_lookup(self.table, tf.constant(self.type_ids))
+        return x + _like(tf.nn.embedding_lookup(self.table, tf.constant(self.type_ids)), x)
 
 
 class SelfAttentionModule(Module):
@@ -424,7 +455,9 @@ class SelfAttentionModule(Module):
         if self.causal:
             allowed = tf.constant(np.tril(np.ones((steps, steps), dtype=bool)))
             scores = tf.where(allowed, scores, tf.constant(-math.inf, scores.dtype))
-        probabilities = self.dropout(tf.nn.softmax(scores), training)
+        # The softmax in float32 for bfloat16 scores (_wide), as torch's and JAX's attention kernels compute it.
+        probabilities = self.dropout(tf.cast(tf.nn.softmax(tf.cast(scores, _wide(scores.dtype))), scores.dtype),
+                                     training)
         mixed = tf.transpose(tf.matmul(probabilities, v), [0, 2, 1, 3])  # heads back in order, step by step
         return self.out(tf.reshape(mixed, [-1, steps, width]), training)
 
@@ -450,7 +483,7 @@ class TiedOutputModule(Module):
 
     def __call__(self, x: Tensor, training: bool) -> Tensor:
         steps, width = x.shape[1], x.shape[2]
-        logits = tf.matmul(tf.reshape(x, [-1, width]), self.table, transpose_b=True)
+        logits = tf.matmul(tf.reshape(x, [-1, width]), _like(self.table, x), transpose_b=True)
         return tf.reshape(logits, [-1, steps, self.table.shape[0]])
 
 
@@ -470,7 +503,7 @@ class RecurrentModule(Module):
         self.cells = list(cells)  # LSTM: (w_in, w_rec, bias); GRU: (w_in, w_rec, b_in, b_rec)
         self.return_sequences = return_sequences
 
-    def _lstm_layer(self, projected: Tensor, zeros: Tensor, w_rec: Variable) -> Tensor:
+    def _lstm_layer(self, projected: Tensor, zeros: Tensor, w_rec: Tensor) -> Tensor:
         def step(state: tuple[Tensor, Tensor], x_t: Tensor) -> tuple[Tensor, Tensor]:
             h, c = state
             i, f, g, o = tf.split(x_t + tf.matmul(h, w_rec), 4, axis=1)
@@ -481,7 +514,7 @@ class RecurrentModule(Module):
         hs, _ = tf.scan(step, projected, initializer=(zeros, zeros))
         return hs
 
-    def _gru_layer(self, projected: Tensor, zeros: Tensor, w_rec: Variable, b_rec: Variable) -> Tensor:
+    def _gru_layer(self, projected: Tensor, zeros: Tensor, w_rec: Tensor, b_rec: Tensor) -> Tensor:
         def step(h: Tensor, x_t: Tensor) -> Tensor:
             xr, xz, xn = tf.split(x_t, 3, axis=1)
             hr, hz, hn = tf.split(tf.nn.bias_add(tf.matmul(h, w_rec), b_rec), 3, axis=1)
@@ -496,13 +529,13 @@ class RecurrentModule(Module):
         seq = tf.transpose(x, [1, 0, 2])  # time-major: the scan walks the first axis
         zeros = tf.zeros([tf.shape(seq)[1], self.hidden], seq.dtype)
         for cell in self.cells:
-            w_in, w_rec, b_in = cell[0], cell[1], cell[2]
+            w_in, w_rec, b_in = (_like(variable, seq) for variable in cell[:3])
             rows = tf.nn.bias_add(tf.matmul(tf.reshape(seq, [-1, seq.shape[-1]]), w_in), b_in)
             projected = tf.reshape(rows, [steps, -1, w_in.shape[1]])
             if self.is_lstm:
                 seq = self._lstm_layer(projected, zeros, w_rec)
             else:
-                seq = self._gru_layer(projected, zeros, w_rec, cell[3])
+                seq = self._gru_layer(projected, zeros, w_rec, _like(cell[3], seq))
         if not self.return_sequences:
             return seq[-1]
         return tf.transpose(seq, [1, 0, 2])
@@ -520,10 +553,11 @@ class Builder:
     """Builds the module tree of a network; every canonical parameter becomes a variable in the
     framework's layout (zeros: the kernel loads the starting weights), in canonical order."""
 
-    def __init__(self, plan: dict[str, kernel.ParamLayout], dtype: np.dtype[Any], dropout_rng: Any,
+    def __init__(self, plan: dict[str, kernel.ParamLayout], dtype: Any, compute: Any, dropout_rng: Any,
                  fused_batch_norm: bool) -> None:
         self.plan = plan
-        self.dtype = dtype
+        self.dtype = dtype  # the variables' (a tf.DType)
+        self.compute = compute  # the activations' and matrix products' (differs under mixed-bf16)
         self.dropout_rng = dropout_rng
         self.fused_batch_norm = fused_batch_norm
         self.handles: dict[str, Variable] = {}
@@ -533,8 +567,8 @@ class Builder:
         """The variables of one leaf layer, shaped as the plan lays out its canonical parameters."""
         created = []
         for spec in layer_params(path, layer, shape):
-            zeros = self.plan[spec.name].to_framework(np.zeros(spec.shape, self.dtype))
-            self.handles[spec.name] = tf.Variable(zeros, name=spec.name.replace(".", "_"))
+            zeros = self.plan[spec.name].to_framework(np.zeros(spec.shape))
+            self.handles[spec.name] = tf.Variable(tf.zeros(zeros.shape, self.dtype), name=spec.name.replace(".", "_"))
             created.append(self.handles[spec.name])
         return created
 
@@ -585,7 +619,7 @@ class Builder:
         if isinstance(layer, Dropout):
             return DropoutModule(layer.rate, self.dropout_rng)
         if isinstance(layer, Embedding):
-            return EmbeddingModule(self.variables(path, layer, shape)[0])
+            return EmbeddingModule(self.variables(path, layer, shape)[0], self.compute)
         if isinstance(layer, LayerNorm):
             gamma, beta = self.variables(path, layer, shape)
             return LayerNormModule(gamma, beta, layer.eps)
@@ -659,6 +693,9 @@ class OptimizerModule(tf.Module):  # type: ignore[misc]
         self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="iterations")
 
     def apply(self, gradients: list[Tensor]) -> None:
+        if self.targets and self.targets[0].dtype.size < 4:
+            self._apply_in_float32(gradients)
+            return
         if self.weight_decay:
             gradients = [g + self.weight_decay * v for g, v in zip(gradients, self.targets, strict=True)]
         arguments = dict(self.arguments)
@@ -678,6 +715,47 @@ class OptimizerModule(tf.Module):  # type: ignore[misc]
                 getattr(tf.raw_ops, self.op)(var=v.handle, **{_GRADIENT_KEYWORD.get(self.op, "grad"): g},
                                              **{name: slot.handle for name, slot in slots.items()}, **arguments)
 
+    def _apply_in_float32(self, gradients: list[Tensor]) -> None:
+        """The same rules for bfloat16 variables, each element computed in float32 from the bfloat16
+        variable and state and rounded back, as PyTorch's optimizers step bfloat16 parameters.
+
+        TensorFlow's fused training ops compute in the variable's own dtype, scalars included: in
+        bfloat16 (8 significant bits) Adam's beta2 = 0.999 rounds to 1, its second moment never grows
+        and the first update divides by zero (measured: gpt2-124m-small's loss 6.8 became 5.9e5 in
+        three steps). So these are written with tf ops, as PyTorch writes each rule."""
+        a = self.arguments
+        step = tf.cast(self.iterations.assign_add(1), tf.float32)
+        for v, g, slots in zip(self.targets, gradients, self.slots, strict=True):
+            w, g = tf.cast(v, tf.float32), tf.cast(g, tf.float32)
+            state = {name: tf.cast(slot, tf.float32) for name, slot in slots.items()}
+            if self.weight_decay:
+                g = g + self.weight_decay * w
+            if self.decoupled_weight_decay:
+                w = w * (1.0 - a["lr"] * self.decoupled_weight_decay)
+            if self.op == "ResourceApplyGradientDescent":
+                w = w - a["alpha"] * g
+            elif self.op == "ResourceApplyMomentum":
+                state["accum"] = a["momentum"] * state["accum"] + g
+                direction = g + a["momentum"] * state["accum"] if a.get("use_nesterov") else state["accum"]
+                w = w - a["lr"] * direction
+            elif self.op == "ResourceApplyAdam":
+                state["m"] = a["beta1"] * state["m"] + (1.0 - a["beta1"]) * g
+                state["v"] = a["beta2"] * state["v"] + (1.0 - a["beta2"]) * tf.square(g)
+                m_hat = state["m"] / (1.0 - tf.pow(a["beta1"], step))
+                v_hat = state["v"] / (1.0 - tf.pow(a["beta2"], step))
+                w = w - a["lr"] * m_hat / (tf.sqrt(v_hat) + a["epsilon"])
+            elif self.op == "ResourceApplyAdadelta":
+                state["accum"] = a["rho"] * state["accum"] + (1.0 - a["rho"]) * tf.square(g)
+                update = tf.sqrt(state["accum_update"] + a["epsilon"]) / tf.sqrt(state["accum"] + a["epsilon"]) * g
+                state["accum_update"] = a["rho"] * state["accum_update"] + (1.0 - a["rho"]) * tf.square(update)
+                w = w - a["lr"] * update
+            else:  # RMSprop
+                state["square_avg"] = a["rho"] * state["square_avg"] + (1.0 - a["rho"]) * tf.square(g)
+                w = w - a["lr"] * g / (tf.sqrt(state["square_avg"]) + a["eps"])
+            for name, slot in slots.items():
+                slot.assign(tf.cast(state[name], slot.dtype))
+            v.assign(tf.cast(w, v.dtype))
+
 
 # --------------------------------------------------------------------------------------------------
 # The kernel's Model
@@ -689,6 +767,13 @@ def _onednn_enabled() -> bool | None:
     except ImportError:  # a private module: absent from some builds
         return None
     return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def _host(value: Tensor) -> np.ndarray:
+    """A tensor or variable as NumPy (a copy): bfloat16 widened to float32, as the kernel and verify read it."""
+    if value.dtype == tf.bfloat16:
+        value = tf.cast(value, tf.float32)
+    return np.array(value.numpy())
 
 
 class Model(kernel.Model):
@@ -707,9 +792,13 @@ class Model(kernel.Model):
         # FusedBatchNormV3 has no float64 CPU kernel (float, half and bfloat16 only), so float64 takes
         # the unfused form, the same function, as under XLA.
         fused = not xla and precision == "float32"
+        # bfloat16: variables and activations in bfloat16; mixed-bf16: float32 variables, each cast
+        # to bfloat16 where a layer uses it (_like), as Keras' mixed policy does without Keras.
+        self.weights_dtype = tf.as_dtype(self.precision_info.weights)
+        self.compute_dtype = tf.as_dtype(self.precision_info.compute)
         with tf.device(self.where):
             # Dropout's masks are drawn from the cell's seed; nothing else here is random.
-            builder = Builder(plan, self.dtype, tf.random.Generator.from_seed(seed), fused)
+            builder = Builder(plan, self.weights_dtype, self.compute_dtype, tf.random.Generator.from_seed(seed), fused)
             self.root = builder.sequence(self.network.layers, self.network.input_shape, "")
             self.handles, self.norms = builder.handles, builder.norms
             self.variables = [self.handles[name] for name in self.names]
@@ -722,11 +811,21 @@ class Model(kernel.Model):
             # accuracy scenario's trainer also predicts with the inference function).
             input_shape = kernel.batch_to_framework(np.empty((1, *self.network.input_shape)), self.conventions).shape
             tokens = self.network.input_kind == "tokens"
-            inputs = tf.TensorSpec((batch_size, *input_shape[1:]), tf.int32 if tokens else tf.as_dtype(precision))
+            inputs = tf.TensorSpec((batch_size, *input_shape[1:]), tf.int32 if tokens else self.weights_dtype)
             labels = tf.TensorSpec((batch_size, *self.network.label_shape), tf.int32)
             self._trace("infer", [inputs])
             if training:
                 self._trace("train", [inputs, labels])
+
+    def _product_dtypes(self) -> set[str]:
+        """The operand dtypes of the matrix products in the traced forward graphs (inference, or the
+        gradients' forward): what the products ran in, read from the program, not the setting."""
+        found: set[str] = set()
+        for (kind, *_), concrete in self._functions.items():
+            if kind != "train":
+                found.update(op.inputs[0].dtype.name for op in concrete.graph.get_operations()
+                             if op.type in _PRODUCT_OPS)
+        return found
 
     @property
     def _framework(self) -> str:
@@ -734,13 +833,19 @@ class Model(kernel.Model):
 
     def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Summed softmax cross-entropy over every label position, divided by ``kernel.loss_divisor``
-        (every signature has a fixed batch size)."""
+        (every signature has a fixed batch size); bfloat16 logits widened to float32 first, as
+        torch.autocast and Keras' mixed policy compute a loss."""
+        logits = tf.cast(logits, _wide(logits.dtype))
         losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
         return tf.reduce_sum(losses) / kernel.loss_divisor(self.network, self.recipe, labels.shape[0])
 
+    def _entry(self, x: Tensor) -> Tensor:
+        """The input as the first layer takes it: floating inputs in the compute dtype, token ids as they are."""
+        return tf.cast(x, self.compute_dtype) if x.dtype.is_floating else x
+
     def _train(self, x: Tensor, y: Tensor) -> Tensor:
         with tf.GradientTape() as tape:
-            loss = self._loss(self.root(x, True), y)
+            loss = self._loss(self.root(self._entry(x), True), y)
         gradients = [_dense(g) for g in tape.gradient(loss, self.variables)]
         if self.recipe.grad_clip_norm is not None:
             # PyTorch's clip_grad_norm_ scales by clip/(norm + 1e-6), TensorFlow by clip/norm.
@@ -749,11 +854,11 @@ class Model(kernel.Model):
         return loss
 
     def _infer(self, x: Tensor) -> Tensor:
-        return self.root(x, False)
+        return self.root(self._entry(x), False)
 
     def _loss_and_gradients(self, x: Tensor, y: Tensor) -> tuple[Tensor, list[Tensor]]:
         with tf.GradientTape() as tape:
-            loss = self._loss(self.root(x, False), y)
+            loss = self._loss(self.root(self._entry(x), False), y)
         return loss, [_dense(g) for g in tape.gradient(loss, self.variables)]
 
     def _trace(self, kind: str, specs: list[Any]) -> Any:
@@ -778,30 +883,31 @@ class Model(kernel.Model):
         return self.bind(self.handles)
 
     def read(self, handle: Variable) -> np.ndarray:
-        return np.array(handle.numpy())  # a copy: the read may share the variable's buffer
+        return _host(handle)  # a copy: the read may share the variable's buffer
 
     def write(self, handle: Variable, value: np.ndarray) -> None:
-        handle.assign(value)
+        handle.assign(tf.cast(value, handle.dtype))  # bfloat16 comes as float32: NumPy has none
 
     def device_batch(self, array: np.ndarray) -> Tensor:
-        """Token ids and labels as int32 (the type of the traced signatures), values in the model's precision."""
-        wanted = np.int32 if np.issubdtype(array.dtype, np.integer) else self.dtype
+        """Token ids and labels as int32 (the type of the traced signatures), values in the weights' dtype."""
         with tf.device(self.where):
-            return tf.constant(np.asarray(array, wanted))
+            if np.issubdtype(array.dtype, np.integer):
+                return tf.constant(np.asarray(array, np.int32))
+            return tf.cast(tf.constant(np.asarray(array, self.dtype)), self.weights_dtype)
 
     def reset_statistics(self) -> None:
         for norm in self.norms:
             norm.reset_running_stats()
 
     def logits(self, inputs: Tensor) -> np.ndarray:
-        return np.asarray(self._call("infer", inputs).numpy())
+        return _host(self._call("infer", inputs))
 
     def infer_step(self, inputs: Tensor) -> Tensor:
         return self._call("infer", inputs)  # a tensor: no copy to the host in the timed step
 
     def gradients(self, inputs: Tensor, labels: Tensor) -> tuple[float, dict[str, np.ndarray]]:
         loss, gradients = self._call("gradients", inputs, labels)
-        return float(loss.numpy()), {name: g.numpy() for name, g in zip(self.names, gradients, strict=True)}
+        return float(loss.numpy()), {name: _host(g) for name, g in zip(self.names, gradients, strict=True)}
 
     def train_step(self, inputs: Tensor, labels: Tensor) -> Tensor:
         return self._call("train", inputs, labels)  # a tensor: float() reads it, waiting only then
@@ -833,6 +939,9 @@ class Model(kernel.Model):
             "recurrent_loop": "tf.scan",
             "threads_source": "tf.config.threading.get_intra_op_parallelism_threads",
         }
+        products = self._product_dtypes()
+        if products:  # the operands of the traced graph's MatMul, BatchMatMul and Conv2D ops
+            details["matmul_dtype"] = ", ".join(sorted(products))
         tf32 = None
         if self.device == "cuda":
             tf32 = bool(tf.config.experimental.is_tensor_float_32_execution_enabled())
@@ -859,6 +968,7 @@ class Backend(kernel.KernelBackend):
 
     model_class = Model
     devices = ("cpu", "cuda")
+    precisions = BFLOAT16_PRECISIONS
 
     def __init__(self, threads: int, xla: bool = False) -> None:
         super().__init__(threads, xla=xla)
