@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from dlarena.frameworks.registry import FRAMEWORKS
 from conftest import Cli
+from dlarena.frameworks.registry import FRAMEWORKS
 
 # A transformer (attention, layer norm, GELU, the tied output) and a recurrent network.
 NETWORKS = ("gpt2-124m-small", "lstm32-small")

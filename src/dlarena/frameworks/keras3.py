@@ -236,21 +236,9 @@ _ACTIVATIONS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 # On the TensorFlow backend keras.activations.gelu is tf.nn.gelu, which casts the Python floats
 # 1/sqrt(2) and 0.044715 to float32 before casting them to the input's type: float64 GELUs come out
-# about 1e-9 (relative) off the spec. _tf_gelu computes it op for op as tf.nn.gelu does (the same graph
-# and constants in float32) with the constants in the input's precision.
-GELU_INV_SQRT2 = math.sqrt(0.5)
-GELU_TANH_SCALE = math.sqrt(2.0 / math.pi)
-GELU_TANH_CUBIC = 0.044715
-
-
-def _tf_gelu(x: Any, approximate: bool) -> Any:
-    """tf.nn.gelu with its constants in ``x``'s precision: ``0.5 x erfc(-x / sqrt 2)``, or GPT-2's
-    ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``."""
-    import tensorflow as tf
-
-    if approximate:
-        return 0.5 * x * (1.0 + tf.math.tanh(GELU_TANH_SCALE * (x + GELU_TANH_CUBIC * tf.math.pow(x, 3))))
-    return 0.5 * x * tf.math.erfc(-x * GELU_INV_SQRT2)
+# about 1e-9 (relative) off the spec. The TensorFlow module's GELUs are tf.nn.gelu's ops with the
+# constants in the input's precision; Keras on TensorFlow uses them.
+_TF_GELUS = {"gelu": "gelu", "gelu_tanh": "gelu_tanh"}  # spec activation -> tensorflow_native function
 
 
 class _Handle(ABC):
@@ -494,8 +482,11 @@ class _Builder:
         if function not in _ACTIVATIONS:
             raise Unsupported(f"the Keras backend has no translation for the activation {function!r}")
         name, keywords = _ACTIVATIONS[function]
-        if name == "gelu" and self.keras.backend.backend() == "tensorflow":
-            return functools.partial(_tf_gelu, **keywords)
+        if function in _TF_GELUS and self.keras.backend.backend() == "tensorflow":
+            from dlarena.frameworks import tensorflow_native
+
+            tf_gelu: Callable[..., Any] = getattr(tensorflow_native, _TF_GELUS[function])
+            return tf_gelu
         activation: Callable[..., Any] = getattr(self.keras.activations, name)
         # Keras' own function where it needs no keyword: model.save serializes it by name (the
         # save-load probe saves the CNN and LSTM workloads), which it cannot do for a partial.

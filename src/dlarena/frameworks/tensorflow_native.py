@@ -52,6 +52,7 @@ from dlarena.spec.layers import (
     TokenTypeEmbedding,
     pair,
 )
+from dlarena.spec.reference import GELU_TANH_CUBIC, GELU_TANH_SCALE
 from dlarena.spec.weights import layer_params
 
 # TensorFlow's C++ logging reads its level once, when the library loads: set it before the import so
@@ -96,23 +97,22 @@ _GRADIENT_KEYWORD = {"ResourceApplyGradientDescent": "delta"}
 # GELU as tf.nn.gelu computes it, op for op (the same graph in float32), but with its constants in
 # the input's precision: tf.nn.gelu casts the Python floats 1/sqrt(2) and 0.044715 to float32 before
 # casting them to the input's type, which put float64 GELUs 1e-9 (relative) off the spec.
+# The spec's constants (spec/reference.py), so that the oracle and both TensorFlow modules share them.
 _GELU_INV_SQRT2 = math.sqrt(0.5)
-_GELU_TANH_SCALE = math.sqrt(2.0 / math.pi)
-_GELU_TANH_CUBIC = 0.044715
 
 
-def _gelu(x: Tensor) -> Tensor:
+def gelu(x: Tensor) -> Tensor:
     """The exact GELU, ``x * Phi(x)``, through erfc as tf.nn.gelu writes it: ``0.5 x erfc(-x / sqrt 2)``."""
     return 0.5 * x * tf.math.erfc(-x * _GELU_INV_SQRT2)
 
 
-def _gelu_tanh(x: Tensor) -> Tensor:
+def gelu_tanh(x: Tensor) -> Tensor:
     """GPT-2's tanh approximation, ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``."""
-    return 0.5 * x * (1.0 + tf.math.tanh(_GELU_TANH_SCALE * (x + _GELU_TANH_CUBIC * tf.math.pow(x, 3))))
+    return 0.5 * x * (1.0 + tf.math.tanh(GELU_TANH_SCALE * (x + GELU_TANH_CUBIC * tf.math.pow(x, 3))))
 
 
 _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
-    "relu": tf.nn.relu, "sigmoid": tf.math.sigmoid, "tanh": tf.math.tanh, "gelu": _gelu, "gelu_tanh": _gelu_tanh,
+    "relu": tf.nn.relu, "sigmoid": tf.math.sigmoid, "tanh": tf.math.tanh, "gelu": gelu, "gelu_tanh": gelu_tanh,
 }
 # The graph ops that are a network's matrix products: their operands' dtype is what the products ran in.
 _PRODUCT_OPS = frozenset({"MatMul", "BatchMatMulV2", "BatchMatMulV3", "Conv2D", "Einsum"})
