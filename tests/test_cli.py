@@ -73,8 +73,10 @@ def test_orchestrator_store_and_reports_import_no_framework() -> None:
         (["data", "lst"], "unknown data command 'lst' (did you mean 'list'?); valid data commands: download, import,"),
         (["run", "--memory-limit", "0"], "--memory-limit must be a positive number of GiB"),
         (["run", "--precision", "fp8"], "unknown precision 'fp8'; valid precisions: bfloat16, float16, float32"),
-        (["run", "--precision", "float16", "--frameworks", "torch,onnxruntime"],
-         "no selected framework runs float16; what each runs: torch: float32, bfloat16, mixed-bf16; onnxruntime:"),
+        (["run", "--precision", "float16", "--frameworks", "onnxruntime,mxnet"],
+         "no selected framework runs float16; what each runs: onnxruntime, mxnet: float32"),
+        (["run", "--precision", "mixed-fp16", "--frameworks", "torch"],
+         "float16 and mixed-fp16 run on a GPU only (--devices cuda): without AVX512-FP16 a CPU converts"),
         (["run", "--precision", "float64"], "no selected framework runs float64; what each runs: torch, torch-compile"),
         (["run", "--precisions", "float16"], "unknown option '--precisions' (did you mean '--precision'?); valid"),
         (["run", "--threads", "0"], "dlarena: error: argument --threads: thread counts must be positive integers"
@@ -256,7 +258,10 @@ def test_compare_two_runs_and_two_frameworks(cli: Cli, tmp_path: Path) -> None:
 def test_precision_help_lists_what_each_framework_runs(cli: Cli) -> None:
     """`--precision` offered float16, bfloat16 and float64, which every framework refused (issue 12): it
     offers what the registry says each framework runs."""
-    text = " ".join(cli("run", "--help").stdout.split())
-    assert ("what each framework runs: torch, torch-compile, jax, tensorflow, tensorflow-xla, keras-jax, keras-torch,"
-            " keras-tensorflow: float32, bfloat16, mixed-bf16; onnxruntime, openvino" in text)
-    assert not re.search(r"(?<![b-])float16|float64|mixed-fp16", text)  # no framework runs these
+    # Wide enough that argparse breaks no line (it breaks at hyphens: "mixed- bf16").
+    text = " ".join(cli("run", "--help", env={"COLUMNS": "1000"}).stdout.split())
+    assert ("what each framework runs: torch, torch-compile: float32, bfloat16, mixed-bf16, float16, mixed-fp16;"
+            " jax, tensorflow, tensorflow-xla, keras-jax, keras-torch, keras-tensorflow: float32, bfloat16,"
+            " mixed-bf16; onnxruntime, openvino" in text)
+    assert "float16 and mixed-fp16 on a GPU only" in text
+    assert "float64" not in text  # no framework times it

@@ -80,7 +80,8 @@ def test_precision_support_reads_the_registry_grouped(monkeypatch: pytest.Monkey
         imports=("numpy",), distributions=("numpy",), extra="test", precisions=("float32", "float16")))
     assert precision_support(["onnxruntime", "half", "mxnet"]) == "onnxruntime, mxnet: float32; half: float32, float16"
     assert (precision_support(["torch", "onnxruntime", "jax", "tensorflow", "keras-torch"])
-            == "torch, jax, tensorflow, keras-torch: float32, bfloat16, mixed-bf16; onnxruntime: float32")
+            == "torch: float32, bfloat16, mixed-bf16, float16, mixed-fp16; onnxruntime: float32;"
+               " jax, tensorflow, keras-torch: float32, bfloat16, mixed-bf16")
 
 
 def test_a_precision_no_selected_framework_runs_is_refused_when_planned(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -94,5 +95,9 @@ def test_a_precision_no_selected_framework_runs_is_refused_when_planned(monkeypa
         name="half", description="a framework that also runs float16", module="dlarena.frameworks.fault",
         imports=("numpy",), distributions=("numpy",), extra="test", precisions=("float32", "float16")))
     mixed = parse_suite('workloads = ["fcn5-small"]\nframeworks = ["jax", "half"]\nprecisions = ["float16"]\n'
-                        'scenarios = ["train"]\nthreads = [1]\n', "t")
+                        'scenarios = ["train"]\nthreads = [1]\ndevices = ["cuda"]\n', "t")
     assert sorted(cell.framework for cell, _ in mixed.cells(cores=2)) == ["half", "jax"]
+    # float16 is a GPU's precision: a selection on the CPU alone can measure none of it.
+    on_cpu = parse_suite('workloads = ["fcn5-small"]\nframeworks = ["half"]\nprecisions = ["float16"]\n', "t")
+    with pytest.raises(SuiteError, match=r"^float16 and mixed-fp16 run on a GPU only \(--devices cuda\).*: cpu$"):
+        on_cpu.cells(cores=2)

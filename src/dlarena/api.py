@@ -314,8 +314,8 @@ def verify(
     precision: str = "float32",
 ) -> list[PairCheck]:
     """Run `dlarena verify` and store every pair's verdict; see orchestrate/verify.py. ``precision``: the
-    one checked beside float64 (float32, bfloat16 or mixed-bf16: orchestrate/verify.TOLERANCES); a
-    framework that does not run it is `unsupported` there.
+    one checked beside float64 (float32, bfloat16, mixed-bf16, or on a GPU float16 and mixed-fp16:
+    orchestrate/verify.TOLERANCES); a framework that does not run it is `unsupported` there.
 
     It holds the machine's measuring lock, as a run does: its workers would take cores from a
     measurement in progress. Each verdict goes to ``db`` and to the machine's record

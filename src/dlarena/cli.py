@@ -516,8 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--scenarios", type=_names, help="comma-separated scenarios: train, infer, accuracy")
     run.add_argument("--devices", type=_names, help="comma-separated devices: cpu, cuda")
     run.add_argument("--precision", type=_names,
-                     help="comma-separated precisions (default: float32); what each framework runs: "
-                          + precision_support())
+                     help="comma-separated precisions (default: float32; float16 and mixed-fp16 on a GPU only); "
+                          "what each framework runs: " + precision_support())
     run.add_argument("--threads", type=_threads,
                      help="comma-separated thread counts, 'all' (powers of two) or 'max' (every core)")
     run.add_argument("--batch-sizes", type=_positive_ints("batch sizes"), help="comma-separated batch sizes")
@@ -565,7 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated workloads, or 'all' (default: the quick suite's)")
     verify.add_argument("--full", action="store_true", help="the published sizes instead of the small twins")
     verify.add_argument("--precision", default="float32",
-                        help="the precision checked beside float64: float32 (default), bfloat16 or mixed-bf16")
+                        help="the precision checked beside float64: float32 (default), bfloat16 or mixed-bf16 "
+                             "(float16 and mixed-fp16 on a GPU)")
     verify.set_defaults(handler=cmd_verify)
 
     capabilities = commands.add_parser(

@@ -39,6 +39,7 @@ from dlarena.frameworks.base import (
     require,
     require_check_precision,
 )
+from dlarena.frameworks.precision import GPU_ONLY_REASON
 from dlarena.frameworks.precision import precision as precision_of
 from dlarena.spec import Network, Workload
 from dlarena.spec.layers import GRU, LSTM, Activation, Conv2D, Dense, Dropout, Flatten, MultiHeadSelfAttention, Shape
@@ -402,6 +403,8 @@ class KernelBackend:
         return device
 
     def build(self, workload: Workload, precision: str, device: str, batch_size: int, training: bool) -> Model:
+        if precision_of(precision).gpu_only and device == "cpu":
+            raise Unsupported(GPU_ONLY_REASON)
         return self.model_class(workload, precision, self._device(device), batch_size, training, **self.options)
 
     def prepare(self, request: StepRequest) -> KernelRunner:

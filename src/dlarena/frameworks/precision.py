@@ -25,6 +25,11 @@ class Precision:
         return self.weights != self.compute
 
     @property
+    def gpu_only(self) -> bool:
+        """float16 runs on a GPU only (GPU_ONLY_REASON)."""
+        return "float16" in (self.weights, self.compute)
+
+    @property
     def host_dtype(self) -> np.dtype[np.floating]:
         """The NumPy dtype of the weights and inputs the kernel hands a framework: the weights' own,
         except bfloat16, which NumPy lacks; that comes as float32 and the framework rounds it."""
@@ -42,6 +47,14 @@ PRECISIONS: dict[str, Precision] = {
         Precision("float64", "float64", "float64"),
     )
 }
+
+
+# Why float16 cells run on GPUs only: an x86 CPU without AVX512-FP16 (none of this project's machines
+# has it; the environment record says whether one does) converts float16 to float32 for every product,
+# so a float16 CPU time measures conversions, not a framework; and float16 training on a GPU is the
+# setting people choose it for (tensor cores, with loss scaling under mixed-fp16).
+GPU_ONLY_REASON = ("float16 and mixed-fp16 run on a GPU only (--devices cuda): without AVX512-FP16 a CPU"
+                   " converts float16 to float32 for every product")
 
 
 def precision(name: str) -> Precision:

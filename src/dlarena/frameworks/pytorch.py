@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from dlarena.frameworks import kernel
 from dlarena.frameworks.base import Parity, Unavailable, Unsupported
-from dlarena.frameworks.registry import BFLOAT16_PRECISIONS
+from dlarena.frameworks.registry import TORCH_PRECISIONS
 from dlarena.spec import Workload
 from dlarena.spec.layers import (
     GRU,
@@ -370,6 +370,11 @@ class Model(kernel.Model):
             if "beta1" in arguments:
                 arguments["betas"] = (arguments.pop("beta1"), arguments.pop("beta2"))
             self.optimizer: torch.optim.Optimizer = getattr(torch.optim, name)(self.params, **arguments)
+        # mixed-fp16 trains with loss scaling, as PyTorch's AMP recipe does: float16 gradients of a
+        # small loss underflow to zero (float16's smallest normal is 6e-5; bfloat16 has float32's range).
+        self.scaler = (torch.amp.GradScaler(self.where.type)
+                       if training and self.precision_info.mixed and self.precision_info.compute == "float16"
+                       else None)
 
     def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Summed softmax cross-entropy over every label position, divided by ``kernel.loss_divisor``."""
@@ -458,6 +463,14 @@ class Model(kernel.Model):
     def train_step(self, inputs: Tensor, labels: Tensor) -> Tensor:
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.objective(inputs, labels)
+        if self.scaler is not None:  # mixed-fp16: scaled backward, unscaled before clipping, skipped on inf
+            self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+            if self.recipe.grad_clip_norm is not None:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.params, self.recipe.grad_clip_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            return loss.detach()
         loss.backward()  # type: ignore[no-untyped-call]
         if self.recipe.grad_clip_norm is not None:
             nn.utils.clip_grad_norm_(self.params, self.recipe.grad_clip_norm)
@@ -485,6 +498,8 @@ class Model(kernel.Model):
         }
         if self.compiled:
             details["compile_cache"] = _compile_cache_counters()
+        if self.scaler is not None:  # GradScaler's loss scale now (it halves on an overflow, doubles after 2000 steps)
+            details["loss_scale"] = float(self.scaler.get_scale())
         if self.matmul_dtypes:  # read back from the first eager forward's Linear and convolution outputs
             details["matmul_dtype"] = ", ".join(sorted(self.matmul_dtypes))
         elif self.precision_info.mixed or self.compiled:  # Inductor's graph has no module to hook: the setting
@@ -523,7 +538,7 @@ class Backend(kernel.KernelBackend):
 
     model_class = Model
     devices = ("cpu", "cuda")
-    precisions = BFLOAT16_PRECISIONS
+    precisions = TORCH_PRECISIONS
 
     def __init__(self, threads: int, compile: bool = False) -> None:
         super().__init__(threads, compile=compile)

@@ -23,6 +23,9 @@ TIMED_PRECISIONS: tuple[str, ...] = ("float32",)
 # bfloat16 weights and compute, and float32 weights computing in bfloat16 (torch.autocast, Flax's
 # ``dtype`` beside ``param_dtype``, ...): the frameworks whose modules build both.
 BFLOAT16_PRECISIONS: tuple[str, ...] = ("float32", "bfloat16", "mixed-bf16")
+# torch's besides, on a GPU only (precision.GPU_ONLY_REASON): float16 weights and compute, and float32
+# weights under torch.autocast to float16 with torch.amp.GradScaler's loss scaling.
+TORCH_PRECISIONS: tuple[str, ...] = (*BFLOAT16_PRECISIONS, "float16", "mixed-fp16")
 
 
 # CNTK's CPU kernels run on Intel OpenMP, whose workers spin 200 ms after each parallel region: at
@@ -160,7 +163,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             distributions=("torch",),
             extra="torch",
             probes="dlarena.probes.torch_probes",
-            precisions=BFLOAT16_PRECISIONS,
+            precisions=TORCH_PRECISIONS,
             builds_transformers=True,
         ),
         FrameworkInfo(
@@ -173,7 +176,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             probes="dlarena.probes.torch_probes",
             options={"compile": True},
             eager_counterpart="torch",
-            precisions=BFLOAT16_PRECISIONS,
+            precisions=TORCH_PRECISIONS,
             builds_transformers=True,
         ),
         FrameworkInfo(

@@ -42,7 +42,9 @@ from pathlib import Path
 from typing import Any
 
 from dlarena.errors import DlarenaError, UnknownNameError
+from dlarena.frameworks.precision import GPU_ONLY_REASON
 from dlarena.frameworks.precision import PRECISIONS as PRECISION_KINDS
+from dlarena.frameworks.precision import precision as precision_of
 from dlarena.frameworks.registry import FRAMEWORKS, default_frameworks, precision_support
 from dlarena.measure.repetitions import DEFAULT_MAX_PROCESSES, DEFAULT_TARGET_CI, Need
 from dlarena.measure.stats import LATENCY_PERCENTILES, steps_for_percentile
@@ -272,6 +274,8 @@ def _check_names(sweep: Sweep) -> None:
         # the report shows; none at all is a selection that can measure nothing.
         if not any(precision in FRAMEWORKS[name].precisions for name in frameworks):
             raise SuiteError(f"no selected framework runs {precision}; what each runs: {precision_support(frameworks)}")
+        if precision_of(precision).gpu_only and "cuda" not in sweep.devices:
+            raise SuiteError(f"{GPU_ONLY_REASON}; this selection's devices: {', '.join(sweep.devices)}")
     if not sweep.workloads:
         raise SuiteError("the suite selects no workload; name some with workloads = [...] or --workloads")
 
