@@ -200,3 +200,16 @@ def test_a_layer_the_registry_says_a_framework_lacks_is_unsupported_without_a_wo
                           LocalExecutor())
     assert result.status == "unsupported" and result.exit_code is None and result.wall_s == 0.0
     assert result.message == "fault-gate cannot express GRU: its GRU puts the reset gate elsewhere"
+
+
+def test_a_transformer_on_a_framework_that_does_not_build_one_is_unsupported_without_a_worker(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """builds_transformers decides before any process starts, as a lacking layer does (the gate would
+    hold a worker), for a framework that declares no lacking layer besides."""
+    monkeypatch.setenv("DLARENA_FAULT_GATE", str(tmp_path / "never-opened"))
+    assert not FRAMEWORKS["fault-gate"].builds_transformers and not FRAMEWORKS["fault-gate"].unsupported_layers
+    result = execute_cell(Cell("fault-gate", "gpt2-124m-small", "infer", batch_size=2, threads=1), 600.0,
+                          LocalExecutor())
+    assert result.status == "unsupported" and result.exit_code is None and result.wall_s == 0.0
+    assert result.message.startswith("dlarena's fault-gate module does not build the transformer layers")

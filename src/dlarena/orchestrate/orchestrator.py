@@ -138,10 +138,9 @@ def _known_unsupported(cell: Cell, reason: str) -> StoredResult:
 
 def execute_cell(cell: Cell, timeout_s: float, executor: Executor, repetition: int = 0) -> StoredResult:
     """One worker process for ``cell``, classified; none for a cell the registry already knows the
-    framework cannot run (a layer type it lacks)."""
+    framework cannot run (a layer type it lacks, the transformer layers its module does not build)."""
     info = FRAMEWORKS[cell.framework]
-    reason = info.unsupported_reason(get_workload(cell.workload).network.layer_types(), cell.scenario) \
-        if info.unsupported_layers else None
+    reason = info.unsupported_reason(get_workload(cell.workload).network.layer_types(), cell.scenario)
     if reason is not None:
         return _known_unsupported(cell, reason)
     if not info.is_installed():
