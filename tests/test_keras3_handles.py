@@ -1,9 +1,16 @@
 """The Keras 3 module's parameter handles, without Keras: how MultiHeadAttention's per-head variables
-make the canonical fused attention parameters (spec/weights.py), and back."""
+make the canonical fused attention parameters (spec/weights.py), and back; and, in a process of its
+own, the transformers through model.save and load_model."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 from dlarena.frameworks import keras3
 from dlarena.spec.layers import ACTIVATIONS
@@ -52,3 +59,33 @@ def test_every_spec_activation_has_a_keras_spelling() -> None:
     # The spec's "gelu" is the exact (erf) GELU, "gelu_tanh" the approximation.
     assert keras3._ACTIVATIONS["gelu"] == ("gelu", {"approximate": False})
     assert keras3._ACTIVATIONS["gelu_tanh"] == ("gelu", {"approximate": True})
+
+
+# Saved with model.save and read back with load_model in a fresh process (Keras fixes its backend at
+# its first import): every layer and activation of both transformers, on JAX.
+_SAVE_AND_LOAD = """
+import numpy as np, keras
+from dlarena.frameworks import keras3
+from dlarena.frameworks.base import StepRequest
+from dlarena.spec.catalogue import get_workload
+backend = keras3.Backend(threads=1, backend="jax")
+for name in ("bert-base-small", "gpt2-124m-small"):
+    workload = get_workload(name)
+    model = backend.prepare(StepRequest(workload=workload, scenario="infer", batch_size=2, device="cpu",
+                                        threads=1, precision="float32", seed=0)).model.model
+    model.save(f"{name}.keras")
+    custom = {"PositionAdd": keras3._position_add_class(), "TokenTypeAdd": keras3._token_type_add_class()}
+    loaded = keras.models.load_model(f"{name}.keras", custom_objects=custom, compile=False)
+    tokens = np.random.RandomState(0).randint(0, 100, size=(2, *workload.network.input_shape)).astype("int32")
+    print(name, float(np.max(np.abs(np.asarray(loaded(tokens)) - np.asarray(model(tokens))))))
+"""
+
+
+def test_transformers_save_and_load(tmp_path: Path) -> None:
+    """model.save writes the custom layers (their get_config) and the GELUs (registered functions)."""
+    pytest.importorskip("keras")
+    pytest.importorskip("jax")
+    result = subprocess.run([sys.executable, "-c", _SAVE_AND_LOAD], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["bert-base-small", "0.0", "gpt2-124m-small", "0.0"]

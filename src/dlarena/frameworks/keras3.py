@@ -154,7 +154,7 @@ def _position_add_class() -> type:
 
         def __init__(self, positions: int, regularizer: Any = None, **kwargs: Any) -> None:
             super().__init__(**kwargs)
-            self.positions, self.regularizer = positions, regularizer
+            self.positions, self.regularizer = positions, keras.regularizers.get(regularizer)
 
         def build(self, shape: tuple[int | None, ...]) -> None:
             width = int(shape[-1])  # type: ignore[arg-type]
@@ -168,6 +168,10 @@ def _position_add_class() -> type:
 
         def compute_output_shape(self, shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
             return shape
+
+        def get_config(self) -> dict[str, Any]:  # model.save writes it; loading passes it back to __init__
+            return {**super().get_config(), "positions": self.positions,
+                    "regularizer": keras.regularizers.serialize(self.regularizer)}
 
     return PositionAdd
 
@@ -183,7 +187,7 @@ def _token_type_add_class() -> type:
 
         def __init__(self, types: int, type_ids: list[int], regularizer: Any = None, **kwargs: Any) -> None:
             super().__init__(**kwargs)
-            self.types, self.type_ids, self.regularizer = types, type_ids, regularizer
+            self.types, self.type_ids, self.regularizer = types, type_ids, keras.regularizers.get(regularizer)
 
         def build(self, shape: tuple[int | None, ...]) -> None:
             width = int(shape[-1])  # type: ignore[arg-type]
@@ -196,6 +200,10 @@ def _token_type_add_class() -> type:
 
         def compute_output_shape(self, shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
             return shape
+
+        def get_config(self) -> dict[str, Any]:  # model.save writes it; loading passes it back to __init__
+            return {**super().get_config(), "types": self.types, "type_ids": list(self.type_ids),
+                    "regularizer": keras.regularizers.serialize(self.regularizer)}
 
     return TokenTypeAdd
 
@@ -239,6 +247,28 @@ _ACTIVATIONS: dict[str, tuple[str, dict[str, Any]]] = {
 # about 1e-9 (relative) off the spec. The TensorFlow module's GELUs are tf.nn.gelu's ops with the
 # constants in the input's precision; Keras on TensorFlow uses them.
 _TF_GELUS = {"gelu": "gelu", "gelu_tanh": "gelu_tanh"}  # spec activation -> tensorflow_native function
+
+
+@functools.cache
+def _saveable(function: str, tensorflow_gelu: bool = False) -> Callable[..., Any]:
+    """The spec activation ``function`` as a named function registered with Keras' serialization
+    (package "dlarena"), so that model.save and load_model handle it: Keras' own function with the
+    keywords of _ACTIVATIONS, or the TensorFlow module's GELU (_TF_GELUS)."""
+    keras = _keras()
+    name, keywords = _ACTIVATIONS[function]
+    if tensorflow_gelu:
+        from dlarena.frameworks import tensorflow_native
+
+        inner: Callable[..., Any] = getattr(tensorflow_native, _TF_GELUS[function])
+    else:
+        inner = functools.partial(getattr(keras.activations, name), **keywords)
+
+    def activation(x: Any) -> Any:
+        return inner(x)
+
+    activation.__name__ = activation.__qualname__ = function
+    registered: Callable[..., Any] = keras.saving.register_keras_serializable(package="dlarena")(activation)
+    return registered
 
 
 class _Handle(ABC):
@@ -483,14 +513,12 @@ class _Builder:
             raise Unsupported(f"the Keras backend has no translation for the activation {function!r}")
         name, keywords = _ACTIVATIONS[function]
         if function in _TF_GELUS and self.keras.backend.backend() == "tensorflow":
-            from dlarena.frameworks import tensorflow_native
-
-            tf_gelu: Callable[..., Any] = getattr(tensorflow_native, _TF_GELUS[function])
-            return tf_gelu
+            return _saveable(function, tensorflow_gelu=True)
         activation: Callable[..., Any] = getattr(self.keras.activations, name)
-        # Keras' own function where it needs no keyword: model.save serializes it by name (the
-        # save-load probe saves the CNN and LSTM workloads), which it cannot do for a partial.
-        return functools.partial(activation, **keywords) if keywords else activation
+        # Keras' own function where its defaults are the spec's (keras.activations.gelu is the exact
+        # form): model.save writes it by name. A keyword needs a function of ours, registered so that
+        # model.save can write it too.
+        return _saveable(function) if keywords else activation
 
     def _transformer_layer(self, layer: spec.Layer, x: Any, shape: spec.Shape, path: str) -> Any | None:
         """Apply a transformer's layer to the sequence ``x`` (None for a layer of another kind)."""
