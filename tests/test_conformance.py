@@ -321,11 +321,25 @@ TRAINING_LOSS_RTOL = 1e-3
 ACCURACY_EPOCHS = 3
 
 
+# The same training through a second route of a framework that CI trains already (torch's compiled
+# twin, TensorFlow under XLA, Keras on its second and third backend): `make test-all` trains them.
+TRAINED_IN_TEST_ALL = frozenset({"torch-compile", "tensorflow-xla", "keras-torch", "keras-tensorflow"})
+
+
+def _selected_training(request: pytest.FixtureRequest) -> set[str]:
+    """The frameworks whose training test this session runs; where it runs none, those CI trains."""
+    selected = {item.callspec.params["framework"] for item in request.session.items
+                if getattr(item, "originalname", "") == "test_same_data_same_training"}
+    return selected or {name for name in REAL if name not in TRAINED_IN_TEST_ALL}
+
+
 @pytest.fixture(scope="module")
-def trained() -> dict[str, StoredResult]:
-    """Three epochs of digits-mlp on every installed framework that trains, one worker process each."""
+def trained(request: pytest.FixtureRequest) -> dict[str, StoredResult]:
+    """Three epochs of digits-mlp on every installed framework this session's tests ask about (torch,
+    the reference, always), one worker process each."""
     results = {}
-    for framework in INSTALLED:
+    selected = _selected_training(request) | {"torch"}
+    for framework in (name for name in INSTALLED if name in selected):
         cell = Cell(framework, "digits-mlp", "accuracy", batch_size=32, threads=1, epochs=ACCURACY_EPOCHS,
                     target_accuracy=None, measurement=STEPS)
         results[framework] = _execute(cell)
@@ -334,7 +348,8 @@ def trained() -> dict[str, StoredResult]:
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("conformance-training")
-@pytest.mark.parametrize("framework", REAL)
+@pytest.mark.parametrize("framework", [
+    pytest.param(name, marks=[pytest.mark.exhaustive] if name in TRAINED_IN_TEST_ALL else []) for name in REAL])
 def test_same_data_same_training(trained: dict[str, StoredResult], framework: str) -> None:
     _needs(framework)
     result = trained[framework]
