@@ -172,6 +172,9 @@ def test_a_worker_runs_on_the_environments_interpreter_and_numpy() -> None:
 class ForeignWorker:
     """An executor whose worker is another dlarena's: a real process printing a result of schema 0."""
 
+    slots = 1
+    remote = False
+
     def execute(self, cell: Cell, timeout_s: float, extra_args: Sequence[str] = ()) -> Execution:
         text = json.dumps({"schema": 0, "status": "ok", "samples_s": [0.1, 0.1]})
         command = [sys.executable, "-c", f"print({text!r})"]

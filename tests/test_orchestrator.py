@@ -248,6 +248,26 @@ def _hint(stderr: str, command: str) -> list[str]:
     return shlex.split(quoted)[1:]
 
 
+def test_a_worker_dies_with_a_launcher_killed_outright(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A launcher killed by SIGKILL cleans nothing up itself (a crashed `dlarena run`, or a Ray node's task
+    process): its worker's guard (orchestrate/guard.py) takes the worker and the worker's child down."""
+    pidfile = tmp_path / "children.txt"
+    monkeypatch.setenv("DLARENA_FAULT_PIDFILE", str(pidfile))
+    monkeypatch.setenv("DLARENA_FAULT_GATE", str(tmp_path / "never-opened"))
+    launcher = subprocess.Popen([sys.executable, "-c", (
+        "from dlarena.orchestrate.executor import LocalExecutor; from dlarena.plan.cell import Cell;"
+        f" LocalExecutor().execute(Cell('fault-gate', 'fcn5-small', 'train', 4, 1), {GENEROUS_TIMEOUT_S})")])
+    try:
+        _until(lambda: pidfile.exists() and pidfile.read_text().strip() != "", "the gate cell starting")
+        child = int(pidfile.read_text().split()[0])
+        worker = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        assert _alive(worker) and _alive(child)
+    finally:
+        launcher.kill()
+        launcher.wait()
+    _until(lambda: not _alive(child) and not _alive(worker), "the worker and its child ending")
+
+
 def test_ctrl_c_marks_the_running_cell_interrupted_and_says_how_to_resume(
     db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Cli
 ) -> None:

@@ -18,6 +18,7 @@ The rows' columns are those of `dlarena export` (report/export.COLUMNS, describe
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ from dlarena.store import verdicts
 from dlarena.store.database import Store, check_location, default_db_path, new_run_id
 
 if TYPE_CHECKING:
+    from dlarena.orchestrate.ray_executor import Placement, RayExecutor
     from dlarena.orchestrate.verify import PairCheck
 
 
@@ -119,8 +121,10 @@ def select(
 
 def run(
     suite: Suite, db: str | Path | None = None, argv: Sequence[str] = (), progress: bool = False, wait: bool = True,
+    cluster: Placement | None = None,
 ) -> RunSummary:
-    """Measure a suite, holding the machine's measuring lock (waiting for it, or BusyError).
+    """Measure a suite, holding the machine's measuring lock (waiting for it, or BusyError); on the
+    nodes of a Ray ``cluster`` when given (orchestrate/ray_executor.py), else on this machine.
 
     A new database is created only once the lock is held: a run refused (``wait=False``) or given up
     while waiting leaves nothing behind, not even a mistyped --db folder. Its location is checked
@@ -131,13 +135,16 @@ def run(
     store = Store.open(path) if path.exists() else None  # a foreign or newer file is refused at once
     if store is None:
         check_location(path)
+    executor = _cluster_executor(cluster, suite.memory_limit_bytes())  # a cluster that cannot serve: at once
+    nodes = executor.node_names() if executor is not None and cluster is not None and cluster.spread else []
     display = Progress(enabled=progress)
     try:
         with machine_lock(path, wait=wait, on_wait=display.waiting) as held:
             run_id = new_run_id()
             held.announce(run_id)
             store = store or Store.open(path)
-            summary = run_suite(suite, store, argv, progress=display, run_id=run_id)
+            summary = run_suite(suite, store, argv, executor=executor, progress=display, run_id=run_id, nodes=nodes,
+                                placement=cluster.stored() if cluster is not None else None)
             # The verdicts of what it measured, from the machine's record: the database stands alone.
             verdicts.copy_into(store, str(store.run(run_id)["code_version"]),
                                {cell.framework for cell, _ in suite.cells()})
@@ -148,9 +155,17 @@ def run(
             store.close()
 
 
+def _cluster_executor(cluster: Placement | None, memory_limit_bytes: int | None) -> RayExecutor | None:
+    if cluster is None:
+        return None
+    from dlarena.orchestrate.ray_executor import RayExecutor
+
+    return RayExecutor(cluster.address, cluster.selector, memory_limit_bytes)
+
+
 def resume(
     run_id: str | None = None, db: str | Path | None = None, argv: Sequence[str] = (), progress: bool = False,
-    wait: bool = True, allow_changes: bool = False,
+    wait: bool = True, allow_changes: bool = False, cluster: Placement | None = None,
 ) -> RunSummary:
     """Run the processes a run still lacks (the latest run by default); see orchestrator.resume_run.
 
@@ -165,9 +180,20 @@ def resume(
         done = nothing_to_resume(store, chosen)
         if done is not None:
             return done
+        run_row = store.run(chosen)
+        placed = json.loads(run_row["placement"]) if run_row["placement"] else None
+        if placed is not None and cluster is None:
+            raise DlarenaError(f"run {chosen} measured on the nodes of a Ray cluster: resume it with --executor ray"
+                               " (and the cluster's --address)")
+        if placed is None and cluster is not None:
+            raise DlarenaError(f"run {chosen} measured on this machine: resume it without --executor ray")
+        from dlarena.orchestrate.ray_executor import Placement
+
+        executor = _cluster_executor(Placement.resumed(placed, cluster.address) if placed and cluster else None,
+                                     run_row["memory_limit_bytes"])
         with machine_lock(path, wait=wait, on_wait=display.waiting) as held:
             held.announce(chosen)
-            return resume_run(store, chosen, argv, allow_changes, progress=display)
+            return resume_run(store, chosen, argv, allow_changes, executor=executor, progress=display)
     finally:
         display.close()  # a bar or waiting line left by an error or Ctrl-C leaves the terminal
         store.close()
@@ -188,6 +214,7 @@ def _read(db: str | Path | None, run_id: str | None) -> tuple[dict[str, Any], di
         run_row = dict(store.run(run_id))
         run_row["peaks"] = store.peaks(run_row["id"])
         run_row["canary"] = store.canary_readings(run_row["id"])
+        run_row["nodes"] = store.run_nodes(run_row["id"])
         rows = store.cell_rows(run_row["id"])
         annotate(rows, verdicts.statuses(store, str(run_row["code_version"])))
         annotate_break_even(rows)
@@ -198,6 +225,7 @@ def _read(db: str | Path | None, run_id: str | None) -> tuple[dict[str, Any], di
 
 def report(db: str | Path | None = None, run_id: str | None = None) -> str:
     """The Markdown report of a run (the latest by default), opening with which framework is fastest."""
+    from dlarena.report.comparison import compare_nodes
     from dlarena.report.ranking import rank_rows
 
     run_row, environment, rows = _read(db, run_id)
@@ -205,9 +233,13 @@ def report(db: str | Path | None = None, run_id: str | None = None) -> str:
     try:
         rankings = rank_rows(store, rows)
         answers = _capabilities_of(store, rows)
+        # a run that measured every cell on every node (--spread): each node against the first
+        pinned = list(dict.fromkeys(str(row["node"]) for row in rows if row.get("node") and json.loads(
+            row["config"]).get("node")))
+        nodes = [compare_nodes(store, str(run_row["id"]), [pinned[0], other]) for other in pinned[1:]]
     finally:
         store.close()
-    return markdown.render(run_row, environment, rows, rankings, answers)
+    return markdown.render(run_row, environment, rows, rankings, answers, nodes)
 
 
 def _capabilities_of(store: Store, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -252,32 +284,37 @@ def _report_inputs(db: str | Path | None, run_id: str | None) -> tuple[Store, di
 
 
 def compare(run_a: str, run_b: str | None = None, frameworks: Names | None = None,
-            db: str | Path | None = None, baseline: str | None = None) -> str:
-    """Markdown verdicts: run B against run A, framework B against A, or several frameworks ranked.
+            db: str | Path | None = None, baseline: str | None = None, nodes: Names | None = None) -> str:
+    """Markdown verdicts: run B against run A, framework B against A, several frameworks ranked, or
+    cluster node B against node A.
 
     ``frameworks`` (`"torch,jax,tensorflow"` or a sequence): with two and no ``baseline``, B against
     A; with more, or a named ``baseline``, every configuration of run A ranked against its fastest
-    framework or against ``baseline``.
+    framework or against ``baseline``. ``nodes`` (`"a,b"`): the cells of run A measured on both nodes
+    (`dlarena run --executor ray --spread`), node B against node A.
     """
     from dlarena.report.comparison import compare_runs
 
     store = Store.open(_database(db), create=False)
     try:
-        return compare_runs(store, run_a, run_b, _names(frameworks), baseline)
+        return compare_runs(store, run_a, run_b, _names(frameworks), baseline, _names(nodes))
     finally:
         store.close()
 
 
 def compare_page(run_a: str, run_b: str | None = None, frameworks: Names | None = None,
-                 db: str | Path | None = None, baseline: str | None = None) -> str:
+                 db: str | Path | None = None, baseline: str | None = None, nodes: Names | None = None) -> str:
     """`compare` as one self-contained HTML page with a forest plot of the ratios (report/html)."""
     from dlarena.environment import code_version
     from dlarena.report import html
-    from dlarena.report.comparison import comparison
+    from dlarena.report.comparison import compare_nodes, comparison
 
     store = Store.open(_database(db), create=False)
     try:
-        return html.render_comparison(comparison(store, run_a, run_b, _names(frameworks), baseline), code_version())
+        chosen = _names(nodes)
+        found = compare_nodes(store, run_a, chosen, run_b, _names(frameworks)) if chosen else comparison(
+            store, run_a, run_b, _names(frameworks), baseline)
+        return html.render_comparison(found, code_version())
     finally:
         store.close()
 

@@ -109,20 +109,39 @@ def _write_files(folder: Path, files: dict[str, bytes]) -> None:
         raise DlarenaError(f"cannot write {target}: {error.strerror or error}") from None
 
 
+# Where a run's cells run (orchestrate/executor.py, orchestrate/ray_executor.py).
+EXECUTORS = ("local", "ray")
 _SELECTION = ("frameworks", "workloads", "scenarios", "devices", "precision", "threads", "batch_sizes", "timeout",
               "repetitions", "memory_limit", "epochs", "target_accuracy", "compile_cache", "denormals", "target_ci",
               "max_processes", "time_budget")
 
 
+def _placement(args: argparse.Namespace) -> Any:
+    """Where the run's cells go: None on this machine, else the Ray cluster's Placement."""
+    if args.executor != "ray":
+        given = [option for option, value in (("--address", args.address), ("--nodes", args.nodes),
+                                              ("--spread", args.spread or None)) if value is not None]
+        if given:
+            raise DlarenaError(f"{given[0]} chooses Ray nodes: it goes with --executor ray")
+        return None
+    from dlarena.orchestrate.ray_executor import Placement, parse_selector
+
+    return Placement(args.address, parse_selector(args.nodes) if args.nodes else {}, args.spread)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from dlarena import api
 
+    cluster = _placement(args)
     if args.resume is not None:
         given = [f"--{name.replace('_', '-')}" for name in _SELECTION if getattr(args, name) is not None]
         if given or args.suite is not None:
             raise DlarenaError(f"--resume runs the cells the run already has; it takes no {(given or ['--suite'])[0]}")
+        if cluster is not None and (cluster.selector or cluster.spread):
+            raise DlarenaError("--resume runs the cells on the nodes the run chose; it takes no --nodes or --spread")
         summary = api.resume(None if args.resume == "latest" else args.resume, db=args.db, argv=sys.argv,
-                             progress=not args.quiet, wait=not args.no_wait, allow_changes=args.allow_changes)
+                             progress=not args.quiet, wait=not args.no_wait, allow_changes=args.allow_changes,
+                             cluster=cluster)
         return _finished(summary, args.db, resumed=True)
     if args.allow_changes:
         raise DlarenaError("--allow-changes goes with --resume")
@@ -134,7 +153,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         denormals=args.denormals, target_ci=args.target_ci, max_processes=args.max_processes,
         time_budget_s=args.time_budget,
     )
-    summary = api.run(suite, db=args.db, argv=sys.argv, progress=not args.quiet, wait=not args.no_wait)
+    summary = api.run(suite, db=args.db, argv=sys.argv, progress=not args.quiet, wait=not args.no_wait,
+                      cluster=cluster)
     return _finished(summary, args.db)
 
 
@@ -395,10 +415,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if args.format == "html":
         _print(api.compare_page(args.run_a, args.run_b, frameworks=args.frameworks, db=args.db,
-                                baseline=args.baseline), args.output or DEFAULT_HTML_COMPARISON)
+                                baseline=args.baseline, nodes=args.nodes), args.output or DEFAULT_HTML_COMPARISON)
     else:
-        _print(api.compare(args.run_a, args.run_b, frameworks=args.frameworks, db=args.db, baseline=args.baseline),
-               args.output)
+        _print(api.compare(args.run_a, args.run_b, frameworks=args.frameworks, db=args.db, baseline=args.baseline,
+                           nodes=args.nodes), args.output)
     return 0
 
 
@@ -555,6 +575,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --resume: resume although dlarena or a framework changed (recorded in the run)")
     run.add_argument("--no-wait", action="store_true",
                      help="refuse instead of waiting when another run is measuring on this machine")
+    run.add_argument("--executor", choices=EXECUTORS, default="local",
+                     help="local: each cell's processes on this machine; ray: on the nodes of a Ray cluster with a"
+                          " measurement slot, one cell per node at a time (pip install 'dlarena[ray]'; default: local)")
+    run.add_argument("--address", metavar="HOST:PORT",
+                     help="with --executor ray: the cluster's head (default: $RAY_ADDRESS, else the cluster started on"
+                          " this machine)")
+    run.add_argument("--nodes", metavar="KEY=VALUE,...",
+                     help="with --executor ray: only the nodes with these labels (`ray start --labels`; a node's"
+                          " name is its dlarena-node label)")
+    run.add_argument("--spread", action="store_true",
+                     help="with --executor ray: every chosen node runs every cell (compare the machines); by default"
+                          " each cell runs once, on whichever node is free")
     run.set_defaults(handler=cmd_run)
 
     verify = commands.add_parser(
@@ -622,6 +654,9 @@ def build_parser() -> argparse.ArgumentParser:
                               " its fastest (or --baseline)")
     compare.add_argument("--baseline", metavar="NAME",
                          help="with --frameworks: set every framework against NAME instead of the fastest")
+    compare.add_argument("--nodes", type=_names, metavar="A,B",
+                         help="cluster node B against node A on the cells RUN_A measured on both (`dlarena run"
+                              " --executor ray --spread`)")
     compare.add_argument("--format", choices=("markdown", "html"), default="markdown",
                          help="markdown (default: to standard output) or html (one self-contained page with a forest"
                               f" plot of the ratios, default {DEFAULT_HTML_COMPARISON})")

@@ -42,10 +42,25 @@ class Execution:
     kernel_oom: bool = False  # killed by the kernel's out-of-memory killer
     peak_memory_bytes: int = 0  # the largest resident memory of the worker and its children seen
     memory_limit_bytes: int | None = None
+    # Where it ran when not on this machine (the Ray executor): the node's name, that machine's
+    # snapshot (environment.snapshot), and the canary's readings there just before and after the worker.
+    node: str | None = None
+    machine: dict[str, Any] | None = None
+    canary_s: tuple[float, float] | None = None
+    # Set when the worker never ran where it was sent (the node lacks the framework): its status and why.
+    status: tuple[str, str] | None = None
 
 
 class Executor(Protocol):
+    # How many cells it runs at once: one per machine (concurrent measurements corrupt each other).
+    slots: int
+    # Whether its workers run on other machines, which then say themselves whether they have a framework.
+    remote: bool
+
     def execute(self, cell: Cell, timeout_s: float, extra_args: Sequence[str] = ()) -> Execution: ...
+
+    def cancel(self) -> None:
+        """Ctrl-C reached the main thread while other threads wait in ``execute``: end their workers."""
 
 
 def worker_command(cell: Cell, python: str | None = None, extra_args: Sequence[str] = ()) -> list[str]:
@@ -74,6 +89,9 @@ def worker_command(cell: Cell, python: str | None = None, extra_args: Sequence[s
 class LocalExecutor:
     """One fresh worker process per cell, in its own process group so that a kill takes all of it."""
 
+    slots = 1
+    remote = False
+
     def __init__(
         self, python: str | None = None, memory_limit_bytes: int | None = None, stop: threading.Event | None = None,
     ) -> None:
@@ -82,6 +100,10 @@ class LocalExecutor:
         # Set by whoever runs several cells from threads (verify): Ctrl-C reaches only the main
         # thread, so the others learn of it here and take their worker down as Ctrl-C would.
         self.stop = stop
+
+    def cancel(self) -> None:
+        if self.stop is not None:
+            self.stop.set()
 
     def execute(self, cell: Cell, timeout_s: float, extra_args: Sequence[str] = ()) -> Execution:
         command = worker_command(cell, self.python, extra_args)
@@ -96,6 +118,7 @@ class LocalExecutor:
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
+                guard = _start_guard(process.pid)
                 timed_out = over_memory = False
                 peak = 0
                 try:
@@ -123,6 +146,7 @@ class LocalExecutor:
                     # Also after a normal exit: helpers it started (compiler pools) must not outlive it.
                     _kill_group(process.pid)
                     process.wait()
+                    _release(guard)
             wall = time.perf_counter() - start
             killed = timed_out or over_memory
             data = _read_result(result_path) if not killed else None
@@ -132,6 +156,23 @@ class LocalExecutor:
                 timed_out=timed_out, output_tail=_tail(log_path), wall_s=wall, over_memory=over_memory,
                 kernel_oom=kernel_oom, peak_memory_bytes=peak, memory_limit_bytes=self.memory_limit_bytes,
             )
+
+
+def _start_guard(group: int) -> subprocess.Popen[bytes]:
+    """The guard that kills ``group`` should this process die before it does (orchestrate/guard.py): the
+    process started here exits once the guard has detached, leaving this process the pipe's only writer."""
+    guard = subprocess.Popen(
+        [sys.executable, "-m", "dlarena.orchestrate.guard", str(group)],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    guard.wait()
+    return guard
+
+
+def _release(guard: subprocess.Popen[bytes]) -> None:
+    """Let a guard go once its group is dead: it reads end-of-file, finds nothing to kill, and exits."""
+    if guard.stdin is not None:
+        guard.stdin.close()
 
 
 def family_rss_bytes(pid: int) -> int:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +18,7 @@ from dlarena.environment import code_version, framework_versions, snapshot
 from dlarena.errors import DlarenaError
 from dlarena.frameworks.registry import FRAMEWORKS
 from dlarena.measure.aggregate import CellFigures, aggregate, cell_groups
-from dlarena.measure.canary import MEASURED_AGAIN, Canary
+from dlarena.measure.canary import MEASURED_AGAIN, Canary, Judgement, judge
 from dlarena.measure.peak import probe
 from dlarena.measure.repetitions import (
     MAX_REMEASURES,
@@ -80,17 +81,23 @@ def summarize(store: Store, run_id: str, interrupted: bool = False, **this_invoc
     return RunSummary(run_id, counts, interrupted, reasons=reasons, **this_invocation)
 
 
-def plan(suite: Suite) -> list[PlannedCell]:
+def plan(suite: Suite, nodes: Sequence[str] = ()) -> list[PlannedCell]:
+    """The suite's cells, each once, or (given cluster ``nodes``) once on every node, node by node."""
     code = code_version()
+    cells = suite.planned()
+    pinned = [(replace(cell, node=node), timeout, repetitions)
+              for node in nodes for cell, timeout, repetitions in cells] if nodes else cells
     return [
         PlannedCell(cell=cell, timeout_s=timeout, key=cell.key(code, FRAMEWORKS[cell.framework].versions()),
                     repetitions=repetitions)
-        for cell, timeout, repetitions in suite.planned()
+        for cell, timeout, repetitions in pinned
     ]
 
 
 def classify(execution: Execution, timeout_s: float) -> tuple[str, str]:
     """The status and message of a finished worker."""
+    if execution.status is not None:  # decided where it was sent: no worker there, or the node died
+        return execution.status
     if execution.timed_out:
         return "timeout", f"killed after the cell's limit of {timeout_s:g} s (raise it with --timeout)"
     if execution.over_memory:
@@ -143,7 +150,7 @@ def execute_cell(cell: Cell, timeout_s: float, executor: Executor, repetition: i
     reason = info.unsupported_reason(get_workload(cell.workload).network.layer_types(), cell.scenario)
     if reason is not None:
         return _known_unsupported(cell, reason)
-    if not info.is_installed():
+    if not executor.remote and not info.is_installed():  # a remote node says whether it has the framework
         return _unavailable(cell)
     started = _utc()
     execution = executor.execute(cell, timeout_s)
@@ -157,8 +164,9 @@ def execute_cell(cell: Cell, timeout_s: float, executor: Executor, repetition: i
         status, message = "failed", "the worker reported ok but measured no step"
     return StoredResult(
         status=status, message=message, stderr_tail=execution.output_tail if status != "ok" else "",
-        command=execution.command, exit_code=execution.exit_code, wall_s=execution.wall_s,
-        started_at=started, finished_at=_utc(), data=data, repetition=repetition,
+        command=execution.command or worker_command(cell), exit_code=execution.exit_code, wall_s=execution.wall_s,
+        started_at=started, finished_at=_utc(), data=data, repetition=repetition, node=execution.node,
+        machine=execution.machine, canary_s=execution.canary_s,
     )
 
 
@@ -209,15 +217,17 @@ def _pending(cell_id: int, item: PlannedCell, done: int, planned: int) -> _Pendi
 
 def run_suite(
     suite: Suite, store: Store, argv: Sequence[str], executor: Executor | None = None,
-    progress: Progress | None = None, run_id: str | None = None,
+    progress: Progress | None = None, run_id: str | None = None, nodes: Sequence[str] = (),
+    placement: dict[str, Any] | None = None,
 ) -> RunSummary:
-    """Run every cell of ``suite``: its pilot of ``repetitions`` processes, then more as ``suite.need``
-    says (measure/repetitions.py), storing each process as soon as it ends."""
-    planned = plan(suite)
+    """Run every cell of ``suite`` (on every one of the cluster ``nodes`` when given): its pilot of
+    ``repetitions`` processes, then more as ``suite.need`` says (measure/repetitions.py), storing each
+    process as soon as it ends."""
+    planned = plan(suite, nodes)
     limit = suite.memory_limit_bytes()
     run_id, cell_ids = store.start_run(
         snapshot(), suite.name, suite.version, suite.source, argv, code_version(), planned, suite.repetitions,
-        run_id=run_id, memory_limit_bytes=limit, need=suite.need,
+        run_id=run_id, memory_limit_bytes=limit, need=suite.need, placement=placement,
     )
     pending = [_pending(cell_id, item, 0, item.repetitions or suite.repetitions)
                for cell_id, item in zip(cell_ids, planned, strict=True)]
@@ -246,6 +256,10 @@ def resume_run(
             pending.append(_pending(stored["cell_id"], PlannedCell(cell, stored["timeout_s"], stored["cell_key"],
                                                                    stored["repetitions"]), stored["ok"],
                                     stored["repetitions"]))
+    pinned = sorted({str(entry.item.cell.node) for entry in pending if entry.item.cell.node is not None})
+    if pinned and (executor is None or not executor.remote):
+        raise ResumeError(f"run {run_id} measures its cells on the cluster nodes {', '.join(pinned)}: resume it"
+                          " with --executor ray (and the cluster's --address)")
     changes = _changes(store, run, code, changed)
     if changes and not allow_changes:
         raise ResumeError(f"run {run_id} cannot be resumed as it was: {'; '.join(changes)}; its results would mix"
@@ -317,38 +331,31 @@ def _execute(
                    sum(entry.done for entry in pending), processes=sum(entry.planned for entry in pending))
     store.set_run_status(run_id, "running")
     ran: dict[str, int] = {}
-    canary = Canary()
+    launcher = _Launcher(executor, store, run_id, progress)
+    canaries = _Canaries()
     try:
-        peaks = probe_peaks(run_id, [entry.item for entry in pending], store, progress)
-        before = canary.read()
+        # A remote node's peak and speed are its own: the host's probe and canary would say nothing of it.
+        peaks = {} if executor.remote else probe_peaks(run_id, [entry.item for entry in pending], store, progress)
+        if not executor.remote:
+            canaries.start()
         while True:
             wanting = [entry for entry in pending if entry.status == "ok" and entry.done < entry.planned]
             if not wanting:
                 break
             # the cells furthest behind first: a resumed run's cells catch up before the next round
             behind = min(entry.done for entry in wanting)
-            this_round = [entry for entry in wanting if entry.done == behind]
-            for entry in this_round:
+            launches = []
+            for entry in (entry for entry in wanting if entry.done == behind):
                 if _out_of_time(entry, need, time.monotonic() - started_at):
                     progress.skip(entry.planned - entry.done)
                     entry.planned, entry.why = entry.done, TIME_SPENT
                     store.set_cell_repetitions(entry.cell_id, entry.planned)
                     _store_figures(entry, _figures(entry, store, peaks)[1], need, store)
                     continue
-                cell = _process_cell(entry)
-                index = entry.next_index
-                entry.next_index += 1
-                progress.start(cell, index, entry.planned)
-                started = _utc()
-                try:
-                    result = execute_cell(cell, entry.item.timeout_s, executor, index)
-                except KeyboardInterrupt:
-                    store.record_result(entry.cell_id, _interrupted(cell, index, started, run_id))
-                    ran["interrupted"] = 1
-                    raise
+                launches.append(entry)
+            for entry, cell, result in launcher.run(launches):
                 if result.wall_s > 0:  # a process ran: the machine's speed after it, and was it in a slow spell?
-                    judgement = canary.bracket(before)
-                    before = judgement.after_s
+                    judgement = canaries.judge(result)
                     if result.status == "ok":
                         result.data["canary"] = {**judgement.as_dict(),
                                                  MEASURED_AGAIN: judgement.slow_spell and _remeasures(entry, need)}
@@ -363,15 +370,101 @@ def _execute(
                 entry.status = result.status
                 progress.finish(cell, result, median, entry.planned)
     except KeyboardInterrupt:
+        cut = launcher.interrupt()
+        if cut:
+            ran["interrupted"] = cut
         store.finish_run(run_id, "interrupted")
         progress.end(interrupted=True)
-        # every process a cell still lacks, but the one that was cut (its cell's count is not yet up)
+        # every process a cell still lacks, but the ones that were cut (their cells' counts are not yet up)
         left = sum(entry.planned - entry.done for entry in pending if entry.status == "ok")
-        return summarize(store, run_id, interrupted=True, processes=ran, not_started=left - ran.get("interrupted", 0),
+        return summarize(store, run_id, interrupted=True, processes=ran, not_started=left - cut,
                          elapsed_s=time.monotonic() - started_at)
+    finally:
+        launcher.close()
     store.finish_run(run_id, "finished")
     progress.end()
     return summarize(store, run_id, processes=ran, elapsed_s=time.monotonic() - started_at)
+
+
+class _Launcher:
+    """Runs a round's processes: one at a time in this thread, or as many at once as the executor has
+    slots (a cluster's nodes), from threads that only wait; results come back here, in the order they
+    end, so that this thread stays the store's only writer."""
+
+    def __init__(self, executor: Executor, store: Store, run_id: str, progress: Progress) -> None:
+        self.executor, self.store, self.run_id, self.progress = executor, store, run_id, progress
+        self.pool = ThreadPoolExecutor(max_workers=executor.slots) if executor.slots > 1 else None
+        self.in_flight: dict[Future[StoredResult], tuple[_Pending, Cell, int, str]] = {}
+        self.current: tuple[_Pending, Cell, int, str] | None = None  # the one running in this thread
+
+    def _begin(self, entry: _Pending) -> tuple[_Pending, Cell, int, str]:
+        cell = _process_cell(entry)
+        index = entry.next_index
+        entry.next_index += 1
+        self.progress.start(cell, index, entry.planned)
+        return entry, cell, index, _utc()
+
+    def run(self, entries: Sequence[_Pending]) -> Iterator[tuple[_Pending, Cell, StoredResult]]:
+        if self.pool is None:
+            for entry in entries:
+                self.current = self._begin(entry)
+                result = execute_cell(self.current[1], entry.item.timeout_s, self.executor, self.current[2])
+                cell, self.current = self.current[1], None
+                yield entry, cell, result
+            return
+        for entry in entries:
+            begun = self._begin(entry)
+            self.in_flight[self.pool.submit(execute_cell, begun[1], entry.item.timeout_s, self.executor,
+                                            begun[2])] = begun
+        while self.in_flight:
+            finished, _ = wait(self.in_flight, return_when=FIRST_COMPLETED)
+            for future in finished:
+                entry, cell, _, _ = self.in_flight.pop(future)
+                yield entry, cell, future.result()
+
+    def interrupt(self) -> int:
+        """Ctrl-C: end the processes in flight and store each as interrupted; how many there were."""
+        self.executor.cancel()
+        for future in self.in_flight:
+            future.cancel()  # not started yet: never run, not stored
+        wait([future for future in self.in_flight if not future.cancelled()])
+        cut = [begun for future, begun in self.in_flight.items() if not future.cancelled()]
+        if self.current is not None:
+            cut.append(self.current)
+        for entry, cell, index, started in cut:
+            self.store.record_result(entry.cell_id, _interrupted(cell, index, started, self.run_id))
+        self.in_flight.clear()
+        self.current = None
+        return len(cut)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Canaries:
+    """The canary's readings of each machine a run measures on, and its judgement of each process.
+
+    On this machine the canary is read here, after each process (its reading before is the one after the
+    process before); on a cluster node the launcher reads it there before and after (StoredResult.canary_s),
+    and each node's readings are judged against that node's alone."""
+
+    def __init__(self) -> None:
+        self.local = Canary()
+        self.before_s: float | None = None
+        self.nodes: dict[str | None, list[float]] = {}
+
+    def start(self) -> None:
+        self.before_s = self.local.read()
+
+    def judge(self, result: StoredResult) -> Judgement:
+        if result.canary_s is None or self.before_s is not None:
+            judgement = self.local.bracket(self.before_s if self.before_s is not None else self.local.read())
+            self.before_s = judgement.after_s
+            return judgement
+        readings = self.nodes.setdefault(result.node, [])
+        readings.extend(result.canary_s)
+        return judge(*result.canary_s, readings)
 
 
 def _out_of_time(entry: _Pending, need: Need, elapsed_s: float) -> bool:

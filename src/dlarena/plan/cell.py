@@ -73,6 +73,10 @@ class Cell:
     # The accuracy scenario only: the most epochs, and the test accuracy that ends training early.
     epochs: int | None = None
     target_accuracy: float | None = None
+    # The cluster node it runs on, by name (orchestrate/ray_executor.py), when a run measures the same
+    # cells on every node; None: wherever a measurement slot is free (always, locally). Part of its
+    # identity: two machines' figures are two cells.
+    node: str | None = None
 
     def for_process(self, repetition: int) -> Cell:
         """What the cell's ``repetition``-th worker process runs.
@@ -83,7 +87,11 @@ class Cell:
         return replace(self, seed=self.seed + repetition) if self.scenario == "accuracy" else self
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Its fields; ``node`` only when set, so that a local cell keeps the key it had before nodes."""
+        data = asdict(self)
+        if data["node"] is None:
+            del data["node"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Cell:
@@ -108,7 +116,8 @@ class Cell:
 
     def label(self) -> str:
         seed = f" seed {self.seed}" if self.scenario == "accuracy" else ""
+        node = f" on {self.node}" if self.node is not None else ""
         return (
             f"{self.framework} {self.workload} {self.scenario} {self.device} "
-            f"batch {self.batch_size} threads {self.threads}{seed}"
+            f"batch {self.batch_size} threads {self.threads}{seed}{node}"
         )

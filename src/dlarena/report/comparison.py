@@ -24,7 +24,7 @@ from dlarena.store.database import Store
 from dlarena.wording import counted
 
 Row = dict[str, Any]
-_CONFIGURATION = ("workload", "scenario", "device", "precision", "batch_size", "threads")
+_CONFIGURATION = ("workload", "scenario", "device", "precision", "batch_size", "threads", "node")
 
 
 @dataclass(frozen=True)
@@ -120,9 +120,11 @@ class FrameworkRanking:
 
 
 def compare_runs(store: Store, run_a: str, run_b: str | None, frameworks: Sequence[str] | None,
-                 baseline: str | None = None) -> str:
-    """The comparison as Markdown: run B against run A, framework B against A, or N frameworks ranked."""
-    found = comparison(store, run_a, run_b, frameworks, baseline)
+                 baseline: str | None = None, nodes: Sequence[str] | None = None) -> str:
+    """The comparison as Markdown: run B against run A, framework B against A, N frameworks ranked, or
+    cluster node B against node A."""
+    found = compare_nodes(store, run_a, nodes, run_b, frameworks) if nodes else comparison(
+        store, run_a, run_b, frameworks, baseline)
     if isinstance(found, FrameworkRanking):
         return comparison_table(found.rankings, found.frameworks, found.run_id, found.baseline)
     return render(found.label_a, found.label_b, found.comparisons, found.differences, found.unmatched)
@@ -155,11 +157,11 @@ def comparison(store: Store, run_a: str, run_b: str | None, frameworks: Sequence
         rows_b = [row for row in rows_b if row["framework"] == name_b]
         label_a, label_b = name_a, name_b
         def key(row: Row) -> tuple[Any, ...]:
-            return tuple(row[column] for column in _CONFIGURATION)
+            return tuple(row.get(column) for column in _CONFIGURATION)
     else:
         label_a, label_b = first["id"], second["id"]
         def key(row: Row) -> tuple[Any, ...]:
-            return (row["framework"], *(row[column] for column in _CONFIGURATION))
+            return (row["framework"], *(row.get(column) for column in _CONFIGURATION))
     by_key = {key(row): row for row in rows_b}
     pairs = [(row, by_key[key(row)]) for row in rows_a if key(row) in by_key]
     unmatched = len(rows_a) - len(pairs) + len(rows_b) - len(pairs)
@@ -168,6 +170,41 @@ def comparison(store: Store, run_a: str, run_b: str | None, frameworks: Sequence
     differences = _differences(label_a, label_b, pairs, store.environment(first["environment_id"]),
                                store.environment(second["environment_id"]), first, second)
     return PairComparison(label_a, label_b, tuple(_compare_pairs(store, pairs)), tuple(differences), unmatched)
+
+
+def compare_nodes(store: Store, run_id: str, nodes: Sequence[str], run_b: str | None = None,
+                  frameworks: Sequence[str] | None = None) -> PairComparison:
+    """Node B against node A within one run that measured every cell on both (`--spread`): the same
+    framework and configuration on two machines, with what differs between the machines above."""
+    if run_b is not None or frameworks:
+        raise DlarenaError("--nodes compares two nodes of one run: it takes no second run and no --frameworks")
+    run = dict(store.run(run_id))
+    present = sorted({str(node["node"]) for node in store.run_nodes(run["id"])})
+    if len(nodes) != 2 or nodes[0] == nodes[1]:
+        raise DlarenaError(f"--nodes takes two different nodes of the run, A,B; its nodes:"
+                           f" {', '.join(present) or 'none'}")
+    for name in nodes:
+        if name not in present:
+            raise DlarenaError(f"run {run['id']} measured nothing on a node {name!r}{did_you_mean(name, present)};"
+                               f" its nodes: {', '.join(present) or 'none (a run on this machine)'}")
+    rows = store.cell_rows(run["id"])
+    pairs = node_pairs(rows, nodes[0], nodes[1])
+    if not pairs:
+        raise DlarenaError(f"run {run['id']} has no cell measured on both {nodes[0]} and {nodes[1]} (run it with"
+                           " --spread to measure every cell on every node)")
+    machines = {str(node["node"]): node["machine"] for node in store.run_nodes(run["id"])}
+    label_a, label_b = f"node {nodes[0]}", f"node {nodes[1]}"
+    differences = _differences(label_a, label_b, pairs, machines[nodes[0]], machines[nodes[1]], run, run)
+    unmatched = sum(1 for row in rows if row.get("node") in nodes) - 2 * len(pairs)
+    return PairComparison(label_a, label_b, tuple(_compare_pairs(store, pairs)), tuple(differences), unmatched)
+
+
+def node_pairs(rows: Sequence[Row], node_a: str, node_b: str) -> list[tuple[Row, Row]]:
+    """The cells pinned to ``node_a`` with their twins on ``node_b`` (the same framework and configuration)."""
+    def key(row: Row) -> tuple[Any, ...]:
+        return (row["framework"], *(row.get(column) for column in _CONFIGURATION if column != "node"))
+    by_key = {key(row): row for row in rows if row.get("node") == node_b}
+    return [(row, by_key[key(row)]) for row in rows if row.get("node") == node_a and key(row) in by_key]
 
 
 def _rank(store: Store, run: Row, frameworks: Sequence[str], baseline: str | None) -> FrameworkRanking:

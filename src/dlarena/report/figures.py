@@ -33,7 +33,7 @@ FLAG_EXPLANATIONS = {
     "cached": "the first step's compiled code came from an earlier process's compile cache",
 }
 # Axes beside the workload and scenario that name a chart only where the run varies them.
-SWEEP_AXES = ("device", "precision", "batch_size", "threads")
+SWEEP_AXES = ("device", "precision", "batch_size", "threads", "node")
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def _timed(row: Row) -> bool:
 
 
 def varying_axes(rows: Sequence[Row]) -> list[str]:
-    return [axis for axis in SWEEP_AXES if len({row[axis] for row in rows}) > 1]
+    return [axis for axis in SWEEP_AXES if len({row.get(axis) for row in rows}) > 1]
 
 
 def _title(row: Row, axes: Iterable[str]) -> str:
@@ -88,7 +88,7 @@ def _title(row: Row, axes: Iterable[str]) -> str:
     for axis in axes:
         value = row[axis]
         parts.append(f"batch {value}" if axis == "batch_size" else f"{value} thread{'s' * (value != 1)}"
-                     if axis == "threads" else str(value))
+                     if axis == "threads" else f"node {value}" if axis == "node" else str(value))
     return ", ".join(parts)
 
 
@@ -97,7 +97,7 @@ def _grouped(rows: Sequence[Row], axes: Sequence[str], title_axes: Sequence[str]
     """Rows grouped by ``axes`` (in the rows' order), each group's records made by ``record``."""
     groups: dict[tuple[Any, ...], Group] = {}
     for row in rows:
-        key = tuple(row[axis] for axis in axes)
+        key = tuple(row.get(axis) for axis in axes)
         made = record(row)
         if made is None:
             continue
@@ -265,7 +265,7 @@ def headline(rankings: Sequence[Ranking]) -> list[Record]:
     """Per configuration: the fastest framework, the next one, the ratio between them with its 95%
     interval, and whether the difference is real (``faster``), not (``same``), or cannot be told
     (``withheld``: too few processes)."""
-    axes = [axis for axis in SWEEP_AXES if len({ranking.row[axis] for ranking in rankings}) > 1]
+    axes = [axis for axis in SWEEP_AXES if len({ranking.row.get(axis) for ranking in rankings}) > 1]
     records = []
     for ranking in rankings:
         valid = [entry for entry in ranking.entries

@@ -16,6 +16,7 @@ from dlarena.report.units import format_bytes, format_count, format_optional_sec
 from dlarena.wording import counted
 
 if TYPE_CHECKING:  # the ranking's statistics import SciPy, which `dlarena export` does not need
+    from dlarena.report.comparison import PairComparison
     from dlarena.report.ranking import Ranking
 
 Row = dict[str, Any]
@@ -92,6 +93,47 @@ def _processes_line(run: dict[str, Any]) -> str:
     return (f"Each timing cell was measured by a pilot of {pilot}, then by more, interleaved round by round, until"
             f" the 95% interval of its median was within {run['target_ci']:.0%} of it or"
             f" {run['max_processes']} processes had run; an accuracy cell trains one seed per process.")
+
+
+def machine_text(environment: Row) -> str:
+    """A machine in a phrase: CPU, cores, memory, OS, Python and NumPy's BLAS."""
+    return (f"{environment.get('cpu_model', '?')},"
+            f" {counted(environment['cores'], 'core') if 'cores' in environment else '? cores'},"
+            f" {format_bytes(environment.get('memory_bytes', 0))}, {environment.get('os', '?')},"
+            f" Python {environment.get('python', '?')}, NumPy BLAS {environment.get('numpy_blas', '?')}")
+
+
+def _nodes_lines(nodes: Sequence[Row], orchestrator: Row) -> list[str]:
+    """The cluster nodes that measured (`--executor ray`), each with its own machine and framework versions
+    where they differ from the orchestrator's; nothing for a local run."""
+    if not nodes:
+        return []
+    lines = ["", f"Measured on {counted(len({node['node'] for node in nodes}), 'cluster node')} (Ray), each"
+             " cell's processes on one node at a time; tables and rankings compare frameworks within a node:", ""]
+    for node in nodes:
+        machine = node["machine"]
+        ours = orchestrator.get("frameworks", {})
+        differ = ", ".join(f"{k} {v}" for k, v in sorted(machine.get("frameworks", {}).items()) if ours.get(k) != v)
+        lines.append(f"- node **{node['node']}** ({counted(node['processes'], 'process', 'processes')}):"
+                     f" {machine_text(machine)}, host {machine.get('hostname', '?')}; frameworks "
+                     + (f"unlike the orchestrator's: {differ}." if differ else "as the orchestrator's."))
+    return [*lines, ""]
+
+
+def _nodes_compared(comparisons: Sequence[PairComparison]) -> list[str]:
+    """Each cluster node against the first, cell by cell (a `--spread` run): the machines compared."""
+    from dlarena.report.comparison import render
+
+    if not comparisons:
+        return []
+    lines = ["", "## The nodes compared", "",
+             "The same cells on each node, against the first node (`dlarena compare RUN --nodes A,B` for another"
+             " pair): how much faster or slower each machine runs each framework."]
+    for comparison in comparisons:
+        table = render(comparison.label_a, comparison.label_b, comparison.comparisons, comparison.differences,
+                       comparison.unmatched).splitlines()
+        lines += ["", "#" * 2 + table[0], *table[1:]]
+    return lines
 
 
 def _peaks_line(peaks: dict[int, dict[str, Any]]) -> str:
@@ -184,7 +226,7 @@ def denormals_note(rows: Sequence[Row]) -> list[str]:
 
 
 def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[Ranking] = (),
-           capabilities: Sequence[Row] = ()) -> str:
+           capabilities: Sequence[Row] = (), nodes: Sequence[PairComparison] = ()) -> str:
     """The report: the run, then which framework is fastest (``rankings``, report/ranking), then the tables,
     then what the run's frameworks can do (``capabilities``: the database's latest probe answers)."""
     from dlarena.report import (
@@ -202,11 +244,9 @@ def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[R
         "",
         "Command: `" + " ".join(["dlarena", *json.loads(run["argv"])[1:]]) + "`",
         "",
-        f"Machine: {environment.get('cpu_model', '?')},"
-        f" {counted(environment['cores'], 'core') if 'cores' in environment else '? cores'},"
-        f" {format_bytes(environment.get('memory_bytes', 0))}, {environment.get('os', '?')},"
-        f" Python {environment.get('python', '?')}, NumPy BLAS {environment.get('numpy_blas', '?')}.",
+        f"Machine{' of the orchestrator' if run.get('nodes') else ''}: {machine_text(environment)}.",
         "Frameworks: " + ", ".join(f"{k} {v}" for k, v in sorted(environment.get("frameworks", {}).items())) + ".",
+        *_nodes_lines(run.get("nodes", []), environment),
         _peaks_line(run.get("peaks", {})),
         _processes_line(run),
         "",
@@ -220,10 +260,10 @@ def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[R
         " exceeded a threshold (see the warnings below).",
     ]
     timing = [row for row in rows if row["scenario"] != "accuracy"]
-    groups: dict[tuple[str, str, str, int], list[Row]] = defaultdict(list)
+    groups: dict[tuple[str, str, str, int, str | None], list[Row]] = defaultdict(list)
     for row in timing:
-        groups[(row["workload"], row["scenario"], row["device"], row["batch_size"])].append(row)
-    for (workload, scenario, device, batch), group in groups.items():
+        groups[(row["workload"], row["scenario"], row["device"], row["batch_size"], row.get("node"))].append(row)
+    for (workload, scenario, device, batch, node), group in groups.items():
         threads = sorted({row["threads"] for row in group})
         frameworks = list(dict.fromkeys(_framework(row) for row in group))
         by_key = {(_framework(row), row["threads"]): row for row in group}
@@ -231,7 +271,7 @@ def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[R
             [framework] + [_cell_text(by_key[(framework, t)]) if (framework, t) in by_key else "" for t in threads]
             for framework in frameworks
         ]
-        lines += ["", f"### {workload}, {scenario}, {device}, batch {batch}", ""]
+        lines += ["", f"### {workload}, {scenario}, {device}, batch {batch}" + (f", node {node}" if node else ""), ""]
         lines += _table(["framework"] + [counted(t, "thread") for t in threads], body)
         lines += denormals_note(group)
 
@@ -239,6 +279,7 @@ def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[R
     lines += against_published.section(rows)
     lines += lower_precision.section(rows, environment)
     lines += latency.section(rows)
+    lines += _nodes_compared(nodes)
     ok = [row for row in rows if row["status"] == "ok"]
     timed = [row for row in timing if row["status"] == "ok"]
     if timed:

@@ -24,9 +24,11 @@ from dlarena.store.database import Store
 from dlarena.wording import counted
 
 Row = dict[str, Any]
-CONFIGURATION = ("workload", "scenario", "device", "precision", "batch_size", "threads")
+# node: the cluster node a cell was pinned to (`dlarena run --executor ray --spread`), None elsewhere: the
+# frameworks are ranked per machine, never across two.
+CONFIGURATION = ("workload", "scenario", "device", "precision", "batch_size", "threads", "node")
 # The axes beside workload and scenario that a headline names only where a run varies them.
-VARYING_AXES = ("device", "precision", "batch_size", "threads")
+VARYING_AXES = ("device", "precision", "batch_size", "threads", "node")
 # A headline names the frameworks a fastest one really beats up to this many, then counts them: a
 # sentence of nine names is a table in disguise.
 NAMED_IN_HEADLINE = 3
@@ -57,7 +59,7 @@ class Ranking:
 
     @property
     def configuration(self) -> tuple[Any, ...]:
-        return tuple(self.row[axis] for axis in CONFIGURATION)
+        return tuple(self.row.get(axis) for axis in CONFIGURATION)
 
     @property
     def compared(self) -> list[tuple[Entry, Comparison]]:
@@ -87,7 +89,7 @@ def rank_rows(store: Store, rows: Sequence[Row], baseline: str | None = None,
     """
     groups: dict[tuple[Any, ...], list[Row]] = defaultdict(list)
     for row in rows:
-        groups[tuple(row[axis] for axis in CONFIGURATION)].append(row)
+        groups[tuple(row.get(axis) for axis in CONFIGURATION)].append(row)
     return [_rank_group(store, group, baseline, TIME_TO_TARGET if accuracy_by_target and group[0]["scenario"]
                         == "accuracy" else STEP_TIME) for group in groups.values()]
 
@@ -186,6 +188,8 @@ def _title(ranking: Ranking, varying: Sequence[str]) -> str:
             parts.append(f"batch {row['batch_size']}")
         elif axis == "threads":
             parts.append(counted(row["threads"], "thread"))
+        elif axis == "node":
+            parts.append(f"node {row['node']}")
         else:
             parts.append(str(row[axis]))
     return ", ".join(str(part) for part in parts)
@@ -230,12 +234,13 @@ def headline(rankings: Sequence[Ranking]) -> list[str]:
     """The report's opening section: per configuration, the fastest framework and how the others compare."""
     if not rankings:
         return []
-    varying = [axis for axis in VARYING_AXES if len({ranking.row[axis] for ranking in rankings}) > 1]
-    constant = [axis for axis in VARYING_AXES if axis not in varying]
+    varying = [axis for axis in VARYING_AXES if len({ranking.row.get(axis) for ranking in rankings}) > 1]
     first = rankings[0].row
+    constant = [axis for axis in VARYING_AXES if axis not in varying and first.get(axis) is not None]
     shared = ", ".join(
         f"batch {first[axis]}" if axis == "batch_size"
-        else counted(first[axis], "thread") if axis == "threads" else str(first[axis])
+        else counted(first[axis], "thread") if axis == "threads"
+        else f"node {first[axis]}" if axis == "node" else str(first[axis])
         for axis in constant)
     lines = [
         "## Which framework is fastest", "",

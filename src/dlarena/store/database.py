@@ -68,6 +68,11 @@ class StoredResult:
     finished_at: str
     data: dict[str, Any]  # the worker's JSON result ({} when the worker left none)
     repetition: int = 0  # which of the cell's worker processes this was
+    node: str | None = None  # the cluster node it ran on; None: the run's own machine
+    machine: dict[str, Any] | None = None  # that node's snapshot (environment.snapshot)
+    # The canary's readings on that node before and after the process (not stored as such: the
+    # orchestrator's judgement of them goes into ``data["canary"]``).
+    canary_s: tuple[float, float] | None = None
 
 
 # The worker result's step times: stored once, in the samples table, not again in the result's JSON.
@@ -148,6 +153,7 @@ class Store:
         self, environment: dict[str, Any], suite_name: str, suite_version: int, suite_source: str,
         argv: Sequence[str], code_version: str, cells: Sequence[PlannedCell], repetitions: int = 1,
         run_id: str | None = None, memory_limit_bytes: int | None = None, need: Need | None = None,
+        placement: dict[str, Any] | None = None,
     ) -> tuple[str, list[int]]:
         """Record a new run with its planned cells and what its timing cells need (measure/repetitions.py;
         None: a fixed count); returns the run id and the cells' ids."""
@@ -157,22 +163,23 @@ class Store:
             db.execute(
                 "INSERT INTO runs (id, started_at, status, suite_name, suite_version, suite_source, argv,"
                 " code_version, environment_id, repetitions, memory_limit_bytes, target_ci, max_processes,"
-                " time_budget_s) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " time_budget_s, placement) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, now(), suite_name, suite_version, suite_source, json.dumps(list(argv)),
                  code_version, environment_id, repetitions, memory_limit_bytes,
                  need.target_ci if need else None, need.max_processes if need else None,
-                 need.time_budget_s if need else None),
+                 need.time_budget_s if need else None,
+                 json.dumps(placement, sort_keys=True) if placement is not None else None),
             )
             cell_ids = []
             for position, planned in enumerate(cells):
                 cell = planned.cell
                 cursor = db.execute(
                     "INSERT INTO cells (run_id, position, cell_key, framework, workload, scenario, device,"
-                    " batch_size, threads, precision, timeout_s, config, repetitions)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " batch_size, threads, precision, timeout_s, config, repetitions, node)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (run_id, position, planned.key, cell.framework, cell.workload, cell.scenario,
                      cell.device, cell.batch_size, cell.threads, cell.precision, planned.timeout_s,
-                     cell.to_json(), planned.repetitions or repetitions),
+                     cell.to_json(), planned.repetitions or repetitions, cell.node),
                 )
                 cell_ids.append(int(cursor.lastrowid or 0))
         return run_id, cell_ids
@@ -195,18 +202,21 @@ class Store:
         """Store one finished worker process of a cell: its result and raw samples, in one transaction."""
         data = result.data
         with self.transaction() as db:
+            machine_id = self._environment_id(db, result.machine) if result.machine else None
             cursor = db.execute(
                 "INSERT INTO results (cell_id, repetition, status, message, stderr_tail, command, exit_code,"
                 " framework_version, params, flops_per_step, import_s, build_s, first_step_s, cores_used,"
-                " peak_rss_bytes, memory_growth_bytes, wall_s, started_at, finished_at, parity, data)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " peak_rss_bytes, memory_growth_bytes, wall_s, started_at, finished_at, parity, data, node,"
+                " environment_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (cell_id, result.repetition, result.status, result.message,
                  result.stderr_tail[-STDERR_TAIL_CHARS:], json.dumps(list(result.command)), result.exit_code,
                  data.get("framework_version"), data.get("params"), data.get("flops_per_step"),
                  data.get("import_s"), data.get("build_s"), data.get("first_step_s"), data.get("cores_used"),
                  data.get("peak_rss_bytes"), data.get("resources", {}).get("memory_growth_bytes"), result.wall_s,
                  result.started_at, result.finished_at, json.dumps(data.get("parity", {}), sort_keys=True),
-                 json.dumps({key: value for key, value in data.items() if key not in SAMPLE_KEYS})),
+                 json.dumps({key: value for key, value in data.items() if key not in SAMPLE_KEYS}),
+                 result.node, machine_id),
             )
             result_id = cursor.lastrowid
             phases = [("first", [data["first_step_s"]] if "first_step_s" in data else []),
@@ -364,6 +374,18 @@ class Store:
         row = self.connection.execute("SELECT data FROM environments WHERE id = ?", (environment_id,)).fetchone()
         return json.loads(row["data"]) if row else {}
 
+    def run_nodes(self, run_id: str) -> list[dict[str, Any]]:
+        """The cluster nodes a run's processes ran on: each node's name, its machine's snapshot (one per
+        machine it was seen as) and how many processes it ran; empty for a local run."""
+        rows = self.connection.execute(
+            "SELECT r.node, e.data AS machine, COUNT(*) AS processes FROM results r JOIN cells c ON c.id = r.cell_id"
+            " LEFT JOIN environments e ON e.id = r.environment_id WHERE c.run_id = ? AND r.node IS NOT NULL"
+            " GROUP BY r.node, r.environment_id ORDER BY r.node",
+            (run_id,),
+        ).fetchall()
+        return [{"node": row["node"], "machine": json.loads(row["machine"]) if row["machine"] else {},
+                 "processes": row["processes"]} for row in rows]
+
     def cell_rows(self, run_id: str) -> list[dict[str, Any]]:
         """One row per cell of a run with its summary and its result (status 'pending' if none).
 
@@ -377,7 +399,8 @@ class Store:
                    c.device, c.batch_size, c.threads, c.precision, c.config,
                    COALESCE(r.status, 'pending') AS status, COALESCE(r.message, '') AS message,
                    r.repetition, r.stderr_tail, r.command, r.framework_version, r.params, r.flops_per_step,
-                   r.wall_s, r.parity,
+                   r.wall_s, r.parity, COALESCE(c.node, r.node) AS node,
+                   (SELECT COUNT(DISTINCT node) FROM results WHERE cell_id = c.id) AS nodes_run,
                    (SELECT COUNT(*) FROM results WHERE cell_id = c.id) AS processes_run,
                    s.n, s.processes, s.median_s, s.mean_s, s.stdev_s, s.min_s, s.max_s, s.q1_s, s.q3_s,
                    s.q3_s - s.q1_s AS iqr_s, s.ci_low_s, s.ci_high_s, s.p50_s, s.p90_s, s.p99_s,

@@ -6,7 +6,7 @@ migrations in one transaction; opening a newer one is refused (its meaning is un
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 # MIGRATIONS[n] turns a database of version n into version n + 1; version 0 is an empty file.
 MIGRATIONS: dict[int, str] = {
@@ -198,5 +198,12 @@ MIGRATIONS: dict[int, str] = {
     7: """
     -- the precision the verdict is about (frameworks/precision.py); every earlier verdict was float32's
     ALTER TABLE verifications ADD COLUMN precision TEXT NOT NULL DEFAULT 'float32';
+    """,
+    8: """
+    -- runs across a cluster (orchestrate/ray_executor.py); NULL everywhere for a local run
+    ALTER TABLE cells ADD COLUMN node TEXT;       -- the node the cell is pinned to (the same cells on every node)
+    ALTER TABLE results ADD COLUMN node TEXT;     -- the node the process ran on
+    ALTER TABLE results ADD COLUMN environment_id INTEGER REFERENCES environments(id);  -- that node's machine
+    ALTER TABLE runs ADD COLUMN placement TEXT;   -- JSON: the node labels chosen and whether spread; NULL: local
     """,
 }
