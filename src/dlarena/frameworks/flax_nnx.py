@@ -47,6 +47,7 @@ from jax.typing import DTypeLike
 
 from dlarena.frameworks import kernel
 from dlarena.frameworks.base import Parity, Unavailable, Unsupported
+from dlarena.frameworks.precision import widened
 from dlarena.frameworks.registry import BFLOAT16_PRECISIONS
 from dlarena.spec import Workload
 from dlarena.spec.layers import (
@@ -577,10 +578,7 @@ def inference_forward(graphdef: nnx.GraphDef[Any], treedef: Any) -> Callable[[li
 
 
 def _host(array: Array) -> np.ndarray:
-    """An array on the host as NumPy (a copy): bfloat16, which the kernel and verify read as float32,
-    widened (every bfloat16 value is exact in float32)."""
-    host = np.array(array)
-    return host.astype(np.float32) if host.dtype == jnp.bfloat16 else host
+    return widened(array)
 
 
 # The primitives that are a network's matrix products: their operands' dtypes are what its products

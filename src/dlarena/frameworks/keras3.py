@@ -54,6 +54,7 @@ import numpy as np
 
 from dlarena.frameworks import kernel, layout
 from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported
+from dlarena.frameworks.precision import widened
 from dlarena.frameworks.registry import BFLOAT16_PRECISIONS
 from dlarena.spec import Network, Workload
 from dlarena.spec import layers as spec
@@ -246,7 +247,8 @@ _ACTIVATIONS: dict[str, tuple[str, dict[str, Any]]] = {
 # 1/sqrt(2) and 0.044715 to float32 before casting them to the input's type: float64 GELUs come out
 # about 1e-9 (relative) off the spec. The TensorFlow module's GELUs are tf.nn.gelu's ops with the
 # constants in the input's precision; Keras on TensorFlow uses them.
-_TF_GELUS = {"gelu": "gelu", "gelu_tanh": "gelu_tanh"}  # spec activation -> tensorflow_native function
+# The spec's GELUs, each the tensorflow_native function of the same name.
+_TF_GELUS = frozenset({"gelu", "gelu_tanh"})
 
 
 @functools.cache
@@ -259,7 +261,7 @@ def _saveable(function: str, tensorflow_gelu: bool = False) -> Callable[..., Any
     if tensorflow_gelu:
         from dlarena.frameworks import tensorflow_native
 
-        inner: Callable[..., Any] = getattr(tensorflow_native, _TF_GELUS[function])
+        inner: Callable[..., Any] = getattr(tensorflow_native, function)
     else:
         inner = functools.partial(getattr(keras.activations, name), **keywords)
 
@@ -782,9 +784,7 @@ class Model(kernel.Model):
         return [self._host(variable) for variable in variables]
 
     def _host(self, tensor: Any) -> np.ndarray:
-        """A tensor or variable as NumPy (a copy): bfloat16 widened to float32, as the kernel reads it."""
-        value = np.array(self.keras.ops.convert_to_numpy(tensor))
-        return value.astype(np.float32) if value.dtype.name == "bfloat16" else value
+        return widened(self.keras.ops.convert_to_numpy(tensor))
 
     def read(self, handle: _Handle) -> np.ndarray:
         self._settle()

@@ -10,6 +10,7 @@ reads it, and so do the worker's kernel and `dlarena verify`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -76,3 +77,10 @@ def as_stored(values: np.ndarray, name: str) -> np.ndarray:
     if kind.weights == "bfloat16":
         return round_to_bfloat16(values)
     return values.astype(kind.host_dtype)
+
+
+def widened(array: Any) -> np.ndarray:
+    """A framework's array or tensor on the host as NumPy (a copy), bfloat16 widened to float32, as the
+    kernel and verify read it: every bfloat16 value is exact in float32 (bfloat16 is float32's upper half)."""
+    host = np.array(array)
+    return host.astype(np.float32) if host.dtype.name == "bfloat16" else host

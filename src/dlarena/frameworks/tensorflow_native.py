@@ -25,6 +25,7 @@ import numpy as np
 
 from dlarena.frameworks import kernel
 from dlarena.frameworks.base import Parity, StepRequest, Unavailable, Unsupported
+from dlarena.frameworks.precision import widened
 from dlarena.frameworks.registry import BFLOAT16_PRECISIONS
 from dlarena.spec import Workload
 from dlarena.spec.layers import (
@@ -770,10 +771,7 @@ def _onednn_enabled() -> bool | None:
 
 
 def _host(value: Tensor) -> np.ndarray:
-    """A tensor or variable as NumPy (a copy): bfloat16 widened to float32, as the kernel and verify read it."""
-    if value.dtype == tf.bfloat16:
-        value = tf.cast(value, tf.float32)
-    return np.array(value.numpy())
+    return widened(value.numpy())
 
 
 class Model(kernel.Model):
