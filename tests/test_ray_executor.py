@@ -130,9 +130,13 @@ def test_a_spread_sweep_runs_every_cell_on_every_chosen_node_and_reports_the_nod
         machine, canary = json.loads(row["machine"]), json.loads(row["data"])["canary"]
         assert machine["cpu_model"] and machine["cores"] >= 1 and "fault-none" not in machine["frameworks"]
         assert canary["before_s"] > 0 and canary["after_s"] > 0
+    with sqlite3.connect(db_path) as db:  # each node's peak, probed there, and each cell's share of its node's
+        assert db.execute("SELECT node FROM peaks WHERE threads = 1 ORDER BY node").fetchall() == [("a",), ("b",)]
+        assert db.execute("SELECT COUNT(*) FROM summaries WHERE peak_percent > 0").fetchone() == (4,)
     report = cli("report", "--db", str(db_path))
     assert report.returncode == 0, report.stderr
     assert "Measured on 2 cluster nodes" in report.stdout
+    assert report.stdout.count("Peak (float32 matrix product through NumPy's") == 2  # one per node
     assert "- node **a** (4 processes)" in report.stdout and "- node **b** (4 processes)" in report.stdout
     for node in "ab":  # ranked and tabled per node, never across the two
         assert f"**fcn5-small, train, node {node}**" in report.stdout
@@ -157,6 +161,8 @@ def test_each_cell_runs_once_where_a_slot_is_free_and_a_node_without_the_framewo
     results = _results(db_path)
     assert sorted(row["workload"] for row in results) == ["digits-mlp", "fcn5-small", "fcn8-small"]
     assert all(row["status"] == "ok" and row["node"] in ("a", "b") and row["pinned"] is None for row in results)
+    with sqlite3.connect(db_path) as db:  # a cell run wherever a slot was free has no one machine's peak
+        assert db.execute("SELECT COUNT(*) FROM summaries WHERE peak_percent IS NOT NULL").fetchone() == (0,)
 
     elsewhere = tmp_path / "c.db"
     lacking = cli("run", "--suite", str(suite), "--db", str(elsewhere), "--executor", "ray", "--address",

@@ -214,7 +214,8 @@ def _read(db: str | Path | None, run_id: str | None) -> tuple[dict[str, Any], di
         run_row = dict(store.run(run_id))
         run_row["peaks"] = store.peaks(run_row["id"])
         run_row["canary"] = store.canary_readings(run_row["id"])
-        run_row["nodes"] = store.run_nodes(run_row["id"])
+        run_row["nodes"] = [{**node, "peaks": store.peaks(run_row["id"], node["node"])}
+                            for node in store.run_nodes(run_row["id"])]
         rows = store.cell_rows(run_row["id"])
         annotate(rows, verdicts.statuses(store, str(run_row["code_version"])))
         annotate_break_even(rows)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from dlarena.measure.peak import Peak, probe
 from dlarena.plan.cell import Cell
 from dlarena_runner.resources import current_rss_bytes
 
@@ -51,6 +52,17 @@ class Execution:
     status: tuple[str, str] | None = None
 
 
+@dataclass(frozen=True)
+class NodePeak:
+    """The peak probe (measure/peak.py) at one thread count of a machine the executor measures on:
+    this one (``node`` None), or a cluster node with its snapshot; ``peak`` None where it failed."""
+
+    node: str | None
+    machine: dict[str, Any] | None
+    threads: int
+    peak: Peak | None
+
+
 class Executor(Protocol):
     # How many cells it runs at once: one per machine (concurrent measurements corrupt each other).
     slots: int
@@ -61,6 +73,9 @@ class Executor(Protocol):
 
     def cancel(self) -> None:
         """Ctrl-C reached the main thread while other threads wait in ``execute``: end their workers."""
+
+    def peaks(self, threads: Sequence[int]) -> list[NodePeak]:
+        """The peak GFLOP/s of each machine it measures on, at each of ``threads``."""
 
 
 def worker_command(cell: Cell, python: str | None = None, extra_args: Sequence[str] = ()) -> list[str]:
@@ -104,6 +119,9 @@ class LocalExecutor:
     def cancel(self) -> None:
         if self.stop is not None:
             self.stop.set()
+
+    def peaks(self, threads: Sequence[int]) -> list[NodePeak]:
+        return [NodePeak(None, None, count, probe(count)) for count in threads]
 
     def execute(self, cell: Cell, timeout_s: float, extra_args: Sequence[str] = ()) -> Execution:
         command = worker_command(cell, self.python, extra_args)

@@ -19,7 +19,6 @@ from dlarena.errors import DlarenaError
 from dlarena.frameworks.registry import FRAMEWORKS
 from dlarena.measure.aggregate import CellFigures, aggregate, cell_groups
 from dlarena.measure.canary import MEASURED_AGAIN, Canary, Judgement, judge
-from dlarena.measure.peak import probe
 from dlarena.measure.repetitions import (
     MAX_REMEASURES,
     TIME_SPENT,
@@ -170,21 +169,29 @@ def execute_cell(cell: Cell, timeout_s: float, executor: Executor, repetition: i
     )
 
 
-def probe_peaks(run_id: str, planned: Sequence[PlannedCell], store: Store, progress: Progress) -> dict[int, float]:
-    """The machine's peak GFLOP/s at every CPU thread count of the run, stored with the run and its environment.
+# A machine's peak GFLOP/s at a thread count: by (cluster node, threads); the node is None for this machine.
+Peaks = dict[tuple[str | None, int], float]
+
+
+def probe_peaks(run_id: str, planned: Sequence[PlannedCell], store: Store, progress: Progress,
+                executor: Executor) -> Peaks:
+    """The peak GFLOP/s of each machine the executor measures on (this one, or each cluster node) at
+    every CPU thread count of the run, stored with the run and that machine's environment.
 
     Probed at the start of every run rather than once per machine: a probe taken while something else
     ran would understate the peak of every later run, and the probe costs seconds.
     """
-    peaks: dict[int, float] = {}
-    for threads in sorted({item.cell.threads for item in planned if item.cell.device == "cpu"}):
-        peak = probe(threads)
-        if peak is None:
-            progress.note(f"peak probe at {counted(threads, 'thread')} failed; % of peak will be missing")
+    peaks: Peaks = {}
+    counts = sorted({item.cell.threads for item in planned if item.cell.device == "cpu"})
+    for found in executor.peaks(counts) if counts else []:
+        where = f"node {found.node}: " if found.node is not None else ""
+        if found.peak is None:
+            progress.note(f"{where}peak probe at {counted(found.threads, 'thread')} failed; % of peak will be missing")
             continue
-        store.record_peak(run_id, peak)
-        peaks[threads] = peak.gflops
-        progress.note(f"peak at {counted(threads, 'thread')}: {peak.gflops:.1f} GFLOP/s float32 ({peak.library})")
+        store.record_peak(run_id, found.peak, found.node, found.machine)
+        peaks[(found.node, found.threads)] = found.peak.gflops
+        progress.note(f"{where}peak at {counted(found.threads, 'thread')}: {found.peak.gflops:.1f} GFLOP/s float32"
+                      f" ({found.peak.library})")
     return peaks
 
 
@@ -334,8 +341,8 @@ def _execute(
     launcher = _Launcher(executor, store, run_id, progress)
     canaries = _Canaries()
     try:
-        # A remote node's peak and speed are its own: the host's probe and canary would say nothing of it.
-        peaks = {} if executor.remote else probe_peaks(run_id, [entry.item for entry in pending], store, progress)
+        peaks = probe_peaks(run_id, [entry.item for entry in pending], store, progress, executor)
+        # A remote node's speed is its own: the launcher reads the canary there (_Canaries).
         if not executor.remote:
             canaries.start()
         while True:
@@ -497,7 +504,7 @@ def _process_cell(entry: _Pending) -> Cell:
 
 
 def _after_ok(
-    entry: _Pending, result: StoredResult, need: Need, store: Store, progress: Progress, peaks: dict[int, float],
+    entry: _Pending, result: StoredResult, need: Need, store: Store, progress: Progress, peaks: Peaks,
 ) -> float:
     """Store the cell's figures after an ok process and decide whether it needs another; its median."""
     cell = entry.item.cell
@@ -535,11 +542,12 @@ def _width(figures: CellFigures) -> float | None:
     return max(by_processes, bootstrap)
 
 
-def _figures(entry: _Pending, store: Store, peaks: dict[int, float]) -> tuple[list[dict[str, Any]], CellFigures]:
+def _figures(entry: _Pending, store: Store, peaks: Peaks) -> tuple[list[dict[str, Any]], CellFigures]:
     """The cell's ok processes and its figures from them."""
     cell = entry.item.cell
     processes = store.ok_processes(entry.cell_id)
-    peak = peaks.get(cell.threads) if cell.device == "cpu" else None
+    # a cell of this machine, or pinned to a node; one that ran wherever a slot was free has no one machine
+    peak = peaks.get((cell.node, cell.threads)) if cell.device == "cpu" else None
     return processes, aggregate(processes, cell.batch_size, cell.threads, peak)
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dlarena.errors import DlarenaError
-from dlarena.orchestrate.executor import Execution, LocalExecutor
+from dlarena.orchestrate.executor import Execution, LocalExecutor, NodePeak
 from dlarena.plan.cell import Cell
 
 # The custom resource a node offers for measurements: `ray start --resources '{"dlarena_slot": 1}'`.
@@ -109,6 +109,15 @@ def launch(cell_json: str, timeout_s: float, memory_limit_bytes: int | None) -> 
     execution = LocalExecutor(memory_limit_bytes=memory_limit_bytes).execute(cell, timeout_s)
     after = canary.read()
     return replace(execution, node=node_id, machine=machine, canary_s=(before, after))
+
+
+def probe_node(threads: Sequence[int]) -> tuple[str, dict[str, Any], list[Any]]:
+    """On the node: its Ray id, its snapshot, and the peak probe at each of ``threads``."""
+    import ray
+
+    from dlarena.measure.peak import probe
+
+    return ray.get_runtime_context().get_node_id(), _machine(), [probe(count) for count in threads]
 
 
 @functools.cache
@@ -210,6 +219,24 @@ class RayExecutor:
         if status is not None:
             status = (status[0], f"on node {name}: {status[1]}")
         return replace(execution, node=name, status=status)
+
+    def peaks(self, threads: Sequence[int]) -> list[NodePeak]:
+        """Every chosen node's peak at each of ``threads``, probed there while it holds the node's slot
+        (nothing else measures on it meanwhile), all nodes at once."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        task = self._ray.remote(num_cpus=0, resources={SLOT_RESOURCE: 1}, max_retries=0)(probe_node)
+        references = {node.name: task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            node.node_id, soft=False)).remote(list(threads)) for node in self.nodes}
+        found = []
+        for name, reference in references.items():
+            try:
+                _, machine, probed = self._ray.get(reference)
+            except self._ray.exceptions.RayError:  # the node died: its cells will say so
+                found += [NodePeak(name, None, count, None) for count in threads]
+                continue
+            found += [NodePeak(name, machine, count, peak) for count, peak in zip(threads, probed, strict=True)]
+        return found
 
     def cancel(self) -> None:
         """Ctrl-C: kill every task still running (its worker's guard then kills the worker)."""

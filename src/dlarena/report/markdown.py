@@ -114,9 +114,10 @@ def _nodes_lines(nodes: Sequence[Row], orchestrator: Row) -> list[str]:
         machine = node["machine"]
         ours = orchestrator.get("frameworks", {})
         differ = ", ".join(f"{k} {v}" for k, v in sorted(machine.get("frameworks", {}).items()) if ours.get(k) != v)
+        peak = _peaks_line(node.get("peaks", {})) if node.get("peaks") else "Peak: not probed."
         lines.append(f"- node **{node['node']}** ({counted(node['processes'], 'process', 'processes')}):"
                      f" {machine_text(machine)}, host {machine.get('hostname', '?')}; frameworks "
-                     + (f"unlike the orchestrator's: {differ}." if differ else "as the orchestrator's."))
+                     + (f"unlike the orchestrator's: {differ}. " if differ else "as the orchestrator's. ") + peak)
     return [*lines, ""]
 
 
@@ -136,9 +137,9 @@ def _nodes_compared(comparisons: Sequence[PairComparison]) -> list[str]:
     return lines
 
 
-def _peaks_line(peaks: dict[int, dict[str, Any]]) -> str:
+def _peaks_line(peaks: dict[int, dict[str, Any]], nodes: Sequence[Row] = ()) -> str:
     if not peaks:
-        return "Peak: not probed for this run."
+        return "Peak: probed on each node (above)." if nodes else "Peak: not probed for this run."
     library = next(iter(peaks.values()))["library"]
     figures = ", ".join(f"{counted(threads, 'thread')} {peak['gflops']:.1f} GFLOP/s"
                         for threads, peak in sorted(peaks.items()))
@@ -247,7 +248,7 @@ def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[R
         f"Machine{' of the orchestrator' if run.get('nodes') else ''}: {machine_text(environment)}.",
         "Frameworks: " + ", ".join(f"{k} {v}" for k, v in sorted(environment.get("frameworks", {}).items())) + ".",
         *_nodes_lines(run.get("nodes", []), environment),
-        _peaks_line(run.get("peaks", {})),
+        _peaks_line(run.get("peaks", {}), run.get("nodes", [])),
         _processes_line(run),
         "",
         *([*headline(rankings), ""] if rankings else []),

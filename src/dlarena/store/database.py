@@ -259,13 +259,16 @@ class Store:
         with self.transaction() as db:
             db.execute("UPDATE cells SET repetitions = ? WHERE id = ?", (repetitions, cell_id))
 
-    def record_peak(self, run_id: str, peak: Peak) -> None:
+    def record_peak(self, run_id: str, peak: Peak, node: str | None = None,
+                    machine: dict[str, Any] | None = None) -> None:
+        """A peak probe of the run's machine, or of a cluster ``node`` (with that node's ``machine``)."""
         with self.transaction() as db:
-            environment_id = db.execute("SELECT environment_id FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
+            environment_id = (self._environment_id(db, machine) if machine else
+                              db.execute("SELECT environment_id FROM runs WHERE id = ?", (run_id,)).fetchone()[0])
             db.execute(
-                "INSERT INTO peaks (run_id, environment_id, threads, gflops, matrix_size, library, measured_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (run_id, environment_id, peak.threads, peak.gflops, peak.matrix_size, peak.library, now()),
+                "INSERT INTO peaks (run_id, environment_id, threads, gflops, matrix_size, library, measured_at, node)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, environment_id, peak.threads, peak.gflops, peak.matrix_size, peak.library, now(), node),
             )
 
     def record_verification(self, check: dict[str, Any], code_version: str) -> None:
@@ -527,10 +530,11 @@ class Store:
             processes[int(row["result_id"])][key].append(float(row["seconds"]))
         return list(processes.values())
 
-    def peaks(self, run_id: str) -> dict[int, dict[str, Any]]:
-        """The peak probes of a run, by thread count."""
+    def peaks(self, run_id: str, node: str | None = None) -> dict[int, dict[str, Any]]:
+        """The peak probes of a run's machine (or of its cluster ``node``), by thread count."""
         rows = self.connection.execute(
-            "SELECT threads, gflops, matrix_size, library, run_id FROM peaks WHERE run_id = ? ORDER BY id", (run_id,)
+            "SELECT threads, gflops, matrix_size, library, run_id FROM peaks WHERE run_id = ? AND node IS ?"
+            " ORDER BY id", (run_id, node),
         ).fetchall()
         return {int(row["threads"]): dict(row) for row in rows}
 

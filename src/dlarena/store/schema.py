@@ -205,5 +205,6 @@ MIGRATIONS: dict[int, str] = {
     ALTER TABLE results ADD COLUMN node TEXT;     -- the node the process ran on
     ALTER TABLE results ADD COLUMN environment_id INTEGER REFERENCES environments(id);  -- that node's machine
     ALTER TABLE runs ADD COLUMN placement TEXT;   -- JSON: the node labels chosen and whether spread; NULL: local
+    ALTER TABLE peaks ADD COLUMN node TEXT;       -- the node probed; NULL: the run's own machine
     """,
 }
