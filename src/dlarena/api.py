@@ -88,6 +88,7 @@ def select(
     target_ci: float | None = None,
     max_processes: int | None = None,
     time_budget_s: float | None = None,
+    replicas: Counts | None = None,
 ) -> Suite:
     """A suite (built-in name or TOML path) with the given axes replaced, validated by planning it.
 
@@ -104,6 +105,7 @@ def select(
         precisions=_names(precisions),
         batch_sizes=_counts("batch sizes", batch_sizes),
         threads=every or _counts("thread counts", threads),
+        replicas=_counts("replica counts", replicas),
         timeout_s=timeout_s,
         repetitions=repetitions,
         memory_limit_gib=memory_limit_gib,

@@ -113,7 +113,7 @@ def _write_files(folder: Path, files: dict[str, bytes]) -> None:
 EXECUTORS = ("local", "ray")
 _SELECTION = ("frameworks", "workloads", "scenarios", "devices", "precision", "threads", "batch_sizes", "timeout",
               "repetitions", "memory_limit", "epochs", "target_accuracy", "compile_cache", "denormals", "target_ci",
-              "max_processes", "time_budget")
+              "max_processes", "time_budget", "replicas")
 
 
 def _placement(args: argparse.Namespace) -> Any:
@@ -151,7 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         timeout_s=args.timeout, repetitions=args.repetitions, memory_limit_gib=args.memory_limit,
         epochs=args.epochs, target_accuracy=args.target_accuracy, compile_cache=args.compile_cache,
         denormals=args.denormals, target_ci=args.target_ci, max_processes=args.max_processes,
-        time_budget_s=args.time_budget,
+        time_budget_s=args.time_budget, replicas=args.replicas,
     )
     summary = api.run(suite, db=args.db, argv=sys.argv, progress=not args.quiet, wait=not args.no_wait,
                       cluster=cluster)
@@ -533,7 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--frameworks", type=_names,
                      help="comma-separated frameworks (default: the suite's, or those of dlarena's own environment)")
     run.add_argument("--workloads", type=_names, help="comma-separated workloads (default: the suite's)")
-    run.add_argument("--scenarios", type=_names, help="comma-separated scenarios: train, infer, accuracy")
+    run.add_argument("--scenarios", type=_names,
+                     help="comma-separated scenarios: train, infer, accuracy, train-dp (data-parallel training)")
     run.add_argument("--devices", type=_names, help="comma-separated devices: cpu, cuda")
     run.add_argument("--precision", type=_names,
                      help="comma-separated precisions (default: float32; float16 and mixed-fp16 on a GPU only); "
@@ -541,6 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=_threads,
                      help="comma-separated thread counts, 'all' (powers of two) or 'max' (every core)")
     run.add_argument("--batch-sizes", type=_positive_ints("batch sizes"), help="comma-separated batch sizes")
+    run.add_argument("--replicas", type=_positive_ints("replica counts"),
+                     help="train-dp cells: comma-separated replica counts, each replica a process with --threads"
+                          " cores of its own, the batch size being the global batch (default: the suite's, else 1)")
     run.add_argument("--repetitions", type=_positive_int("repetitions"),
                      help="worker processes per cell: a timing cell's pilot, an accuracy cell's seeds (default: the"
                           " suite's, else 3)")

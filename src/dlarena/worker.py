@@ -8,6 +8,7 @@ Run by hand with the command stored beside a result, it prints the result on sta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -18,12 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 from dlarena.plan.cell import Cell
 from dlarena.probes.registry import PROBES, probe_info
+from dlarena.spec.workload import DATA_PARALLEL_SCENARIO
 from dlarena_runner.errors import OUT_OF_MEMORY_MARKERS
 from dlarena_runner.process import die_with_parent, environment_record, fix_malloc_thresholds, limit_threads
 from dlarena_runner.record import VERIFY_PROGRESS_FILE, write_result
 
 if TYPE_CHECKING:
     from dlarena.frameworks.base import Backend, StepRequest
+    from dlarena.frameworks.data_parallel import Leader, Others, Replicas
     from dlarena_runner.sampler import ResourceSampler
 
 # Where frameworks keep compiled code between processes, and the variable that moves each cache. In
@@ -130,8 +133,9 @@ def _import_backend(cell: Cell, result: dict[str, Any]) -> Backend:
     return backend
 
 
-def measure_cell(cell: Cell) -> dict[str, Any]:
-    """Build and measure one cell; every outcome becomes a result dictionary, never an exception."""
+def measure_cell(cell: Cell, replicas: Replicas | None = None, talk: Others | Leader | None = None) -> dict[str, Any]:
+    """Build and measure one cell; every outcome becomes a result dictionary, never an exception.
+    A train-dp cell's processes each call it with where they stand among its ``replicas``."""
     from dlarena.frameworks.base import StepRequest, Unsupported
     from dlarena.frameworks.registry import framework_info
     from dlarena.spec.catalogue import get_workload
@@ -150,10 +154,16 @@ def measure_cell(cell: Cell) -> dict[str, Any]:
             workload=workload, scenario=cell.scenario, batch_size=cell.batch_size,
             device=cell.device, threads=cell.threads, precision=cell.precision, seed=cell.seed,
         )
-        measure = train_cell if cell.scenario == "accuracy" else time_cell
-        measure(cell, backend, request, result)
+        if replicas is not None and talk is not None:
+            data_parallel_cell(cell, backend, request, result, replicas, talk)
+        else:
+            measure = train_cell if cell.scenario == "accuracy" else time_cell
+            measure(cell, backend, request, result)
     except Exception as error:  # a framework's failure is data, with its traceback on stderr
         result.update(_failure(error, cell.framework))
+        if replicas is not None and not replicas.leader and talk is not None:
+            with contextlib.suppress(OSError):  # replica 0 may be gone already
+                talk.send(error=result.get("message", str(error)))
     result["peak_rss_bytes"] = peak_rss_bytes()
     return result
 
@@ -220,6 +230,39 @@ def time_cell(cell: Cell, backend: Backend, request: StepRequest, result: dict[s
         "rss_after_bytes": current_rss_bytes(),
         "parity": vars(replace(runner.parity(), denormals=subnormals)),
     })
+
+
+def data_parallel_cell(cell: Cell, backend: Backend, request: StepRequest, result: dict[str, Any],
+                       replicas: Replicas, talk: Others | Leader) -> None:
+    """The train-dp scenario (frameworks/data_parallel.py): this replica's slice, the check against one
+    process on the whole batch, then steps in lockstep; replica 0's result holds the cell's figures."""
+    from dlarena.frameworks.data_parallel import Others, check, lockstep, require_runtime
+
+    require_runtime(backend)
+    start = time.perf_counter()
+    runner, runtime = backend.prepare_replica(request, replicas)  # type: ignore[attr-defined]
+    result["build_s"] = time.perf_counter() - start
+    result["params"] = runner.trainable_params()
+    result["flops_per_step"] = request.workload.flops("train", cell.batch_size)
+    figures = check(backend, request, runner, replicas, talk)
+    timings = lockstep(runner, cell.measurement, replicas, talk)
+    if not replicas.leader:
+        result["status"] = "ok"
+        return
+    assert isinstance(talk, Others) and figures is not None
+    talk.finish()
+    result.update(timings)
+    result["data_parallel"] = {"replicas": replicas.size, "per_replica_batch": cell.batch_size // replicas.size,
+                               "runtime": runtime, "check": figures}
+    result["parity"] = vars(runner.parity())
+    if figures["passed"]:
+        result["status"] = "ok"
+    else:
+        result.update(status="failed", message=(
+            f"one data-parallel step does not compute what one process does on the whole batch: gradient"
+            f" {figures['gradient_error']:.2e} off (worst: {figures['worst_parameter']}, limit"
+            f" {figures['gradient_tolerance']:.1e}), loss {figures['loss_error']:.2e} off (limit"
+            f" {figures['loss_tolerance']:.1e})"))
 
 
 def train_cell(cell: Cell, backend: Backend, request: StepRequest, result: dict[str, Any]) -> None:
@@ -384,6 +427,27 @@ def _verify_network(backend: Backend, cell: Cell, name: str, arrays_path: str) -
     return record
 
 
+def _replicas(cell: Cell, args: argparse.Namespace) -> tuple[Replicas | None, Others | Leader | None]:
+    """Where this process stands in a train-dp cell (replica 0 starts the others here), else nothing."""
+    if cell.scenario != DATA_PARALLEL_SCENARIO or args.verify or args.probe:
+        return None, None
+    from dlarena.frameworks.data_parallel import Leader, Replicas, rendezvous_address, start_others
+
+    if args.replica is None:
+        address = rendezvous_address()
+        return Replicas(0, cell.replicas, address), start_others(args.cell, cell.replicas, address)
+    return Replicas(args.replica, cell.replicas, args.rendezvous), Leader()
+
+
+def _watch(talk: Others | Leader | None, cell: Cell, out: str | None) -> None:
+    """Replica 0: should another replica fail, store the cell as failed and end all of them at once."""
+    from dlarena.frameworks.data_parallel import Others, kill_the_cell
+
+    if isinstance(talk, Others):
+        talk.watch(kill_the_cell(lambda message: write_result(
+            {"cell": cell.to_dict(), "status": "failed", "message": message}, out)))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dlarena.worker", description=__doc__.splitlines()[0])
     parser.add_argument("--cell", required=True, help="the cell as JSON, as stored with its result")
@@ -392,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="verification mode: write each network's outputs and gradients to FOLDER/NAME.npz")
     parser.add_argument("--workloads", help="with --verify: comma-separated networks (default: the cell's)")
     parser.add_argument("--probe", metavar="NAME", help="capability mode: answer this probe (dlarena/probes)")
+    # A train-dp cell's replicas 1.. are started by its replica 0 (frameworks/data_parallel.py), never by hand.
+    parser.add_argument("--replica", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--rendezvous", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
         cell = Cell.from_json(args.cell)
@@ -399,11 +466,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--cell is not a valid cell: {error}")
     if args.probe and args.probe not in PROBES:
         parser.error(f"--probe {args.probe!r} is not a probe; valid probes: {', '.join(sorted(PROBES))}")
-    if args.out:  # started by an orchestrator (by hand, results go to the terminal)
+    if args.out or args.replica is not None:  # started by an orchestrator, or by replica 0
         die_with_parent()
+    replicas, talk = _replicas(cell, args)  # before the cores are limited: the others get cores of their own
     malloc = fix_malloc_thresholds()  # before anything allocates much: NumPy, a framework
     allowed = sorted(os.sched_getaffinity(0))
-    affinity = limit_threads(cell.threads)
+    affinity = limit_threads(cell.threads, first=replicas.rank * cell.threads if replicas else 0)
     if args.probe and not probe_info(args.probe).pinned:  # the thread variables stay; every core is allowed
         os.sched_setaffinity(0, allowed)
         affinity = allowed
@@ -416,12 +484,16 @@ def main(argv: list[str] | None = None) -> int:
         elif args.probe:
             result = probe_cell(cell, args.probe, os.path.dirname(os.path.abspath(args.out)) if args.out else None)
         else:
-            result = measure_cell(cell)
+            if replicas is not None and replicas.leader:
+                _watch(talk, cell, args.out)
+            result = measure_cell(cell, replicas, talk)
     finally:
         if cache_folder is not None:
             import shutil
 
             shutil.rmtree(cache_folder, ignore_errors=True)
+    if replicas is not None and not replicas.leader:  # replica 0 writes the cell's result
+        return 0 if result.get("status") == "ok" else 1
     result["affinity"] = affinity
     result["framework_variables"] = variables
     result["environment"] = environment_record()

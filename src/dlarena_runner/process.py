@@ -68,14 +68,15 @@ def die_with_parent() -> None:
         return
 
 
-def limit_threads(threads: int) -> List[int]:
-    """Pin this process to ``threads`` cores and tell the runtimes to use that many threads."""
+def limit_threads(threads: int, first: int = 0) -> List[int]:
+    """Pin this process to ``threads`` cores and tell the runtimes to use that many threads: the allowed
+    cores from the ``first``-th on (a data-parallel replica's own, past those of the replicas before it)."""
     for name in THREAD_VARIABLES:
         os.environ[name] = str(threads)
     for name in INTEROP_VARIABLES:
         os.environ[name] = "1"
     allowed = sorted(os.sched_getaffinity(0))
-    cores = allowed[:threads]
+    cores = allowed[first:first + threads]
     os.sched_setaffinity(0, cores)
     return cores
 

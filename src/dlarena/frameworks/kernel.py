@@ -24,7 +24,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -45,6 +45,10 @@ from dlarena.spec import Network, Workload
 from dlarena.spec.layers import GRU, LSTM, Activation, Conv2D, Dense, Dropout, Flatten, MultiHeadSelfAttention, Shape
 from dlarena.spec.recipe import Optimizer, Recipe
 from dlarena.spec.weights import canonical_batch, initial_weights, layer_params, walk
+from dlarena.spec.workload import DATA_PARALLEL_SCENARIO
+
+if TYPE_CHECKING:
+    from dlarena.frameworks.data_parallel import Replicas
 
 # --------------------------------------------------------------------------------------------------
 # Layouts: how a framework stores each canonical parameter
@@ -292,6 +296,13 @@ class Model(ABC):
         """What the framework really ran with; the kernel adds dtype and layout."""
         return Parity()
 
+    def join(self, replicas: Replicas) -> str:
+        """Join the framework's data-parallel runtime as one of ``replicas`` (after the starting weights
+        are loaded), so that each training step averages the gradients across them; returns the
+        runtime's name. A module without one leaves this, and its train-dp cells are unsupported."""
+        raise Unsupported(f"dlarena's module for this framework has no data-parallel runtime (replica"
+                          f" {replicas.rank} of {replicas.size} could not join)")
+
     def bind(self, handles: Mapping[str, Any]) -> list[Binding]:
         """Bindings for canonical name -> handle, with this framework's layout plan; every canonical
         parameter must be there, so that a module that misses one fails at build, not in verify."""
@@ -342,17 +353,25 @@ class _Wrapped:
 class KernelRunner(_Wrapped):
     """base.Runner: the synthetic batch on the device, stepped by train_step or infer_step."""
 
-    def __init__(self, model: Model, scenario: str, seed: int) -> None:
+    def __init__(self, model: Model, scenario: str, seed: int, shard: tuple[int, int] | None = None) -> None:
+        """``shard`` (rank, replicas): this replica's slice of the global batch of ``model.batch_size``
+        times replicas, the slices in rank order (frameworks/data_parallel.py)."""
         super().__init__(model)
-        self.load_weights(initial_weights(model.network, model.recipe.init, seed))
-        inputs, labels = canonical_batch(model.network, model.batch_size, seed)
-        self.inputs = self._inputs(inputs.astype(model.dtype) if model.network.input_kind != "tokens" else inputs)
-        self.labels = model.device_batch(labels)
+        self.starting_weights = initial_weights(model.network, model.recipe.init, seed)
+        self.load_weights(self.starting_weights)
+        rank, replicas = shard or (0, 1)
+        inputs, labels = canonical_batch(model.network, model.batch_size * replicas, seed)
+        if model.network.input_kind != "tokens":
+            inputs = inputs.astype(model.dtype)
+        part = slice(rank * model.batch_size, (rank + 1) * model.batch_size)
+        self.shard_batch = (inputs[part], labels[part])  # the host arrays, for the data-parallel check
+        self.inputs = self._inputs(inputs[part])
+        self.labels = model.device_batch(labels[part])
         self.scenario = scenario
         self.last: Any = None  # the last step's output, kept so that lazy frameworks compute it
 
     def step(self) -> None:
-        if self.scenario == "train":
+        if self.scenario in ("train", DATA_PARALLEL_SCENARIO):
             self.last = self.model.train_step(self.inputs, self.labels)
         else:
             self.last = self.model.infer_step(self.inputs)
@@ -412,6 +431,15 @@ class KernelBackend:
         model = self.build(request.workload, request.precision, request.device, request.batch_size,
                            training=request.scenario == "train")
         return KernelRunner(model, request.scenario, request.seed)
+
+    def prepare_replica(self, request: StepRequest, replicas: Replicas) -> tuple[KernelRunner, str]:
+        """One replica of a train-dp cell: its slice of the global batch, joined to the framework's
+        data-parallel runtime (whose name comes second)."""
+        require(request, self.name, (DATA_PARALLEL_SCENARIO,), self.precisions)
+        model = self.build(request.workload, request.precision, request.device, request.batch_size // replicas.size,
+                           training=True)
+        runner = KernelRunner(model, request.scenario, request.seed, shard=(replicas.rank, replicas.size))
+        return runner, model.join(replicas)
 
     def checker(self, workload: Workload, device: str, precision: str = "float32") -> KernelChecker:
         # float64 for verify's gradients, and every precision the backend times (its bfloat16 is checked too)

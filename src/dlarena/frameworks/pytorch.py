@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from dlarena.frameworks import kernel
 from dlarena.frameworks.base import Parity, Unavailable, Unsupported
+from dlarena.frameworks.data_parallel import Replicas
 from dlarena.frameworks.registry import TORCH_PRECISIONS
 from dlarena.spec import Workload
 from dlarena.spec.layers import (
@@ -487,6 +488,19 @@ class Model(kernel.Model):
 
     def trainable_params(self) -> int:
         return sum(p.numel() for p in self.params)
+
+    def join(self, replicas: Replicas) -> str:
+        """DistributedDataParallel, launched as torchrun would: one process per replica, gloo on the CPU
+        and NCCL on GPUs, meeting at replica 0's TCP store; it averages the gradients in backward."""
+        import torch.distributed as distributed
+        from torch.nn.parallel import DistributedDataParallel
+
+        runtime = "nccl" if self.where.type == "cuda" else "gloo"
+        distributed.init_process_group(runtime, init_method=f"tcp://{replicas.address}", rank=replicas.rank,
+                                       world_size=replicas.size)
+        wrapped = DistributedDataParallel(self.net)  # broadcasts replica 0's weights: the same starting weights
+        self.forward = torch.compile(wrapped) if self.compiled else wrapped
+        return f"torch.distributed {runtime} DistributedDataParallel"
 
     def parity(self) -> Parity:
         on_cuda = self.where.type == "cuda"

@@ -165,6 +165,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             probes="dlarena.probes.torch_probes",
             precisions=TORCH_PRECISIONS,
             builds_transformers=True,
+            scenarios=("train", "infer", "accuracy", "train-dp"),  # DistributedDataParallel
         ),
         FrameworkInfo(
             name="torch-compile",

@@ -77,6 +77,9 @@ class Cell:
     # cells on every node; None: wherever a measurement slot is free (always, locally). Part of its
     # identity: two machines' figures are two cells.
     node: str | None = None
+    # The train-dp scenario only: how many replicas (processes, each with ``threads`` cores of its own)
+    # share the step, ``batch_size`` being the global batch, split evenly among them.
+    replicas: int = 1
 
     def for_process(self, repetition: int) -> Cell:
         """What the cell's ``repetition``-th worker process runs.
@@ -87,10 +90,13 @@ class Cell:
         return replace(self, seed=self.seed + repetition) if self.scenario == "accuracy" else self
 
     def to_dict(self) -> dict[str, Any]:
-        """Its fields; ``node`` only when set, so that a local cell keeps the key it had before nodes."""
+        """Its fields; ``node`` and ``replicas`` only when not their defaults, so that a cell keeps the key
+        it had before they existed."""
         data = asdict(self)
         if data["node"] is None:
             del data["node"]
+        if data["replicas"] == 1:
+            del data["replicas"]
         return data
 
     @classmethod
@@ -117,6 +123,8 @@ class Cell:
     def label(self) -> str:
         seed = f" seed {self.seed}" if self.scenario == "accuracy" else ""
         node = f" on {self.node}" if self.node is not None else ""
+        if self.replicas != 1:
+            node = f" x{self.replicas} replicas" + node
         return (
             f"{self.framework} {self.workload} {self.scenario} {self.device} "
             f"batch {self.batch_size} threads {self.threads}{seed}{node}"

@@ -52,6 +52,7 @@ from dlarena.plan.cell import COMPILE_CACHES, DENORMAL_MODES, Cell, Measurement
 from dlarena.plan.timeouts import default_timeout_s
 from dlarena.spec import SCENARIOS, TIMING_SCENARIOS
 from dlarena.spec.catalogue import CATALOGUE
+from dlarena.spec.workload import DATA_PARALLEL_SCENARIO
 from dlarena.wording import counted
 
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
@@ -67,7 +68,7 @@ DEFAULT_REPETITIONS = 3
 # before the kernel's out-of-memory killer picks a victim of its own.
 DEFAULT_MEMORY_FRACTION = 0.8
 
-_AXES = ("frameworks", "workloads", "scenarios", "devices", "precisions", "batch_sizes", "threads")
+_AXES = ("frameworks", "workloads", "scenarios", "devices", "precisions", "batch_sizes", "threads", "replicas")
 _TOP_KEYS = {
     "name", "version", "description", "timeout_s", "measurement", "repetitions", "memory_limit_gib", "sweep",
     "target_ci", "max_processes", "time_budget_s", *_AXES,
@@ -91,6 +92,9 @@ class Sweep:
     precisions: tuple[str, ...] = ("float32",)
     batch_sizes: tuple[int, ...] | None = None
     threads: tuple[int, ...] | str = "all"
+    # The train-dp scenario's replica counts (each replica has ``threads`` cores of its own); the other
+    # scenarios run one process.
+    replicas: tuple[int, ...] = (1,)
     # None: derived per cell (plan/timeouts.py): the timing cells' limit, or one from the training recipe.
     timeout_s: float | None = None
     repetitions: int | None = None  # None: the suite's
@@ -182,20 +186,36 @@ class Suite:
                 for workload in sweep.workloads:
                     for scenario in sweep.scenarios:
                         for device, precision in itertools.product(sweep.devices, sweep.precisions):
-                            for batch_size in _batch_sizes(sweep, workload, scenario):
-                                for count in threads:
-                                    measurement = (latency_measurement(self.measurement)
-                                                   if scenario == "infer" and (sweep.latency or batch_size == 1)
-                                                   else self.measurement)
-                                    cell = Cell(
-                                        framework=framework, workload=workload, scenario=scenario,
-                                        batch_size=batch_size, threads=count, device=device,
-                                        precision=precision, measurement=measurement,
-                                        **_training(sweep, workload, scenario),
-                                    )
-                                    timeout = default_timeout_s(cell) if sweep.timeout_s is None else sweep.timeout_s
-                                    planned.setdefault(cell, (timeout, repetitions))
+                            for batch_size, count, replicas in itertools.product(
+                                    _batch_sizes(sweep, workload, scenario), threads, _replicas(sweep, scenario)):
+                                _check_replicas(replicas, batch_size, count, cores)
+                                measurement = (latency_measurement(self.measurement)
+                                               if scenario == "infer" and (sweep.latency or batch_size == 1)
+                                               else self.measurement)
+                                cell = Cell(
+                                    framework=framework, workload=workload, scenario=scenario,
+                                    batch_size=batch_size, threads=count, device=device,
+                                    precision=precision, measurement=measurement, replicas=replicas,
+                                    **_training(sweep, workload, scenario),
+                                )
+                                timeout = default_timeout_s(cell) if sweep.timeout_s is None else sweep.timeout_s
+                                planned.setdefault(cell, (timeout, repetitions))
         return [(cell, timeout, repetitions) for cell, (timeout, repetitions) in planned.items()]
+
+
+def _replicas(sweep: Sweep, scenario: str) -> tuple[int, ...]:
+    """The sweep's replica counts for a train-dp cell; one process for any other."""
+    return sweep.replicas if scenario == DATA_PARALLEL_SCENARIO else (1,)
+
+
+def _check_replicas(replicas: int, batch_size: int, threads: int, cores: int) -> None:
+    """A data-parallel cell splits its global batch evenly and gives each replica cores of its own."""
+    if batch_size % replicas:
+        raise SuiteError(f"a train-dp batch of {batch_size} does not split evenly over {replicas} replicas: choose"
+                         f" batch sizes that are multiples of {replicas}")
+    if replicas * threads > cores:
+        raise SuiteError(f"{replicas} replicas of {counted(threads, 'thread')} need {replicas * threads} cores, and"
+                         f" this machine allows {cores}: choose fewer replicas or threads")
 
 
 def latency_measurement(measurement: Measurement) -> Measurement:
@@ -423,6 +443,7 @@ def _sweep(table: dict[str, Any], origin: str) -> Sweep:
         precisions=_names(table, "precisions", origin) or base.precisions,
         batch_sizes=_positive_ints(table, "batch_sizes", origin),
         threads=threads,
+        replicas=_positive_ints(table, "replicas", origin) or base.replicas,
         timeout_s=timeout,
     )
 

@@ -24,7 +24,7 @@ from dlarena.store.database import Store
 from dlarena.wording import counted
 
 Row = dict[str, Any]
-_CONFIGURATION = ("workload", "scenario", "device", "precision", "batch_size", "threads", "node")
+_CONFIGURATION = ("workload", "scenario", "device", "precision", "batch_size", "threads", "replicas", "node")
 
 
 @dataclass(frozen=True)

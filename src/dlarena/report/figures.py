@@ -33,7 +33,7 @@ FLAG_EXPLANATIONS = {
     "cached": "the first step's compiled code came from an earlier process's compile cache",
 }
 # Axes beside the workload and scenario that name a chart only where the run varies them.
-SWEEP_AXES = ("device", "precision", "batch_size", "threads", "node")
+SWEEP_AXES = ("device", "precision", "batch_size", "threads", "replicas", "node")
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,8 @@ def _title(row: Row, axes: Iterable[str]) -> str:
     for axis in axes:
         value = row[axis]
         parts.append(f"batch {value}" if axis == "batch_size" else f"{value} thread{'s' * (value != 1)}"
-                     if axis == "threads" else f"node {value}" if axis == "node" else str(value))
+                     if axis == "threads" else f"node {value}" if axis == "node"
+                     else f"{value} replica{'s' * (value != 1)}" if axis == "replicas" else str(value))
     return ", ".join(parts)
 
 

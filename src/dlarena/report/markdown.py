@@ -232,6 +232,7 @@ def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[R
     then what the run's frameworks can do (``capabilities``: the database's latest probe answers)."""
     from dlarena.report import (
         against_published,  # it reads this module's figures of a training cell
+        data_parallel,
         latency,
     )
     from dlarena.report import precision as lower_precision
@@ -261,10 +262,11 @@ def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[R
         " exceeded a threshold (see the warnings below).",
     ]
     timing = [row for row in rows if row["scenario"] != "accuracy"]
-    groups: dict[tuple[str, str, str, int, str | None], list[Row]] = defaultdict(list)
+    groups: dict[tuple[str, str, str, int, int, str | None], list[Row]] = defaultdict(list)
     for row in timing:
-        groups[(row["workload"], row["scenario"], row["device"], row["batch_size"], row.get("node"))].append(row)
-    for (workload, scenario, device, batch, node), group in groups.items():
+        groups[(row["workload"], row["scenario"], row["device"], row["batch_size"], row.get("replicas") or 1,
+                row.get("node"))].append(row)
+    for (workload, scenario, device, batch, replicas, node), group in groups.items():
         threads = sorted({row["threads"] for row in group})
         frameworks = list(dict.fromkeys(_framework(row) for row in group))
         by_key = {(_framework(row), row["threads"]): row for row in group}
@@ -272,7 +274,9 @@ def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[R
             [framework] + [_cell_text(by_key[(framework, t)]) if (framework, t) in by_key else "" for t in threads]
             for framework in frameworks
         ]
-        lines += ["", f"### {workload}, {scenario}, {device}, batch {batch}" + (f", node {node}" if node else ""), ""]
+        lines += ["", f"### {workload}, {scenario}, {device}, batch {batch}"
+                  + (f", {counted(replicas, 'replica')}" if replicas != 1 else "") + (f", node {node}" if node else ""),
+                  ""]
         lines += _table(["framework"] + [counted(t, "thread") for t in threads], body)
         lines += denormals_note(group)
 
@@ -280,6 +284,7 @@ def render(run: Row, environment: Row, rows: Sequence[Row], rankings: Sequence[R
     lines += against_published.section(rows)
     lines += lower_precision.section(rows, environment)
     lines += latency.section(rows)
+    lines += data_parallel.section(rows)
     lines += _nodes_compared(nodes)
     ok = [row for row in rows if row["status"] == "ok"]
     timed = [row for row in timing if row["status"] == "ok"]

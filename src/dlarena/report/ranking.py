@@ -26,9 +26,11 @@ from dlarena.wording import counted
 Row = dict[str, Any]
 # node: the cluster node a cell was pinned to (`dlarena run --executor ray --spread`), None elsewhere: the
 # frameworks are ranked per machine, never across two.
-CONFIGURATION = ("workload", "scenario", "device", "precision", "batch_size", "threads", "node")
+CONFIGURATION = ("workload", "scenario", "device", "precision", "batch_size", "threads", "replicas", "node")
 # The axes beside workload and scenario that a headline names only where a run varies them.
-VARYING_AXES = ("device", "precision", "batch_size", "threads", "node")
+VARYING_AXES = ("device", "precision", "batch_size", "threads", "replicas", "node")
+# Values of those axes that go without saying when every cell has them: one process, this machine.
+UNSHOWN: dict[str, Any] = {"replicas": 1, "node": None}
 # A headline names the frameworks a fastest one really beats up to this many, then counts them: a
 # sentence of nine names is a table in disguise.
 NAMED_IN_HEADLINE = 3
@@ -190,6 +192,8 @@ def _title(ranking: Ranking, varying: Sequence[str]) -> str:
             parts.append(counted(row["threads"], "thread"))
         elif axis == "node":
             parts.append(f"node {row['node']}")
+        elif axis == "replicas":
+            parts.append(counted(row["replicas"], "replica"))
         else:
             parts.append(str(row[axis]))
     return ", ".join(str(part) for part in parts)
@@ -236,10 +240,11 @@ def headline(rankings: Sequence[Ranking]) -> list[str]:
         return []
     varying = [axis for axis in VARYING_AXES if len({ranking.row.get(axis) for ranking in rankings}) > 1]
     first = rankings[0].row
-    constant = [axis for axis in VARYING_AXES if axis not in varying and first.get(axis) is not None]
+    constant = [axis for axis in VARYING_AXES if axis not in varying and first.get(axis) != UNSHOWN.get(axis, ...)]
     shared = ", ".join(
         f"batch {first[axis]}" if axis == "batch_size"
         else counted(first[axis], "thread") if axis == "threads"
+        else counted(first[axis], "replica") if axis == "replicas"
         else f"node {first[axis]}" if axis == "node" else str(first[axis])
         for axis in constant)
     lines = [

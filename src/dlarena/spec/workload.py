@@ -10,7 +10,10 @@ from dlarena.wording import counted
 
 # What a cell can measure: the speed of a training step or an inference step on synthetic tensors,
 # or training on real data to a test accuracy (the workload's ``training`` says how).
-SCENARIOS: tuple[str, ...] = ("train", "infer", "accuracy")
+# train-dp: one training step over several replicas with the global batch split among them, through
+# the framework's own data-parallel runtime (measure/scaling.py); timed like train, never a default.
+DATA_PARALLEL_SCENARIO = "train-dp"
+SCENARIOS: tuple[str, ...] = ("train", "infer", "accuracy", DATA_PARALLEL_SCENARIO)
 TIMING_SCENARIOS: tuple[str, ...] = ("train", "infer")
 
 

@@ -403,6 +403,8 @@ class Store:
                    COALESCE(r.status, 'pending') AS status, COALESCE(r.message, '') AS message,
                    r.repetition, r.stderr_tail, r.command, r.framework_version, r.params, r.flops_per_step,
                    r.wall_s, r.parity, COALESCE(c.node, r.node) AS node,
+                   json_extract(r.data, '$.data_parallel') AS data_parallel,
+                   COALESCE(json_extract(c.config, '$.replicas'), 1) AS replicas,
                    (SELECT COUNT(DISTINCT node) FROM results WHERE cell_id = c.id) AS nodes_run,
                    (SELECT COUNT(*) FROM results WHERE cell_id = c.id) AS processes_run,
                    s.n, s.processes, s.median_s, s.mean_s, s.stdev_s, s.min_s, s.max_s, s.q1_s, s.q3_s,
