@@ -17,7 +17,7 @@ from dlarena.measure.compare import Comparison
 from dlarena.report.annotate import unstable
 from dlarena.report.comparison import FrameworkRanking, PairComparison
 from dlarena.report.markdown import compile_cache_hit, training
-from dlarena.report.ranking import CONFIGURATION, STEP_TIME, Ranking
+from dlarena.report.ranking import CONFIGURATION, STEP_TIME, UNSHOWN, Ranking
 
 Row = dict[str, Any]
 Record = dict[str, Any]
@@ -47,7 +47,8 @@ class Group:
     @property
     def slug(self) -> str:
         """A stable identifier for the chart's element and its static file."""
-        return "-".join(str(part) for part in self.key).replace(" ", "_").replace("/", "_")
+        # an axis at its unshown value (one replica, this machine) is None in the key and left out
+        return "-".join(str(part) for part in self.key if part is not None).replace(" ", "_").replace("/", "_")
 
 
 def timing_rows(rows: Sequence[Row]) -> list[Row]:
@@ -98,7 +99,7 @@ def _grouped(rows: Sequence[Row], axes: Sequence[str], title_axes: Sequence[str]
     """Rows grouped by ``axes`` (in the rows' order), each group's records made by ``record``."""
     groups: dict[tuple[Any, ...], Group] = {}
     for row in rows:
-        key = tuple(row.get(axis) for axis in axes)
+        key = tuple(None if row.get(axis) == UNSHOWN.get(axis, ...) else row.get(axis) for axis in axes)
         made = record(row)
         if made is None:
             continue
