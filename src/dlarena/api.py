@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from dlarena.errors import DlarenaError, UnknownNameError
 from dlarena.orchestrate.lock import machine_lock
-from dlarena.orchestrate.orchestrator import RunSummary, nothing_to_resume, resume_run, run_suite
+from dlarena.orchestrate.orchestrator import RunSummary, check_placement, nothing_to_resume, resume_run, run_suite
 from dlarena.orchestrate.progress import Progress
 from dlarena.plan.suite import DEFAULT_SUITE, Suite, load_suite
 from dlarena.report import export, markdown
@@ -182,17 +182,12 @@ def resume(
         done = nothing_to_resume(store, chosen)
         if done is not None:
             return done
-        run_row = store.run(chosen)
-        placed = json.loads(run_row["placement"]) if run_row["placement"] else None
-        if placed is not None and cluster is None:
-            raise DlarenaError(f"run {chosen} measured on the nodes of a Ray cluster: resume it with --executor ray"
-                               " (and the cluster's --address)")
-        if placed is None and cluster is not None:
-            raise DlarenaError(f"run {chosen} measured on this machine: resume it without --executor ray")
+        run_row = dict(store.run(chosen))
+        check_placement(run_row, cluster is not None)  # before any cluster is joined
         from dlarena.orchestrate.ray_executor import Placement
 
-        executor = _cluster_executor(Placement.resumed(placed, cluster.address) if placed and cluster else None,
-                                     run_row["memory_limit_bytes"])
+        executor = _cluster_executor(Placement.resumed(json.loads(run_row["placement"]), cluster.address)
+                                     if cluster is not None else None, run_row["memory_limit_bytes"])
         with machine_lock(path, wait=wait, on_wait=display.waiting) as held:
             held.announce(chosen)
             return resume_run(store, chosen, argv, allow_changes, executor=executor, progress=display)
@@ -237,9 +232,9 @@ def report(db: str | Path | None = None, run_id: str | None = None) -> str:
         rankings = rank_rows(store, rows)
         answers = _capabilities_of(store, rows)
         # a run that measured every cell on every node (--spread): each node against the first
-        pinned = list(dict.fromkeys(str(row["node"]) for row in rows if row.get("node") and json.loads(
-            row["config"]).get("node")))
-        nodes = [compare_nodes(store, str(run_row["id"]), [pinned[0], other]) for other in pinned[1:]]
+        spread = json.loads(run_row["placement"] or "{}").get("spread", False)
+        names = list(dict.fromkeys(str(node["node"]) for node in run_row["nodes"])) if spread else []
+        nodes = [compare_nodes(store, str(run_row["id"]), [names[0], other]) for other in names[1:]]
     finally:
         store.close()
     return markdown.render(run_row, environment, rows, rankings, answers, nodes)

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from dlarena.frameworks.base import Backend, StepRequest
     from dlarena.frameworks.data_parallel import Leader, Others, Replicas
     from dlarena_runner.sampler import ResourceSampler
+    from dlarena_runner.timing import Timings
 
 # Where frameworks keep compiled code between processes, and the variable that moves each cache. In
 # a cold cell (Measurement.compile_cache) they point into an empty folder of the process's own, so
@@ -220,16 +221,17 @@ def time_cell(cell: Cell, backend: Backend, request: StepRequest, result: dict[s
     result.update({
         "resources": resources,
         "status": "ok",
-        "first_step_s": timings.first_step_s,
-        "warmup_s": timings.warmup_s,
-        "samples_s": timings.samples_s,
-        "loop_wall_s": timings.loop_wall_s,
-        "loop_cpu_s": timings.loop_cpu_s,
-        "cores_used": timings.cores_used,
+        **_timing_record(timings),
         "rss_before_bytes": rss_before,
         "rss_after_bytes": current_rss_bytes(),
         "parity": vars(replace(runner.parity(), denormals=subnormals)),
     })
+
+
+def _timing_record(timings: Timings) -> dict[str, Any]:
+    """The timed loop's figures as a result stores them."""
+    return {"first_step_s": timings.first_step_s, "warmup_s": timings.warmup_s, "samples_s": timings.samples_s,
+            "loop_wall_s": timings.loop_wall_s, "loop_cpu_s": timings.loop_cpu_s, "cores_used": timings.cores_used}
 
 
 def data_parallel_cell(cell: Cell, backend: Backend, request: StepRequest, result: dict[str, Any],
@@ -251,7 +253,7 @@ def data_parallel_cell(cell: Cell, backend: Backend, request: StepRequest, resul
         return
     assert isinstance(talk, Others) and figures is not None
     talk.finish()
-    result.update(timings)
+    result.update(_timing_record(timings))
     result["data_parallel"] = {"replicas": replicas.size, "per_replica_batch": cell.batch_size // replicas.size,
                                "runtime": runtime, "check": figures}
     result["parity"] = vars(runner.parity())

@@ -35,12 +35,16 @@ def run_timed(
     settings: Any,
     clock: Clock = time.perf_counter,
     steady: Optional[ContextManager[Any]] = None,
+    fixed_steps: Optional[Callable[[Timings], int]] = None,
 ) -> Timings:
     """Time ``step`` as ``settings`` says, reading the clock only after ``sync``.
 
     ``settings`` is any object with ``warmup_steps``, ``min_steps``, ``max_steps``, ``min_time_s``
     and ``max_time_s`` (the host's ``plan.cell.Measurement``, or its JSON read back in an old
     interpreter). ``steady`` is entered around the steady-state loop alone (a resource sampler).
+    ``fixed_steps``, given the first and warm-up steps' times, says exactly how many steps to time
+    instead of stopping when ``settings`` are met: processes stepping in lockstep (data-parallel
+    replicas) must all take the same number.
     """
     timings = Timings()
     sync()
@@ -56,12 +60,13 @@ def run_timed(
         timings.warmup_s.append(clock() - start)
 
     samples = timings.samples_s
+    fixed = fixed_steps(timings) if fixed_steps is not None else None
     with ExitStack() as context:  # contextlib.nullcontext is Python 3.7+
         if steady is not None:
             context.enter_context(steady)
         cpu_start, loop_start = cpu_seconds(), clock()
         elapsed = 0.0
-        while len(samples) < settings.max_steps:
+        while len(samples) < (settings.max_steps if fixed is None else fixed):
             start = clock()
             step()
             sync()
@@ -69,7 +74,7 @@ def run_timed(
             samples.append(end - start)
             elapsed = end - loop_start
             enough = len(samples) >= settings.min_steps and elapsed >= settings.min_time_s
-            if enough or (len(samples) >= settings.min_steps and elapsed >= settings.max_time_s):
+            if fixed is None and (enough or (len(samples) >= settings.min_steps and elapsed >= settings.max_time_s)):
                 break
         timings.loop_wall_s = elapsed
         timings.loop_cpu_s = cpu_seconds() - cpu_start

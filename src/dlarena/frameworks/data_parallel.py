@@ -37,7 +37,6 @@ import statistics
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
@@ -46,6 +45,7 @@ from dlarena.plan.cell import Measurement
 
 if TYPE_CHECKING:
     from dlarena.frameworks.base import StepRequest
+    from dlarena_runner.timing import Timings
 
 # The check's limits, in float32 (the replicas' gradients are summed across processes in another
 # order than one process sums the whole batch; both are float32 sums of the same terms). A sum of n
@@ -189,7 +189,6 @@ def check(backend: Any, request: StepRequest, runner: Any, replicas: Replicas,
     import numpy as np
 
     from dlarena.frameworks.kernel import KernelChecker
-    from dlarena.spec.weights import canonical_batch
 
     inputs, labels = runner.shard_batch
     loss, gradients = KernelChecker(runner.model).loss_and_gradients(inputs, labels)
@@ -201,10 +200,7 @@ def check(backend: Any, request: StepRequest, runner: Any, replicas: Replicas,
     losses = [float(loss), *(float(message["loss"]) for message in talk.receive())]
     reference = backend.checker(request.workload, request.device, request.precision)
     reference.load_weights(runner.starting_weights)
-    whole_inputs, whole_labels = canonical_batch(request.workload.network, request.batch_size, request.seed)
-    if request.workload.network.input_kind != "tokens":
-        whole_inputs = whole_inputs.astype(runner.model.dtype)
-    loss_ref, gradients_ref = reference.loss_and_gradients(whole_inputs, whole_labels)
+    loss_ref, gradients_ref = reference.loss_and_gradients(*runner.whole_batch)
     largest = max(float(np.max(np.abs(value))) for value in gradients_ref.values()) or 1.0
     differences = {name: float(np.max(np.abs(np.asarray(gradients[name], np.float64)
                                              - np.asarray(gradients_ref[name], np.float64))))
@@ -223,38 +219,19 @@ def check(backend: Any, request: StepRequest, runner: Any, replicas: Replicas,
     return figures
 
 
-def lockstep(runner: Any, settings: Measurement, replicas: Replicas, talk: Others | Leader) -> dict[str, Any]:
-    """The first step, the warm-up and the planned steps on every replica; replica 0's times."""
-    clock = time.perf_counter
-    runner.sync()
-    start = clock()
-    runner.step()
-    runner.sync()
-    first = clock() - start
-    warmup = []
-    for _ in range(settings.warmup_steps):
-        start = clock()
-        runner.step()
-        runner.sync()
-        warmup.append(clock() - start)
-    if replicas.leader:
-        assert isinstance(talk, Others)
-        steps = planned_steps(settings, warmup, first)
-        talk.send(steps=steps)
-    else:
-        assert isinstance(talk, Leader)
-        steps = int(talk.receive()["steps"])
-    samples = []
-    loop_start, cpu_start = clock(), time.process_time()
-    for _ in range(steps):
-        start = clock()
-        runner.step()
-        runner.sync()
-        samples.append(clock() - start)
-    loop_wall = clock() - loop_start
-    loop_cpu = time.process_time() - cpu_start
-    return {"first_step_s": first, "warmup_s": warmup, "samples_s": samples, "loop_wall_s": loop_wall,
-            "loop_cpu_s": loop_cpu, "cores_used": loop_cpu / loop_wall if loop_wall > 0 else None}
+def lockstep(runner: Any, settings: Measurement, replicas: Replicas, talk: Others | Leader) -> Timings:
+    """The first step, the warm-up and the planned steps on every replica (dlarena_runner's timed loop,
+    its count fixed after the warm-up by replica 0 and sent to the others); replica 0's times."""
+    from dlarena_runner.timing import run_timed
+
+    def steps(timings: Timings) -> int:
+        if isinstance(talk, Others):
+            count = planned_steps(settings, timings.warmup_s, timings.first_step_s)
+            talk.send(steps=count)
+            return count
+        return int(talk.receive()["steps"])
+
+    return run_timed(runner.step, runner.sync, settings, fixed_steps=steps)
 
 
 def require_runtime(backend: Any) -> None:

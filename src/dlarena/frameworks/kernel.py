@@ -364,7 +364,8 @@ class KernelRunner(_Wrapped):
         if model.network.input_kind != "tokens":
             inputs = inputs.astype(model.dtype)
         part = slice(rank * model.batch_size, (rank + 1) * model.batch_size)
-        self.shard_batch = (inputs[part], labels[part])  # the host arrays, for the data-parallel check
+        # The host arrays, whole and this replica's slice, for the data-parallel check.
+        self.whole_batch, self.shard_batch = (inputs, labels), (inputs[part], labels[part])
         self.inputs = self._inputs(inputs[part])
         self.labels = model.device_batch(labels[part])
         self.scenario = scenario

@@ -51,6 +51,13 @@ class Execution:
     # Set when the worker never ran where it was sent (the node lacks the framework): its status and why.
     status: tuple[str, str] | None = None
 
+    @classmethod
+    def unrun(cls, status: str, message: str, node: str | None = None, machine: dict[str, Any] | None = None,
+              output_tail: str = "") -> Execution:
+        """No worker result: none was started (the node lacks the framework, or is gone), or its node died."""
+        return cls(command=[], data=None, exit_code=None, timed_out=False, output_tail=output_tail, wall_s=0.0,
+                   node=node, machine=machine, status=(status, message))
+
 
 @dataclass(frozen=True)
 class NodePeak:

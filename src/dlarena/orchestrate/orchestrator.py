@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -263,10 +263,7 @@ def resume_run(
             pending.append(_pending(stored["cell_id"], PlannedCell(cell, stored["timeout_s"], stored["cell_key"],
                                                                    stored["repetitions"]), stored["ok"],
                                     stored["repetitions"]))
-    pinned = sorted({str(entry.item.cell.node) for entry in pending if entry.item.cell.node is not None})
-    if pinned and (executor is None or not executor.remote):
-        raise ResumeError(f"run {run_id} measures its cells on the cluster nodes {', '.join(pinned)}: resume it"
-                          " with --executor ray (and the cluster's --address)")
+    check_placement(run, executor is not None and executor.remote)
     changes = _changes(store, run, code, changed)
     if changes and not allow_changes:
         raise ResumeError(f"run {run_id} cannot be resumed as it was: {'; '.join(changes)}; its results would mix"
@@ -275,6 +272,15 @@ def resume_run(
     executor = executor or LocalExecutor(memory_limit_bytes=run["memory_limit_bytes"])
     need = Need(run["target_ci"] or 0.0, run["max_processes"] or 1, run["time_budget_s"])
     return _execute(run_id, pending, need, store, executor, progress)
+
+
+def check_placement(run: Mapping[str, Any], remote: bool) -> None:
+    """A run resumes where it measured: on a Ray cluster's nodes (``runs.placement``) or on this machine."""
+    if run["placement"] is not None and not remote:
+        raise ResumeError(f"run {run['id']} measured on the nodes of a Ray cluster: resume it with --executor ray"
+                          " (and the cluster's --address)")
+    if run["placement"] is None and remote:
+        raise ResumeError(f"run {run['id']} measured on this machine: resume it without --executor ray")
 
 
 def _lacks(cell: dict[str, Any]) -> bool:
@@ -465,13 +471,13 @@ class _Canaries:
         self.before_s = self.local.read()
 
     def judge(self, result: StoredResult) -> Judgement:
-        if result.canary_s is None or self.before_s is not None:
-            judgement = self.local.bracket(self.before_s if self.before_s is not None else self.local.read())
-            self.before_s = judgement.after_s
-            return judgement
-        readings = self.nodes.setdefault(result.node, [])
-        readings.extend(result.canary_s)
-        return judge(*result.canary_s, readings)
+        if result.canary_s is not None:  # read on its node
+            readings = self.nodes.setdefault(result.node, [])
+            readings.extend(result.canary_s)
+            return judge(*result.canary_s, readings)
+        judgement = self.local.bracket(self.before_s if self.before_s is not None else self.local.read())
+        self.before_s = judgement.after_s
+        return judgement
 
 
 def _out_of_time(entry: _Pending, need: Need, elapsed_s: float) -> bool:

@@ -19,12 +19,12 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dlarena.errors import DlarenaError
-from dlarena.orchestrate.executor import Execution, LocalExecutor, NodePeak
+from dlarena.orchestrate.executor import OUTPUT_TAIL_BYTES, Execution, LocalExecutor, NodePeak
 from dlarena.plan.cell import Cell
 
 # The custom resource a node offers for measurements: `ray start --resources '{"dlarena_slot": 1}'`.
@@ -103,8 +103,7 @@ def launch(cell_json: str, timeout_s: float, memory_limit_bytes: int | None) -> 
     if info is None or not info.is_installed():
         message = (info.unavailable_message() if info is not None
                    else f"dlarena there does not know the framework {cell.framework}")
-        return Execution(command=[], data=None, exit_code=None, timed_out=False, output_tail="", wall_s=0.0,
-                         node=node_id, machine=machine, status=("unavailable", message))
+        return Execution.unrun("unavailable", message, node_id, machine)
     before = canary.read()
     execution = LocalExecutor(memory_limit_bytes=memory_limit_bytes).execute(cell, timeout_s)
     after = canary.read()
@@ -145,9 +144,14 @@ class RayExecutor:
         self._connect(address)
         self.nodes = self._slot_nodes()
         self.slots = len(self.nodes)
-        self._task = ray.remote(num_cpus=0, resources={SLOT_RESOURCE: 1}, max_retries=0)(launch)
+        self._task = self._slot_task(launch)
         self._running: dict[int, Any] = {}  # thread id: the task it waits on (cancelled by Ctrl-C)
         self._lock = threading.Lock()
+
+    def _slot_task(self, function: Callable[..., Any]) -> Any:
+        """``function`` as a Ray task holding a node's measurement slot; the worker pins its own cores (no
+        CPUs reserved), and a task that fails is data, never retried."""
+        return self._ray.remote(num_cpus=0, resources={SLOT_RESOURCE: 1}, max_retries=0)(function)
 
     def _connect(self, address: str | None) -> None:
         ray = self._ray
@@ -192,10 +196,8 @@ class RayExecutor:
         options: dict[str, Any] = {}
         pinned = self._node(cell.node) if cell.node is not None else None
         if cell.node is not None and pinned is None:
-            return Execution(command=[], data=None, exit_code=None, timed_out=False, output_tail="", wall_s=0.0,
-                             node=cell.node, status=("unavailable", (
-                                 f"node {cell.node} is not among the cluster's live nodes with a measurement slot"
-                                 f" ({', '.join(self.node_names())})")))
+            return Execution.unrun("unavailable", f"node {cell.node} is not among the cluster's live nodes with a"
+                                   f" measurement slot ({', '.join(self.node_names())})", cell.node)
         if pinned is not None:
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -225,7 +227,7 @@ class RayExecutor:
         (nothing else measures on it meanwhile), all nodes at once."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        task = self._ray.remote(num_cpus=0, resources={SLOT_RESOURCE: 1}, max_retries=0)(probe_node)
+        task = self._slot_task(probe_node)
         references = {node.name: task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
             node.node_id, soft=False)).remote(list(threads)) for node in self.nodes}
         found = []
@@ -264,8 +266,7 @@ class RayExecutor:
             message = f"node {name} died during the cell ({first})"
         else:
             message = f"the cell's Ray task on node {name} ended without a result: {kind}: {first}"
-        return Execution(command=[], data=None, exit_code=None, timed_out=False, output_tail=text[-2000:],
-                         wall_s=0.0, node=name, status=("failed", message))
+        return Execution.unrun("failed", message, name, output_tail=text[-OUTPUT_TAIL_BYTES:])
 
 
 def _check_listening(address: str) -> None:

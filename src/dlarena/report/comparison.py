@@ -179,7 +179,8 @@ def compare_nodes(store: Store, run_id: str, nodes: Sequence[str], run_b: str | 
     if run_b is not None or frameworks:
         raise DlarenaError("--nodes compares two nodes of one run: it takes no second run and no --frameworks")
     run = dict(store.run(run_id))
-    present = sorted({str(node["node"]) for node in store.run_nodes(run["id"])})
+    machines = {str(node["node"]): node["machine"] for node in store.run_nodes(run["id"])}
+    present = sorted(machines)
     if len(nodes) != 2 or nodes[0] == nodes[1]:
         raise DlarenaError(f"--nodes takes two different nodes of the run, A,B; its nodes:"
                            f" {', '.join(present) or 'none'}")
@@ -192,7 +193,6 @@ def compare_nodes(store: Store, run_id: str, nodes: Sequence[str], run_b: str | 
     if not pairs:
         raise DlarenaError(f"run {run['id']} has no cell measured on both {nodes[0]} and {nodes[1]} (run it with"
                            " --spread to measure every cell on every node)")
-    machines = {str(node["node"]): node["machine"] for node in store.run_nodes(run["id"])}
     label_a, label_b = f"node {nodes[0]}", f"node {nodes[1]}"
     differences = _differences(label_a, label_b, pairs, machines[nodes[0]], machines[nodes[1]], run, run)
     unmatched = sum(1 for row in rows if row.get("node") in nodes) - 2 * len(pairs)

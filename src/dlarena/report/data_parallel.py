@@ -15,11 +15,6 @@ from dlarena.spec.workload import DATA_PARALLEL_SCENARIO
 Row = dict[str, Any]
 
 
-def replicas_of(row: Row) -> int:
-    """A cell's replica count, from its stored configuration (1 unless it is a multi-replica train-dp cell)."""
-    return int(json.loads(row.get("config") or "{}").get("replicas", 1))
-
-
 def _check_text(row: Row) -> str:
     found = json.loads(row.get("data_parallel") or "null") or {}
     figures = found.get("check")
@@ -34,7 +29,7 @@ def _share(value: float | None) -> str:
 
 
 def section(rows: Sequence[Row]) -> list[str]:
-    cells = [{**row, "replicas": replicas_of(row)} for row in rows if row["scenario"] == DATA_PARALLEL_SCENARIO]
+    cells = [row for row in rows if row["scenario"] == DATA_PARALLEL_SCENARIO]
     if not cells:
         return []
     efficiency = {id(item.row): item for item in scaling(cells)}
